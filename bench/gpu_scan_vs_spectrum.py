@@ -1,0 +1,146 @@
+"""GPU benchmark (device tool): a Llama-3-8B-shaped checkpoint on disk, spectrum_fast.scan against
+a faithful re-implementation of Spectrum's computation, in the same run.
+
+    python bench/gpu_scan_vs_spectrum.py --folder /tmp/llama3-8b --out $OUT
+
+1. writes the synthetic checkpoint (32 layers x 7 matrices, bf16, 15 GB; bench/workloads.py);
+2. scans it from disk with spectrum_fast (exact float64 and the float32 option), cold page cache
+   when /proc/sys/vm/drop_caches is writable, then warm;
+3. Spectrum's computation: per layer the weights are loaded to the GPU as float32 (not timed, the
+   reference holds the fp32 model on its GPUs), then svdvals + statistics per matrix (timed);
+4. SNR error of both against float64 truth (svdvals in float64, gesvd) on a sample of matrices.
+Prints a table, writes results JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import spectrum_fast  # noqa: E402
+from spectrum_reference import spectrum_snr  # noqa: E402
+from workloads import LLAMA3_8B, LLAMA3_8B_LAYERS, write_llama3_8b  # noqa: E402
+
+
+def drop_page_cache() -> bool:
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def truth_snr(w: torch.Tensor) -> float:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from float64_reference import reference_stats
+
+    return reference_stats(w.double())["snr"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--folder", default="/tmp/llama3-8b")
+    ap.add_argument("--layers", type=int, default=LLAMA3_8B_LAYERS)
+    ap.add_argument("--reference-layers", type=int, default=LLAMA3_8B_LAYERS,
+                    help="layers timed for Spectrum's computation (all by default)")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = ap.parse_args()
+    folder = Path(args.folder)
+    res: dict = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+                 "commit": git_commit(), "layers": args.layers, "command": " ".join(sys.argv)}
+
+    t = time.perf_counter()
+    res["bytes"] = write_llama3_8b(folder, args.layers)
+    res["write_s"] = time.perf_counter() - t
+    print(f"wrote {res['bytes'] / 1e9:.1f} GB in {res['write_s']:.1f} s", flush=True)
+
+    torch.cuda.synchronize()
+    res["cold_cache"] = drop_page_cache()
+    runs = {}
+    for label, precision in [("exact_cold", "float64"), ("exact_warm", "float64"), ("float32_warm", "float32")]:
+        torch.cuda.empty_cache()
+        t = time.perf_counter()
+        r = spectrum_fast.scan(folder, device="cuda", progress=False, precision=precision)
+        torch.cuda.synchronize()
+        runs[label] = {"seconds": time.perf_counter() - t, "peak_gpu_bytes": r.peak_gpu_bytes,
+                       "peak_host_bytes": r.peak_host_bytes, "matrices": len(r.rows)}
+        runs[label]["snr"] = {row.name: row.snr for row in r.rows}
+        print(label, {k: v for k, v in runs[label].items() if k != "snr"}, flush=True)
+    res["scan"] = runs
+
+    # Spectrum's computation: fp32 weights already on the GPU, svdvals per matrix.
+    from safetensors import safe_open
+
+    index = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+    ref_snr, ref_time, per_shape = {}, 0.0, {}
+    for layer in range(args.reference_layers):
+        names = [f"model.layers.{layer}.{suffix}.weight" for suffix, _, _ in LLAMA3_8B]
+        with safe_open(str(folder / index[names[0]]), framework="pt", device="cuda") as f:
+            ws = {n: f.get_tensor(n).float() for n in names}
+        for n, w in ws.items():
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            ref_snr[n[: -len(".weight")]] = spectrum_snr(w)  # .item() synchronizes
+            dt = time.perf_counter() - t
+            ref_time += dt
+            per_shape.setdefault("x".join(map(str, w.shape)), []).append(dt)
+        del ws
+    scale = args.layers / args.reference_layers
+    res["reference"] = {"seconds_measured": ref_time, "layers_measured": args.reference_layers,
+                        "seconds_all_layers": ref_time * scale,
+                        "per_shape_ms": {k: 1e3 * sum(v) / len(v) for k, v in per_shape.items()}}
+    print("reference", {k: v for k, v in res["reference"].items()}, flush=True)
+
+    # Accuracy against float64 truth on a sample: one full layer + the rank-deficient / noise ones.
+    sample = [f"model.layers.0.{s}" for s, _, _ in LLAMA3_8B] + ["model.layers.1.mlp.gate_proj",
+                                                                 "model.layers.1.self_attn.v_proj"]
+    acc = []
+    for mod in sample:
+        with safe_open(str(folder / index[mod + ".weight"]), framework="pt", device="cuda") as f:
+            w = f.get_tensor(mod + ".weight")
+        truth = truth_snr(w)
+        row = {"matrix": mod, "truth": truth}
+        for label in ("exact_warm", "float32_warm"):
+            row[label] = abs(runs[label]["snr"][mod] - truth) / truth
+        if mod in ref_snr:
+            row["spectrum_fp32_svdvals"] = abs(ref_snr[mod] - truth) / truth
+        acc.append(row)
+        print(row, flush=True)
+    res["accuracy"] = acc
+
+    ref_total = res["reference"]["seconds_all_layers"]
+    print("\n| run | seconds | vs Spectrum's computation | peak GPU MiB | max rel SNR error vs float64 |")
+    print("|---|---|---|---|---|")
+    print(f"| Spectrum (fp32 svdvals per matrix, weights on GPU) | {ref_total:.1f} | 1.0x | - | "
+          f"{max(a.get('spectrum_fp32_svdvals', 0) for a in acc):.1e} |")
+    for label in runs:
+        err_key = "exact_warm" if label.startswith("exact") else "float32_warm"
+        print(f"| spectrum_fast {label} | {runs[label]['seconds']:.1f} | {ref_total / runs[label]['seconds']:.1f}x | "
+              f"{runs[label]['peak_gpu_bytes'] / 2**20:.0f} | {max(a[err_key] for a in acc):.1e} |")
+    for r in runs.values():
+        r.pop("snr")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "gpu_scan_vs_spectrum.json").write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Benchmark workloads (../shared/DESIGN.md section 4): shapes and trained-looking synthetic weights.
+
+A synthetic weight is a Gaussian bulk / sqrt(m) plus a low-rank part with heavy-tailed singular
+values (k = min/16 spikes, s_i = 8 i^-0.7); every 8th matrix is pure noise and every 11th is
+exactly rank-deficient (a third of its rows repeat earlier rows). Fixed seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+LLAMA3_8B = [  # per layer: (module suffix, n, m) as Hugging Face stores weights [out, in]
+    ("self_attn.q_proj", 4096, 4096), ("self_attn.k_proj", 1024, 4096), ("self_attn.v_proj", 1024, 4096),
+    ("self_attn.o_proj", 4096, 4096), ("mlp.gate_proj", 14336, 4096), ("mlp.up_proj", 14336, 4096),
+    ("mlp.down_proj", 4096, 14336),
+]
+LLAMA3_8B_LAYERS = 32
+
+
+def kind_of(index: int) -> str:
+    if index % 8 == 7:
+        return "noise"
+    if index % 11 == 10:
+        return "rank_deficient"
+    return "spiked"
+
+
+def trained_like(n: int, m: int, seed: int, kind: str = "spiked", device: str = "cuda",
+                 dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    g = torch.Generator(device=device).manual_seed(seed)
+    w = torch.randn(n, m, generator=g, device=device) / math.sqrt(m)
+    if kind != "noise":
+        r = max(1, min(n, m) // 16)
+        u = torch.linalg.qr(torch.randn(n, r, generator=g, device=device))[0]
+        v = torch.linalg.qr(torch.randn(m, r, generator=g, device=device))[0]
+        s = 8.0 * torch.arange(1, r + 1, device=device, dtype=torch.float32) ** -0.7
+        w += (u * s) @ v.T
+    w = w.to(dtype)
+    if kind == "rank_deficient":
+        d = n // 3
+        w[n - d :] = w[:d]
+    return w
+
+
+def llama3_8b_layer(layer: int, device: str = "cuda", layers_shapes=LLAMA3_8B) -> dict[str, torch.Tensor]:
+    out = {}
+    for j, (suffix, n, m) in enumerate(layers_shapes):
+        idx = layer * len(layers_shapes) + j
+        out[f"model.layers.{layer}.{suffix}.weight"] = trained_like(n, m, seed=idx, kind=kind_of(idx), device=device)
+    return out
+
+
+def write_llama3_8b(folder: Path, layers: int = LLAMA3_8B_LAYERS, device: str = "cuda") -> int:
+    """Write a sharded safetensors checkpoint (one shard per layer) + index + config. -> bytes written."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    weight_map, total = {}, 0
+    for layer in range(layers):
+        tensors = {k: v.cpu() for k, v in llama3_8b_layer(layer, device).items()}
+        tensors[f"model.layers.{layer}.input_layernorm.weight"] = torch.ones(4096, dtype=torch.bfloat16)
+        shard = f"model-{layer + 1:05d}-of-{layers:05d}.safetensors"
+        save_file(tensors, str(folder / shard), metadata={"format": "pt"})
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        weight_map.update({k: shard for k in tensors})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                      "weight_map": weight_map}))
+    (folder / "config.json").write_text(json.dumps({"_name_or_path": "synthetic/llama3-8b-shaped",
+                                                     "model_type": "llama"}))
+    return total

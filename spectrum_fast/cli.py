@@ -1,0 +1,140 @@
+"""The ``spectrum-fast`` command: scan, types, yaml.
+
+Errors in the user's input print one line (``spectrum-fast: error: ...``) and exit 2; nothing is
+half-written, since every file goes to a temporary name first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import SpectrumFastError
+
+
+def _add_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", nargs="?", help="model folder, .safetensors or .bin file")
+    p.add_argument("--demo", action="store_true", help="use the embedded demo model (all-MiniLM-L6-v2)")
+    p.add_argument("--types", nargs="+", default=["auto"], metavar="TYPE",
+                   help="auto (default: >=2-D weights in numbered blocks), all, or type names / regexes")
+    p.add_argument("--pool-experts", action="store_true", help="one type for all experts: mlp.experts.*.down_proj")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spectrum-fast", description="Spectrum's layer selection, fast and exact.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("scan", help="compute the SNR of every matrix and write JSON + YAML")
+    _add_source(p)
+    p.add_argument("--top-percent", type=float, nargs="+", default=[50.0], metavar="P",
+                   help="write one YAML per percentage (default 50)")
+    p.add_argument("--out", default=".", help="output folder (default: here)")
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    p.add_argument("--precision", choices=["float64", "float32"], default="float64",
+                   help="float64 (default, exact) or float32 (faster, ~1e-4 on spiky matrices)")
+    p.add_argument("--model-name", default=None, help="names the files (default: hub id in config.json or folder)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("types", help="list the weight types of a model, with counts and shapes")
+    _add_source(p)
+
+    p = sub.add_parser("yaml", help="write spectrum.py's YAML from a snr_results JSON (either layout)")
+    p.add_argument("json", help="snr_results_<model>.json")
+    p.add_argument("--top-percent", type=float, nargs="+", required=True, metavar="P")
+    p.add_argument("--out", default=".", help="output folder (default: here)")
+    return parser
+
+
+def _source(args) -> object:
+    from .demo import demo_model_folder
+
+    if args.demo:
+        return demo_model_folder()
+    if not args.source:
+        raise SpectrumFastError("no SOURCE given: pass a model folder or file, or --demo")
+    return args.source
+
+
+def _types(args):
+    return args.types[0] if args.types in (["auto"], ["all"]) else args.types
+
+
+def _cmd_scan(args) -> int:
+    from .scan import scan
+    from .selection import check_top_percent
+
+    percents = [check_top_percent(p) for p in args.top_percent]
+    from .demo import DEMO_MODEL_NAME
+
+    model_name = args.model_name or (DEMO_MODEL_NAME if args.demo else None)
+    result = scan(_source(args), types=_types(args), device=args.device, progress=not args.no_progress,
+                  precision=args.precision, pool_experts=args.pool_experts, model_name=model_name)
+    out = Path(args.out)
+    written = list(result.to_spectrum_json(out))
+    written += [result.to_yaml(out, p) for p in percents]
+    print(result.summary(tuple(percents)))
+    gpu = f", peak GPU {result.peak_gpu_bytes / 2**20:.0f} MiB" if result.peak_gpu_bytes is not None else ""
+    host = f", peak host {result.peak_host_bytes / 2**20:.0f} MiB" if result.peak_host_bytes is not None else ""
+    print(f"\n{len(result.rows)} matrices in {result.seconds:.2f} s on {result.device} ({result.precision}){gpu}{host}")
+    for name, why in result.skipped[:10]:
+        print(f"skipped {name}: {why}")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_types(args) -> int:
+    from .sources import open_source
+    from .targets import describe_types, plan_tasks, require_some
+
+    src = open_source(_source(args))
+    try:
+        infos = src.tensors()
+        tasks, skipped = plan_tasks(infos, _types(args), args.pool_experts)
+        require_some(tasks, infos, _types(args), src.label)
+        print(f"{'type':<48} {'count':>6}  shapes")
+        for type_name, count, shapes in describe_types(tasks):
+            print(f"{type_name:<48} {count:>6}  " + ", ".join(f"{n}x{m}" for n, m in shapes))
+        print(f"\n{len(tasks)} matrices of {src.model_name}")
+        for name, why in skipped[:10]:
+            print(f"skipped {name}: {why}")
+    finally:
+        src.close()
+    return 0
+
+
+def _cmd_yaml(args) -> int:
+    from .results import load_results
+    from .selection import check_top_percent
+
+    percents = [check_top_percent(p) for p in args.top_percent]
+    result = load_results(args.json)
+    for p in percents:
+        print(f"wrote {result.to_yaml(Path(args.out), p, reference_names=True)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"scan": _cmd_scan, "types": _cmd_types, "yaml": _cmd_yaml}[args.command](args)
+    except SpectrumFastError as e:
+        print(f"spectrum-fast: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("spectrum-fast: interrupted; no output was written for the unfinished scan", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("spectrum-fast: error: out of host memory: close other programs or scan a smaller model",
+              file=sys.stderr)
+        return 3
+    except RuntimeError as e:
+        if "out of memory" in str(e).lower():
+            print("spectrum-fast: error: out of GPU memory: free the GPU or use --device cpu", file=sys.stderr)
+            return 3
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

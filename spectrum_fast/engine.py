@@ -1,0 +1,135 @@
+"""The exact engine: batches of same-shape matrices -> Gram -> eigenvalues -> statistics -> rows.
+
+The planner groups matrices of one shape into batches that fit a device-memory budget; each batch
+is read from the source one tensor at a time straight into a device buffer, checked for
+non-finite and all-zero matrices, and analysed with one call per operation. A reader thread
+loads batch i+1 (file read and host-to-device copy on a side stream) while batch i is analysed,
+so reading hides behind the eigen solves instead of adding to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+from . import ops
+from .results import MatrixRow
+from .sources import WeightSource
+from .targets import MatrixTask
+
+_DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass
+class Batch:
+    n: int
+    m: int
+    tasks: list[MatrixTask]
+
+
+def matrix_device_bytes(n: int, m: int, dtype: str) -> int:
+    """Device bytes one matrix needs in flight: the input, a float64 chunk, Gram + solver copies."""
+    k = min(n, m)
+    return n * m * _DTYPE_BYTES.get(dtype, 4) + min(n * m * 8, 256 << 20) + 3 * k * k * 8
+
+
+def plan_batches(tasks: list[MatrixTask], budget_bytes: int, max_batch: int = 64) -> list[Batch]:
+    """Group same-shape, same-dtype matrices (first-seen order) into batches under ``budget_bytes``."""
+    groups: dict[tuple[int, int, str], list[MatrixTask]] = {}
+    for t in tasks:
+        groups.setdefault((t.n, t.m, t.tensor.dtype), []).append(t)
+    batches = []
+    for (n, m, dtype), members in groups.items():
+        per = matrix_device_bytes(n, m, dtype)
+        size = max(1, min(max_batch, budget_bytes // per))
+        for i in range(0, len(members), size):
+            batches.append(Batch(n, m, members[i : i + size]))
+    return batches
+
+
+def _load_batch(source: WeightSource, batch: Batch, device: torch.device) -> tuple[torch.Tensor, float]:
+    """Read each matrix of the batch into one device buffer (a fused expert tensor is read once).
+
+    Runs in the reader thread: on CUDA the copies go on a side stream, and the buffer is complete
+    when this returns. -> (buffer, seconds spent)
+    """
+    start = time.perf_counter()
+    dtype = getattr(torch, batch.tasks[0].tensor.dtype)  # one dtype per batch (plan_batches)
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        buf = torch.empty((len(batch.tasks), batch.n, batch.m), dtype=dtype, device=device)
+        cache: tuple[str, torch.Tensor] | None = None
+        for i, task in enumerate(batch.tasks):
+            if cache is None or cache[0] != task.tensor.name:
+                cache = (task.tensor.name, source.read(task.tensor))
+            t = cache[1] if task.expert is None else cache[1][task.expert]
+            buf[i].copy_(t.reshape(batch.n, batch.m))
+    if stream is not None:
+        stream.synchronize()
+    return buf, time.perf_counter() - start
+
+
+def _prefetched(source: WeightSource, batches: list[Batch], device: torch.device):
+    """Yield (batch, buffer, load seconds), loading the next batch while the caller works.
+
+    Only for CUDA: on a CPU scan the reader would compete with LAPACK for the same cores (and
+    OpenMP workers spinning in a second thread halved eigvalsh speed on 2 cores), so batches are
+    read in line.
+    """
+    if device.type != "cuda":
+        for batch in batches:
+            yield (batch, *_load_batch(source, batch, device))
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spectrum-fast-reader") as reader:
+        pending = reader.submit(_load_batch, source, batches[0], device)
+        for i, batch in enumerate(batches):
+            buf, load_s = pending.result()
+            if i + 1 < len(batches):
+                pending = reader.submit(_load_batch, source, batches[i + 1], device)
+            if device.type == "cuda":
+                # Allocated on the reader's stream, used on this one: keep the allocator from
+                # handing its memory to the reader before this stream is done with it.
+                buf.record_stream(torch.cuda.current_stream(device))
+            yield batch, buf, load_s
+
+
+def run_batches(
+    source: WeightSource,
+    batches: list[Batch],
+    device: torch.device,
+    precision: str = "float64",
+    on_batch: Callable[[Batch], None] | None = None,
+) -> Iterator[tuple[MatrixTask, MatrixRow]]:
+    for batch, w, load_s in _prefetched(source, batches, device):
+        start = time.perf_counter()
+        flat = w.reshape(len(batch.tasks), -1)
+        finite = torch.isfinite(flat).all(dim=1)
+        nonzero = (flat != 0).any(dim=1)
+        # A non-finite matrix would poison nothing else, but LAPACK may refuse it: zero it first.
+        w.masked_fill_(~finite.view(-1, 1, 1), 0)
+        stats = ops.snr_statistics(ops.eigvalsh(ops.gram(w, precision)), batch.n, batch.m)
+        table = torch.stack([getattr(stats, f) for f in ops.SpectrumStats.FIELDS], dim=-1).cpu().tolist()
+        finite, nonzero = finite.cpu().tolist(), nonzero.cpu().tolist()
+        del w, flat
+        # Per matrix: its share of the batch's analysis plus its share of the (overlapped) read.
+        per_matrix = (time.perf_counter() - start + load_s) / len(batch.tasks)
+        k = min(batch.n, batch.m)
+        for task, row, ok, nz in zip(batch.tasks, table, finite, nonzero):
+            sigma_max, sigma, tau, _signal, _noise, n_signal, snr = row
+            status = "ok" if ok and nz else ("nonfinite" if not ok else "zero")
+            if status == "nonfinite":
+                sigma_max = sigma = tau = snr = float("nan")
+            yield task, MatrixRow(
+                name=task.name, type=task.type, snr=snr, shape=(task.n, task.m), dtype=task.tensor.dtype,
+                sigma_max=sigma_max, sigma=sigma, threshold=tau,
+                n_signal=None if status == "nonfinite" else int(n_signal),
+                n_noise=None if status == "nonfinite" else k - int(n_signal),
+                status=status, seconds=per_matrix,
+            )
+        if on_batch is not None:
+            on_batch(batch)

@@ -1,0 +1,40 @@
+"""Peak memory as the scan sees it: host memory the process owns, and GPU memory allocated."""
+
+from __future__ import annotations
+
+import torch
+
+
+def host_anon_bytes() -> int | None:
+    """Anonymous resident memory of this process (excludes mmap'ed file pages, which are page cache)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class PeakTracker:
+    """Samples host memory between batches; reads the CUDA allocator's own peak."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.host_peak = host_anon_bytes()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            self._gpu_base = torch.cuda.memory_allocated(device)
+
+    def sample(self) -> None:
+        now = host_anon_bytes()
+        if now is not None and (self.host_peak is None or now > self.host_peak):
+            self.host_peak = now
+
+    @property
+    def gpu_peak(self) -> int | None:
+        if self.device.type != "cuda":
+            return None
+        return torch.cuda.max_memory_allocated(self.device)

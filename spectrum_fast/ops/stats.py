@@ -1,0 +1,81 @@
+"""Spectrum's statistics from the eigenvalues of the Gram, for a batch of matrices at once.
+
+S = sqrt(eigenvalues) (all min(n, m) singular values), then exactly as spectrum.py:
+sigma = (q75 - q25) / 1.349 with torch.quantile's linear interpolation, tau = sigma (1 + sqrt(beta)),
+beta = min/max, signal = sum S > tau, noise = sum S <= tau (1.0 when empty), snr = signal/noise/max S.
+Backends: plain torch (any device), and the C++ extension (spectrum_fast._C) on CPU when built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import _extension
+
+
+@dataclass
+class SpectrumStats:
+    """Per-matrix statistics; each field is a float64 tensor of shape [B]."""
+
+    sigma_max: torch.Tensor
+    sigma: torch.Tensor
+    threshold: torch.Tensor
+    signal: torch.Tensor
+    noise: torch.Tensor
+    n_signal: torch.Tensor
+    snr: torch.Tensor
+
+    FIELDS = ("sigma_max", "sigma", "threshold", "signal", "noise", "n_signal", "snr")
+
+    @classmethod
+    def from_columns(cls, table: torch.Tensor) -> "SpectrumStats":
+        return cls(*table.unbind(-1))
+
+
+def singular_values_from_eigenvalues(eigvals: torch.Tensor) -> torch.Tensor:
+    """Ascending eigenvalues of the Gram -> ascending singular values (float64).
+
+    Tiny negative eigenvalues are rounding of true zeros: clamp them to 0.
+    """
+    return eigvals.to(torch.float64).clamp_min(0).sqrt()
+
+
+def _quantile_sorted(s: torch.Tensor, q: float) -> torch.Tensor:
+    """torch.quantile(s, q) along the last dim for already ascending ``s`` (same lerp as torch)."""
+    k = s.shape[-1]
+    rank = torch.tensor(q, dtype=s.dtype) * (k - 1)
+    below = int(torch.floor(rank))
+    above = int(torch.ceil(rank))
+    weight = rank - below
+    return torch.lerp(s[..., below], s[..., above], weight.to(s.device))
+
+
+def snr_statistics_torch(eigvals: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """[B, k] ascending eigenvalues -> [B, 7] float64 table (columns as SpectrumStats.FIELDS)."""
+    s = singular_values_from_eigenvalues(eigvals)
+    q25 = _quantile_sorted(s, 0.25)
+    q75 = _quantile_sorted(s, 0.75)
+    sigma = (q75 - q25) / 1.349
+    beta = min(n, m) / max(n, m)
+    tau = sigma * (1.0 + beta**0.5)
+    above = s > tau.unsqueeze(-1)
+    signal = torch.where(above, s, 0.0).sum(-1)
+    n_signal = above.sum(-1).to(torch.float64)
+    n_noise = s.shape[-1] - n_signal
+    noise = torch.where(n_noise > 0, torch.where(above, 0.0, s).sum(-1), 1.0)
+    sigma_max = s[..., -1]
+    snr = torch.where(sigma_max > 0, signal / noise / sigma_max, 0.0)
+    return torch.stack([sigma_max, sigma, tau, signal, noise, n_signal, snr], dim=-1)
+
+
+def snr_statistics(eigvals: torch.Tensor, n: int, m: int) -> SpectrumStats:
+    """Statistics of a batch of matrices of shape n x m from their Gram eigenvalues ([B, k], ascending)."""
+    eigvals = eigvals.reshape(-1, eigvals.shape[-1])
+    ext = _extension.load()
+    if ext is not None and eigvals.device.type == "cpu":
+        table = ext.snr_statistics(eigvals.to(torch.float64).contiguous(), n, m)
+    else:
+        table = snr_statistics_torch(eigvals, n, m)
+    return SpectrumStats.from_columns(table)

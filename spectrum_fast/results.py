@@ -1,0 +1,180 @@
+"""Scan results: rows, Spectrum's selection, and the reference's file formats.
+
+Formats (spectrum.py, cognitivecomputations/spectrum):
+- ``snr_results_<slug>.json``: {module: {"snr": float, "type": str}} (json.dump, indent=4);
+- ``snr_results_<slug>_sorted.json``: {type: {module: snr}} sorted by SNR, descending;
+- ``snr_results_<slug>_unfrozenparameters_<p>percent.yaml``: ``unfrozen_parameters:``, the
+  embedding and head patterns, then per type a ``# <type> layers`` comment and ``- <module>`` lines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import SelectionError
+from .files import atomic_write_text
+from .naming import model_slug, percent_label
+from .selection import group_by_type, select_by_type
+
+# spectrum.py always writes these two lines; they are the Llama names.
+REFERENCE_HEAD_PATTERN = "^lm_head.weight$"
+REFERENCE_EMBEDDING_PATTERN = "^model.embed_tokens.weight$"
+
+
+@dataclass
+class MatrixRow:
+    """One scanned matrix. Fields other than name/type/snr are None for rows read from JSON."""
+
+    name: str
+    type: str
+    snr: float
+    shape: tuple[int, int] | None = None
+    dtype: str | None = None
+    sigma_max: float | None = None
+    sigma: float | None = None
+    threshold: float | None = None
+    n_signal: int | None = None
+    n_noise: int | None = None
+    status: str = "ok"  # "ok" | "nonfinite" | "zero"
+    seconds: float | None = None
+
+
+@dataclass
+class ScanResult:
+    rows: list[MatrixRow]
+    model_name: str
+    embedding_name: str | None = None  # parameter name of the input embedding, when known
+    head_name: str | None = None  # parameter name of the output head, when known
+    device: str | None = None
+    precision: str | None = None
+    seconds: float | None = None
+    peak_gpu_bytes: int | None = None
+    peak_host_bytes: int | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (tensor, reason)
+    file_base: str | None = None  # set when read from a file: spectrum.py names the YAML after it
+
+    # -- selection ---------------------------------------------------------------------------
+    def _groups(self) -> dict[str, list[tuple[str, float]]]:
+        return group_by_type((r.name, r.type, r.snr) for r in self.rows)
+
+    def select_by_type(self, top_percent: float) -> dict[str, list[str]]:
+        """{type: [module names]} chosen by Spectrum's rule, best first."""
+        return select_by_type(self._groups(), top_percent)
+
+    def select(self, top_percent: float) -> list[str]:
+        """Module names to train at ``top_percent`` (Spectrum's per-type rule)."""
+        return [name for names in self.select_by_type(top_percent).values() for name in names]
+
+    # -- files -------------------------------------------------------------------------------
+    @property
+    def json_base(self) -> str:
+        return self.file_base or f"snr_results_{model_slug(self.model_name)}"
+
+    def spectrum_json(self) -> str:
+        data = {r.name: {"snr": r.snr, "type": r.type} for r in self.rows}
+        return json.dumps(data, indent=4)
+
+    def sorted_json(self) -> str:
+        data = {
+            t: dict(sorted(members, key=lambda item: -math.inf if math.isnan(item[1]) else item[1], reverse=True))
+            for t, members in self._groups().items()
+        }
+        return json.dumps(data, indent=4)
+
+    def to_spectrum_json(self, directory: str | os.PathLike = ".") -> tuple[Path, Path]:
+        """Write ``snr_results_<slug>.json`` and ``..._sorted.json`` into ``directory``."""
+        directory = Path(directory)
+        main = atomic_write_text(directory / f"{self.json_base}.json", self.spectrum_json())
+        srt = atomic_write_text(directory / f"{self.json_base}_sorted.json", self.sorted_json())
+        return main, srt
+
+    def yaml_text(self, top_percent: float, *, reference_names: bool = False) -> str:
+        """The Axolotl ``unfrozen_parameters:`` file.
+
+        With ``reference_names`` the embedding and head lines are spectrum.py's fixed Llama
+        patterns; otherwise the model's own parameter names are used where they are known.
+        """
+        chosen = self.select_by_type(top_percent)
+        head = REFERENCE_HEAD_PATTERN if reference_names or not self.head_name else f"^{self.head_name}$"
+        emb = REFERENCE_EMBEDDING_PATTERN if reference_names or not self.embedding_name else f"^{self.embedding_name}$"
+        lines = ["unfrozen_parameters:", f"- {head}", f"- {emb}"]
+        for type_name, names in chosen.items():
+            lines.append(f"# {type_name} layers")
+            lines.extend(f"- {name}" for name in names)
+        return "\n".join(lines) + "\n"
+
+    def yaml_filename(self, top_percent: float) -> str:
+        return f"{self.json_base}_unfrozenparameters_{percent_label(top_percent)}percent.yaml"
+
+    def to_yaml(self, path: str | os.PathLike, top_percent: float, *, reference_names: bool = False) -> Path:
+        """Write the YAML to ``path`` (a file, or a directory to get spectrum.py's file name)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / self.yaml_filename(top_percent)
+        return atomic_write_text(path, self.yaml_text(top_percent, reference_names=reference_names))
+
+    # -- display -----------------------------------------------------------------------------
+    def summary(self, top_percents: tuple[float, ...] = ()) -> str:
+        """A plain-text table: one line per type (count, shape, SNR range, selected counts)."""
+        by_type: dict[str, list[MatrixRow]] = {}
+        for r in self.rows:
+            by_type.setdefault(r.type, []).append(r)
+        chosen = {p: self.select_by_type(p) for p in top_percents}
+        head = f"{'type':<40} {'count':>6} {'shape':>13} {'snr min':>10} {'snr median':>11} {'snr max':>10}"
+        head += "".join(f" {('top ' + percent_label(p) + '%'):>8}" for p in top_percents)
+        out = [head, "-" * len(head)]
+        for t, rows in by_type.items():
+            snrs = sorted(r.snr for r in rows if not math.isnan(r.snr))
+            shape = "x".join(map(str, rows[0].shape)) if rows[0].shape else "-"
+            mn, med, mx = (snrs[0], snrs[len(snrs) // 2], snrs[-1]) if snrs else (math.nan,) * 3
+            line = f"{t[:40]:<40} {len(rows):>6} {shape:>13} {mn:>10.4g} {med:>11.4g} {mx:>10.4g}"
+            line += "".join(f" {len(chosen[p][t]):>8}" for p in top_percents)
+            out.append(line)
+        bad = [r for r in self.rows if r.status != "ok"]
+        if bad:
+            out.append(f"{len(bad)} matrices not ok: " + ", ".join(f"{r.name} ({r.status})" for r in bad[:5])
+                       + (" ..." if len(bad) > 5 else ""))
+        return "\n".join(out)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_results(path: str | os.PathLike) -> ScanResult:
+    """Read a Spectrum result JSON in either published layout.
+
+    - {module: {"snr": x, "type": t}} (most files), or
+    - {type: {module: snr}} (the ``_sorted`` layout; the Llama-3.1-8B-Instruct file uses it).
+    The YAML written from it is named after the JSON file, as spectrum.py names it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SelectionError(f"{path}: no such result file: give the path of a snr_results_*.json")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SelectionError(f"{path}: not valid JSON ({e.__class__.__name__}: {e}): give a Spectrum snr_results file") from None
+    if not isinstance(data, dict) or not data:
+        raise SelectionError(f"{path}: expected a non-empty JSON object of Spectrum results")
+    rows: list[MatrixRow] = []
+    first = next(iter(data.values()))
+    try:
+        if isinstance(first, dict) and "snr" in first and "type" in first:
+            for name, info in data.items():
+                rows.append(MatrixRow(name=name, type=str(info["type"]), snr=float(info["snr"])))
+        elif isinstance(first, dict):
+            for type_name, members in data.items():
+                for name, snr in members.items():
+                    rows.append(MatrixRow(name=name, type=type_name, snr=float(snr)))
+        else:
+            raise TypeError
+    except (TypeError, KeyError, ValueError, AttributeError):
+        raise SelectionError(
+            f"{path}: not a Spectrum result layout (expected name -> {{snr, type}} or type -> {{name: snr}})"
+        ) from None
+    model_name = path.stem[len("snr_results_"):] if path.stem.startswith("snr_results_") else path.stem
+    return ScanResult(rows=rows, model_name=model_name, file_base=path.stem)

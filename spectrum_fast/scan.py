@@ -1,0 +1,92 @@
+"""``scan()``: the public entry point that ties source, targets, engine and results together."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .engine import plan_batches, run_batches
+from .errors import SelectionError
+from .memory import PeakTracker
+from .results import ScanResult
+from .sources import ModuleSource, open_source
+from .targets import plan_tasks, require_some
+
+DEFAULT_GPU_BUDGET = 1 << 30  # bytes of matrices in flight on the GPU per batch
+DEFAULT_CPU_BUDGET = 512 << 20
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SelectionError(f"device {device!r} is not a torch device: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SelectionError(f"device {device!r} asked for, but this torch has no CUDA GPU: use --device cpu")
+    return dev
+
+
+def scan(
+    source: Any,
+    *,
+    types: str | Sequence[str] = "auto",
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    precision: str = "float64",
+    pool_experts: bool = False,
+    model_name: str | None = None,
+    max_batch_bytes: int | None = None,
+) -> ScanResult:
+    """Signal-to-noise ratio of every selected weight matrix, exactly as Spectrum defines it.
+
+    source: a torch.nn.Module (transformers models included), a Hugging Face model folder
+        (safetensors, sharded or not; pytorch_model*.bin), one .safetensors/.bin file, or a dict
+        of tensors. Files are read one tensor at a time.
+    types: "auto" (>=2-D weights in the numbered blocks), "all" (also embeddings, head, norms),
+        or a list of type names / regexes matched exactly against each type.
+    device: where the maths runs; default cuda when available, else cpu.
+    precision: "float64" (exact: float64 Gram and eigen solve) or "float32" (faster, ~1e-4).
+    pool_experts: group ``mlp.experts.<e>.down_proj`` of all e into one type ``mlp.experts.*.down_proj``.
+    model_name: names the output files (default: the hub id in config.json, or the folder name).
+    """
+    if precision not in ("float64", "float32"):
+        raise SelectionError(f"precision {precision!r} is not known: use float64 (exact) or float32")
+    dev = resolve_device(device)
+    start = time.perf_counter()
+    src = open_source(source, model_name)
+    try:
+        infos = src.tensors()
+        tasks, skipped = plan_tasks(infos, types, pool_experts)
+        if isinstance(src, ModuleSource):
+            meta = [t for t in tasks if src.is_meta(t.tensor)]
+            skipped += [(t.tensor.name, "on the meta device (offloaded), not scanned") for t in meta]
+            tasks = [t for t in tasks if not src.is_meta(t.tensor)]
+        require_some(tasks, infos, types, src.label)
+        budget = max_batch_bytes or (DEFAULT_GPU_BUDGET if dev.type == "cuda" else DEFAULT_CPU_BUDGET)
+        batches = plan_batches(tasks, budget)
+        tracker = PeakTracker(dev)
+        rows_by_order = {}
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(tasks), unit="matrix", desc="SNR", disable=not progress, dynamic_ncols=True) as bar:
+
+            def after(batch):
+                tracker.sample()
+                bar.update(len(batch.tasks))
+
+            for task, row in run_batches(src, batches, dev, precision, on_batch=after):
+                rows_by_order[task.order] = row
+        rows = [rows_by_order[i] for i in sorted(rows_by_order)]
+        return ScanResult(
+            rows=rows, model_name=src.model_name, embedding_name=src.embedding_name(),
+            head_name=src.head_name(), device=str(dev), precision=precision,
+            seconds=time.perf_counter() - start, peak_gpu_bytes=tracker.gpu_peak,
+            peak_host_bytes=tracker.host_peak, skipped=skipped,
+        )
+    finally:
+        src.close()

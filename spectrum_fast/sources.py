@@ -1,0 +1,289 @@
+"""Where the weights come from: a module, a model folder, one file, or a dict of tensors.
+
+Every source lists its tensors from metadata alone (safetensors headers, state-dict keys) and reads
+one tensor at a time on request, so a scan never holds the whole model in host memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import SourceError
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None),
+}
+
+# Parameter names of input embeddings and output heads across the common architectures.
+_EMBEDDING_RE = re.compile(r"(^|\.)(embed_tokens|word_embeddings|wte|tok_embeddings|embed_in)\.weight$")
+_HEAD_RE = re.compile(r"(^|\.)(lm_head|embed_out|output)\.weight$")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # "bfloat16", "float32", "int64", ...
+    floating: bool
+    file: str | None = None  # which file holds it (for messages)
+
+
+class WeightSource(ABC):
+    """``tensors()`` lists from metadata, ``read(info)`` loads one tensor (CPU or where it lives)."""
+
+    label: str = "weights"
+    model_name: str = "model"
+
+    @abstractmethod
+    def tensors(self) -> list[TensorInfo]: ...
+
+    @abstractmethod
+    def read(self, info: TensorInfo) -> torch.Tensor: ...
+
+    def close(self) -> None:
+        pass
+
+    def embedding_name(self) -> str | None:
+        return _find_name(self.tensors(), _EMBEDDING_RE)
+
+    def head_name(self) -> str | None:
+        return _find_name(self.tensors(), _HEAD_RE)
+
+
+def _find_name(infos: list[TensorInfo], pattern: re.Pattern) -> str | None:
+    for info in infos:
+        if len(info.shape) == 2 and pattern.search(info.name) and not any(p.isdigit() for p in info.name.split(".")):
+            return info.name
+    return None
+
+
+def _torch_dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _info_from_tensor(name: str, t: torch.Tensor, file: str | None = None) -> TensorInfo:
+    return TensorInfo(name, tuple(t.shape), _torch_dtype_name(t.dtype), t.is_floating_point(), file)
+
+
+class DictSource(WeightSource):
+    def __init__(self, tensors: dict[str, Any], model_name: str = "state_dict"):
+        bad = [k for k, v in tensors.items() if not isinstance(v, torch.Tensor)]
+        if bad:
+            raise SourceError(f"dict entry {bad[0]!r} is not a torch.Tensor: pass a dict of name -> tensor")
+        self._tensors = tensors
+        self.label = "dict of tensors"
+        self.model_name = model_name
+
+    def tensors(self) -> list[TensorInfo]:
+        return [_info_from_tensor(k, v) for k, v in self._tensors.items()]
+
+    def read(self, info: TensorInfo) -> torch.Tensor:
+        return self._tensors[info.name].detach()
+
+
+class ModuleSource(WeightSource):
+    """An in-memory torch.nn.Module (a transformers model included). Tied weights count once."""
+
+    def __init__(self, module: torch.nn.Module, model_name: str | None = None):
+        self.module = module
+        self._params = dict(module.named_parameters())  # remove_duplicate=True: tied weights once
+        self.label = type(module).__name__
+        cfg = getattr(module, "config", None)
+        self.model_name = model_name or getattr(module, "name_or_path", None) or getattr(cfg, "_name_or_path", None) \
+            or type(module).__name__
+
+    def tensors(self) -> list[TensorInfo]:
+        return [_info_from_tensor(k, v) for k, v in self._params.items()]
+
+    def read(self, info: TensorInfo) -> torch.Tensor:
+        return self._params[info.name].detach()
+
+    def is_meta(self, info: TensorInfo) -> bool:
+        return self._params[info.name].is_meta
+
+    def _param_of(self, getter: str) -> str | None:
+        fn = getattr(self.module, getter, None)
+        mod = fn() if callable(fn) else None
+        weight = getattr(mod, "weight", None)
+        if weight is None:
+            return None
+        # Name it by the module it belongs to (lm_head.weight even when tied to the embedding).
+        for name, m in self.module.named_modules():
+            if m is mod:
+                return f"{name}.weight" if name else "weight"
+        return None
+
+    def embedding_name(self) -> str | None:
+        return self._param_of("get_input_embeddings") or super().embedding_name()
+
+    def head_name(self) -> str | None:
+        return self._param_of("get_output_embeddings") or super().head_name()
+
+
+class SafetensorsSource(WeightSource):
+    """One or more .safetensors files; tensors are read one at a time through safe_open."""
+
+    def __init__(self, files: list[Path], model_name: str, label: str):
+        from safetensors import SafetensorError, safe_open
+
+        self.label = label
+        self.model_name = model_name
+        self._handles: dict[str, Any] = {}
+        self._infos: list[TensorInfo] = []
+        self._file_of: dict[str, str] = {}
+        for path in files:
+            if not path.is_file():
+                raise SourceError(f"{path}: shard is missing: download it again or fix the index file")
+            try:
+                handle = safe_open(str(path), framework="pt")
+                keys = list(handle.keys())
+                infos = []
+                for k in keys:
+                    sl = handle.get_slice(k)
+                    dt = sl.get_dtype()
+                    tdt = _SAFETENSORS_DTYPES.get(dt)
+                    infos.append(TensorInfo(k, tuple(sl.get_shape()), _torch_dtype_name(tdt) if tdt else dt.lower(),
+                                            tdt is not None, str(path)))
+            except SafetensorError as e:
+                raise SourceError(f"{path}: not a readable safetensors file ({e}): it is truncated or corrupt, "
+                                  f"download or save it again") from None
+            self._handles[str(path)] = handle
+            for info in infos:
+                self._file_of[info.name] = str(path)
+            self._infos.extend(infos)
+
+    def tensors(self) -> list[TensorInfo]:
+        return self._infos
+
+    def read(self, info: TensorInfo) -> torch.Tensor:
+        from safetensors import SafetensorError
+
+        path = self._file_of[info.name]
+        try:
+            return self._handles[path].get_tensor(info.name)
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise SourceError(f"{path}: cannot read tensor {info.name} ({e}): the file is damaged, "
+                              f"download or save it again") from None
+
+    def close(self) -> None:
+        self._handles.clear()
+
+
+class TorchBinSource(WeightSource):
+    """pytorch_model*.bin shards, read with torch.load(weights_only=True, mmap=True)."""
+
+    def __init__(self, files: list[Path], model_name: str, label: str):
+        self.label = label
+        self.model_name = model_name
+        self._state: dict[str, torch.Tensor] = {}
+        self._infos: list[TensorInfo] = []
+        for path in files:
+            if not path.is_file():
+                raise SourceError(f"{path}: shard is missing: download it again or fix the index file")
+            state = _torch_load(path)
+            for k, v in state.items():
+                if isinstance(v, torch.Tensor):
+                    self._state[k] = v
+                    self._infos.append(_info_from_tensor(k, v, str(path)))
+
+    def tensors(self) -> list[TensorInfo]:
+        return self._infos
+
+    def read(self, info: TensorInfo) -> torch.Tensor:
+        return self._state[info.name]
+
+    def close(self) -> None:
+        self._state.clear()
+
+
+def _torch_load(path: Path) -> dict:
+    import pickle
+    import zipfile
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise SourceError(f"{path}: cannot load ({e}): the file is damaged, download or save it again") from None
+        # Legacy (non-zip) checkpoints cannot be memory-mapped: read them whole.
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e2:  # noqa: BLE001 - any failure here is a damaged file
+            raise SourceError(f"{path}: cannot load ({e2}): the file is damaged, download or save it again") from None
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise SourceError(f"{path}: cannot load ({e.__class__.__name__}: {e}): the file is damaged or not a "
+                          f"PyTorch checkpoint, download or save it again") from None
+    if not isinstance(state, dict):
+        raise SourceError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
+    return state
+
+
+def _model_name_of_folder(folder: Path) -> str:
+    cfg = folder / "config.json"
+    if cfg.is_file():
+        try:
+            name = json.loads(cfg.read_text(encoding="utf-8")).get("_name_or_path")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            name = None
+        # A hub id (org/name) is what spectrum.py used; a local absolute path is not a name.
+        if isinstance(name, str) and name and not os.path.isabs(name) and name.count("/") <= 1:
+            return name
+    return folder.resolve().name
+
+
+def _read_index(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = list(dict.fromkeys(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        raise SourceError(f"{index}: not a valid index (expected a JSON object with a weight_map): "
+                          f"download it again") from None
+    return [index.parent / s for s in shards]
+
+
+def open_source(source: Any, model_name: str | None = None) -> WeightSource:
+    """Resolve what the user passed into a WeightSource, or raise a one-line SourceError."""
+    if isinstance(source, torch.nn.Module):
+        return ModuleSource(source, model_name)
+    if isinstance(source, dict):
+        return DictSource(source, model_name or "state_dict")
+    if not isinstance(source, (str, os.PathLike)):
+        raise SourceError(f"cannot scan a {type(source).__name__}: pass a model, a folder, a .safetensors/.bin "
+                          f"file or a dict of tensors")
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise SourceError(f"{path}: no such file or folder: give a model folder, a .safetensors or .bin file")
+    if path.is_file():
+        name = model_name or (path.parent.resolve().name if path.stem.startswith(("model", "pytorch_model"))
+                              else path.stem)
+        if path.suffix == ".safetensors":
+            return SafetensorsSource([path], name, str(path))
+        if path.suffix in (".bin", ".pt", ".pth"):
+            return TorchBinSource([path], name, str(path))
+        if path.name.endswith(".index.json"):
+            return open_source(path.parent, model_name)
+        raise SourceError(f"{path}: unknown weight file type: give a .safetensors or .bin file, or the model folder")
+    name = model_name or _model_name_of_folder(path)
+    if (path / "model.safetensors.index.json").is_file():
+        return SafetensorsSource(_read_index(path / "model.safetensors.index.json"), name, str(path))
+    if (path / "model.safetensors").is_file():
+        return SafetensorsSource([path / "model.safetensors"], name, str(path))
+    shards = sorted(path.glob("*.safetensors"))
+    if shards:
+        return SafetensorsSource(shards, name, str(path))
+    if (path / "pytorch_model.bin.index.json").is_file():
+        return TorchBinSource(_read_index(path / "pytorch_model.bin.index.json"), name, str(path))
+    bins = sorted(path.glob("pytorch_model*.bin"))
+    if bins:
+        return TorchBinSource(bins, name, str(path))
+    raise SourceError(f"{path}: no weights found (looked for model.safetensors, *.safetensors with or without "
+                      f"an index, pytorch_model*.bin): point at the folder that holds them")

@@ -1,0 +1,180 @@
+"""The exact engine against a float64 SVD: spiked, rectangular, rank-deficient, heavy-tailed, noise."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+import spectrum_fast
+from spectrum_fast.ops import eigvalsh, gram
+from spectrum_fast.ops.stats import snr_statistics_torch
+from spectrum_fast import _extension
+
+from float64_reference import reference_stats
+
+SEED = random.SystemRandom().randrange(2**31)  # fresh inputs every run; printed on failure
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(SEED + seed)
+
+
+def spiked(n, m, seed, spikes_scale=8.0, rank_frac=1 / 16, noise=1.0, dtype=torch.bfloat16):
+    """Trained-looking weight: Gaussian bulk / sqrt(m) + heavy-tailed low-rank spikes s_i ~ c i^-0.7."""
+    g = gen(seed)
+    k = min(n, m)
+    w = noise * torch.randn(n, m, generator=g, dtype=torch.float64) / math.sqrt(m)
+    r = max(1, int(k * rank_frac))
+    u = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(m, r, generator=g, dtype=torch.float64))[0]
+    s = spikes_scale * torch.arange(1, r + 1, dtype=torch.float64) ** -0.7
+    return (w + (u * s) @ v.T).to(dtype)
+
+
+def rank_deficient(n, m, seed, dtype=torch.bfloat16):
+    """A third of the rows repeat earlier rows exactly: rank = 2/3 of min(n, m) (+ a noise bulk)."""
+    w = spiked(n, m, seed, dtype=dtype)
+    dup = n // 3
+    w[n - dup :] = w[:dup]
+    return w
+
+
+def heavy_tailed(n, m, seed, dtype=torch.bfloat16):
+    g = gen(seed)
+    # Student-t entries (3 degrees of freedom): a power-law spectrum like trained attention weights.
+    t = torch.distributions.StudentT(3.0).sample((n, m)).to(torch.float64)
+    t = t * (0.5 + torch.rand(n, 1, generator=g, dtype=torch.float64))
+    return (t / math.sqrt(m)).to(dtype)
+
+
+def pure_noise(n, m, seed, dtype=torch.bfloat16):
+    return (torch.randn(n, m, generator=gen(seed), dtype=torch.float64) / math.sqrt(m)).to(dtype)
+
+
+SHAPES = [(96, 96), (64, 512), (512, 64), (200, 300), (48, 384), (130, 70)]
+KINDS = {
+    "spiked": spiked,
+    "spiked_x400": lambda n, m, s, dtype=torch.bfloat16: spiked(n, m, s, spikes_scale=400.0, dtype=dtype),
+    "rank_deficient": rank_deficient,
+    "heavy_tailed": heavy_tailed,
+    "pure_noise": pure_noise,
+}
+
+
+def check_row(row, w, context):
+    ref = reference_stats(w)
+    assert row.status == "ok", context
+    assert (row.n_signal, row.n_noise) == (ref["n_signal"], ref["n_noise"]), (context, SEED)
+    assert abs(row.snr - ref["snr"]) <= 1e-5 * abs(ref["snr"]), (context, SEED, row.snr, ref["snr"])
+    assert math.isclose(row.sigma_max, ref["sigma_max"], rel_tol=1e-9), (context, SEED)
+    assert math.isclose(row.threshold, ref["threshold"], rel_tol=1e-6, abs_tol=1e-12), (context, SEED)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_scan_matches_float64_svd(kind, dtype):
+    weights = {}
+    for i, (n, m) in enumerate(SHAPES):
+        weights[f"model.layers.{i}.mlp.proj_{n}x{m}.weight"] = KINDS[kind](n, m, 100 * i, dtype=dtype)
+    result = spectrum_fast.scan(weights, device="cpu", progress=False)
+    assert [r.name for r in result.rows] == [k[: -len(".weight")] for k in weights]
+    for row, (name, w) in zip(result.rows, weights.items()):
+        check_row(row, w, (kind, str(dtype), name))
+
+
+def test_same_shape_batches_and_budget():
+    """Many same-shape matrices in batches of any size give the same numbers as one at a time."""
+    weights = {f"model.layers.{i}.mlp.experts.{e}.down_proj.weight": spiked(40, 72, 10 * i + e)
+               for i in range(3) for e in range(7)}
+    big = spectrum_fast.scan(weights, device="cpu", progress=False)
+    tiny = spectrum_fast.scan(weights, device="cpu", progress=False, max_batch_bytes=1)
+    for a, b, w in zip(big.rows, tiny.rows, weights.values()):
+        assert a.name == b.name
+        assert a.snr == pytest.approx(b.snr, rel=1e-12)
+        check_row(a, w, a.name)
+    assert big.rows[0].type == "mlp.experts.0.down_proj"
+    pooled = spectrum_fast.scan(weights, device="cpu", progress=False, pool_experts=True)
+    assert {r.type for r in pooled.rows} == {"mlp.experts.*.down_proj"}
+
+
+def test_fused_expert_tensor_is_split_per_expert():
+    experts = torch.stack([spiked(48, 80, e) for e in range(5)])  # [E, n, m]
+    result = spectrum_fast.scan({"model.layers.0.mlp.experts.down_proj": experts}, device="cpu", progress=False)
+    assert [r.name for r in result.rows] == [f"model.layers.0.mlp.experts.down_proj.{e}" for e in range(5)]
+    for e, row in enumerate(result.rows):
+        check_row(row, experts[e], row.name)
+
+
+def test_one_dimensional_weight_is_a_row_matrix():
+    w = torch.randn(77, generator=gen(1)).to(torch.bfloat16) + 1
+    result = spectrum_fast.scan({"model.norm.weight": w}, types="all", device="cpu", progress=False)
+    (row,) = result.rows
+    assert row.shape == (1, 77)
+    check_row(row, w, "norm")
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 9, 64, 101])
+def test_statistics_backends_agree_with_torch_quantile(k):
+    """torch and csrc statistics vs torch.quantile on the same singular values, every k mod 4."""
+    s = torch.rand(6, k, generator=gen(k), dtype=torch.float64).sort(dim=-1).values * 3
+    s[0] = 0.0  # a zero matrix row
+    eig = s**2
+    n, m = k, 4 * k
+    table = snr_statistics_torch(eig, n, m)
+    for b in range(s.shape[0]):
+        q25, q75 = torch.quantile(s[b], 0.25), torch.quantile(s[b], 0.75)
+        assert table[b, 1].item() == pytest.approx(((q75 - q25) / 1.349).item(), rel=1e-15, abs=1e-300)
+    ext = _extension.load()
+    if ext is None:
+        pytest.skip("spectrum_fast._C is not built (pip install --no-build-isolation -e .)")
+    torch.testing.assert_close(ext.snr_statistics(eig, n, m), table, rtol=1e-13, atol=0)
+
+
+def test_statistics_csrc_rejects_bad_input():
+    ext = _extension.load()
+    if ext is None:
+        pytest.skip("spectrum_fast._C is not built")
+    with pytest.raises(RuntimeError, match="float64"):
+        ext.snr_statistics(torch.ones(2, 3, dtype=torch.float32), 3, 4)
+    with pytest.raises(RuntimeError, match=r"\[B, k\]"):
+        ext.snr_statistics(torch.ones(3, dtype=torch.float64), 3, 4)
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_gram_is_never_rounded_to_input_precision(precision):
+    w = spiked(64, 256, 7)
+    g = gram(w, precision)
+    assert g.dtype == (torch.float64 if precision == "float64" else torch.float32)
+    truth = w.double() @ w.double().T
+    err = (g.double() - truth).abs().max() / truth.abs().max()
+    assert err < (1e-15 if precision == "float64" else 1e-6), err
+
+
+def test_gram_chunks_along_the_long_side(monkeypatch):
+    import importlib
+
+    gram_mod = importlib.import_module("spectrum_fast.ops.gram")  # the module, not the function
+
+    w = spiked(300, 40, 9)  # tall: Gram of the 40 side
+    monkeypatch.setattr(gram_mod, "_CHUNK_BYTES", 8 * 40 * 7)  # chunks of 7 rows
+    g = gram(w)
+    torch.testing.assert_close(g, w.double().T @ w.double(), rtol=1e-14, atol=1e-14)
+    assert eigvalsh(g).shape == (40,)
+
+
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_scan_on_gpu_matches_float64_svd(kind):
+    weights = {f"model.layers.{i}.mlp.p.weight": KINDS[kind](n, m, 100 * i) for i, (n, m) in enumerate(SHAPES)}
+    weights["model.layers.9.mlp.big.weight"] = KINDS[kind](1024, 4096, 999)
+    result = spectrum_fast.scan(weights, device="cuda", progress=False)
+    assert result.peak_gpu_bytes is not None and result.peak_gpu_bytes > 0
+    for row, w in zip(result.rows, weights.values()):
+        check_row(row, w, (kind, row.name))
