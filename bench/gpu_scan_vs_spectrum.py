@@ -3,9 +3,12 @@ a faithful re-implementation of Spectrum's computation, in the same run.
 
     python bench/gpu_scan_vs_spectrum.py --folder /tmp/llama3-8b --out $OUT
 
+(SPECTRUM_FAST_COMMIT names the commit when the checkout has no .git, as on the device tool.)
+
 1. writes the synthetic checkpoint (32 layers x 7 matrices, bf16, 15 GB; bench/workloads.py);
-2. scans it from disk with spectrum_fast (exact float64 and the float32 option), cold page cache
-   when /proc/sys/vm/drop_caches is writable, then warm;
+2. scans it from disk with spectrum_fast (exact float64 with the automatic eigen route and with
+   cuSOLVER syevd forced, and the float32 option), cold page cache when /proc/sys/vm/drop_caches
+   is writable, then warm; then the same weights already on the GPU;
 3. Spectrum's computation: per layer the weights are loaded to the GPU as float32 (not timed, the
    reference holds the fp32 model on its GPUs), then svdvals + statistics per matrix (timed);
 4. SNR error of both against float64 truth (svdvals in float64, gesvd) on a sample of matrices.
@@ -66,7 +69,7 @@ def main() -> None:
     args = ap.parse_args()
     folder = Path(args.folder)
     res: dict = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-                 "commit": git_commit(), "layers": args.layers, "command": " ".join(sys.argv)}
+                 "commit": os.environ.get("SPECTRUM_FAST_COMMIT") or git_commit(), "layers": args.layers, "command": " ".join(sys.argv)}
 
     t = time.perf_counter()
     res["bytes"] = write_llama3_8b(folder, args.layers)
@@ -76,15 +79,33 @@ def main() -> None:
     torch.cuda.synchronize()
     res["cold_cache"] = drop_page_cache()
     runs = {}
-    for label, precision in [("exact_cold", "float64"), ("exact_warm", "float64"), ("float32_warm", "float32")]:
+    plan = [("exact_cold", "float64", "auto"), ("exact_warm", "float64", "auto"),
+            ("exact_syevd_warm", "float64", "syevd"), ("float32_warm", "float32", "auto")]
+    for label, precision, route in plan:
         torch.cuda.empty_cache()
         t = time.perf_counter()
-        r = spectrum_fast.scan(folder, device="cuda", progress=False, precision=precision)
+        r = spectrum_fast.scan(folder, device="cuda", progress=False, precision=precision, eigen_route=route)
         torch.cuda.synchronize()
         runs[label] = {"seconds": time.perf_counter() - t, "peak_gpu_bytes": r.peak_gpu_bytes,
-                       "peak_host_bytes": r.peak_host_bytes, "matrices": len(r.rows)}
+                       "peak_host_bytes": r.peak_host_bytes, "matrices": len(r.rows),
+                       "read_s": r.read_seconds, "compute_s": r.compute_seconds}
         runs[label]["snr"] = {row.name: row.snr for row in r.rows}
         print(label, {k: v for k, v in runs[label].items() if k != "snr"}, flush=True)
+    # Compute alone: the same weights already on the GPU (a dict of device tensors), no reading.
+    from safetensors.torch import load_file
+
+    resident = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        resident.update(load_file(str(shard), device="cuda"))
+    t = time.perf_counter()
+    r = spectrum_fast.scan(resident, device="cuda", progress=False)
+    torch.cuda.synchronize()
+    runs["exact_gpu_resident"] = {"seconds": time.perf_counter() - t, "matrices": len(r.rows),
+                                  "read_s": r.read_seconds, "compute_s": r.compute_seconds,
+                                  "snr": {row.name: row.snr for row in r.rows}}
+    print("exact_gpu_resident", {k: v for k, v in runs["exact_gpu_resident"].items() if k != "snr"}, flush=True)
+    del resident, r
+    torch.cuda.empty_cache()
     res["scan"] = runs
 
     # Spectrum's computation: fp32 weights already on the GPU, svdvals per matrix.
@@ -119,7 +140,7 @@ def main() -> None:
             w = f.get_tensor(mod + ".weight")
         truth = truth_snr(w)
         row = {"matrix": mod, "truth": truth}
-        for label in ("exact_warm", "float32_warm"):
+        for label in ("exact_warm", "exact_syevd_warm", "exact_gpu_resident", "float32_warm"):
             row[label] = abs(runs[label]["snr"][mod] - truth) / truth
         if mod in ref_snr:
             row["spectrum_fp32_svdvals"] = abs(ref_snr[mod] - truth) / truth
@@ -133,9 +154,10 @@ def main() -> None:
     print(f"| Spectrum (fp32 svdvals per matrix, weights on GPU) | {ref_total:.1f} | 1.0x | - | "
           f"{max(a.get('spectrum_fp32_svdvals', 0) for a in acc):.1e} |")
     for label in runs:
-        err_key = "exact_warm" if label.startswith("exact") else "float32_warm"
+        err_key = {"exact_cold": "exact_warm"}.get(label, label)
+        peak = runs[label].get("peak_gpu_bytes")
         print(f"| spectrum_fast {label} | {runs[label]['seconds']:.1f} | {ref_total / runs[label]['seconds']:.1f}x | "
-              f"{runs[label]['peak_gpu_bytes'] / 2**20:.0f} | {max(a[err_key] for a in acc):.1e} |")
+              f"{peak / 2**20 if peak else float('nan'):.0f} | {max(a[err_key] for a in acc):.1e} |")
     for r in runs.values():
         r.pop("snr")
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -2,15 +2,16 @@
 
 The planner groups matrices of one shape into batches that fit a device-memory budget; each batch
 is read from the source one tensor at a time straight into a device buffer, checked for
-non-finite and all-zero matrices, and analysed with one call per operation. A reader thread
-loads batch i+1 (file read and host-to-device copy on a side stream) while batch i is analysed,
-so reading hides behind the eigen solves instead of adding to them.
+non-finite and all-zero matrices, and analysed with one call per operation. Three things overlap:
+a reader thread loads batch i+1 (file read and host-to-device copy on a side stream), the device
+forms Grams and reduces them to bands, and host threads solve the bands of earlier batches.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -98,38 +99,90 @@ def _prefetched(source: WeightSource, batches: list[Batch], device: torch.device
             yield batch, buf, load_s
 
 
+@dataclass
+class _InFlight:
+    """A batch whose eigenvalues are still being computed (host band solves run behind the GPU)."""
+
+    batch: Batch
+    eigenvalues: ops.PendingEigenvalues
+    finite: torch.Tensor
+    nonzero: torch.Tensor
+    started: float
+    load_s: float
+
+
+def _rows(item: _InFlight) -> Iterator[tuple[MatrixTask, MatrixRow]]:
+    batch = item.batch
+    stats = ops.snr_statistics(item.eigenvalues.result(), batch.n, batch.m)
+    table = torch.stack([getattr(stats, f) for f in ops.SpectrumStats.FIELDS], dim=-1).cpu().tolist()
+    finite, nonzero = item.finite.cpu().tolist(), item.nonzero.cpu().tolist()
+    # Per matrix: its share of the batch's wall time from analysis start to result, plus its share
+    # of the (overlapped) read. Batches overlap, so these do not add up to the scan's time.
+    per_matrix = (time.perf_counter() - item.started + item.load_s) / len(batch.tasks)
+    k = min(batch.n, batch.m)
+    for task, row, ok, nz in zip(batch.tasks, table, finite, nonzero):
+        sigma_max, sigma, tau, _signal, _noise, n_signal, snr = row
+        status = "ok" if ok and nz else ("nonfinite" if not ok else "zero")
+        if status == "nonfinite":
+            sigma_max = sigma = tau = snr = float("nan")
+        yield task, MatrixRow(
+            name=task.name, type=task.type, snr=snr, shape=(task.n, task.m), dtype=task.tensor.dtype,
+            sigma_max=sigma_max, sigma=sigma, threshold=tau,
+            n_signal=None if status == "nonfinite" else int(n_signal),
+            n_noise=None if status == "nonfinite" else k - int(n_signal),
+            status=status, seconds=per_matrix,
+        )
+
+
 def run_batches(
     source: WeightSource,
     batches: list[Batch],
     device: torch.device,
     precision: str = "float64",
     on_batch: Callable[[Batch], None] | None = None,
+    timings: dict[str, float] | None = None,
+    eigen_route: str = "auto",
+    max_in_flight: int | None = None,
 ) -> Iterator[tuple[MatrixTask, MatrixRow]]:
+    """Analyse each batch, yielding rows in batch order.
+
+    With the two-stage eigen route the host solves the bands of batch i while the device reduces
+    batch i+1; at most ``max_in_flight`` matrices (default: 4 per host worker) wait for the host.
+    ``timings`` (if given) accumulates "read_s" (reader thread, overlapped with everything) and
+    "compute_s" (the wall time of the analysis loop).
+    """
+    if max_in_flight is None:
+        max_in_flight = 4 * ops.band_eigen.host_workers()
+    in_flight: deque[_InFlight] = deque()
+    waiting = 0
+    loop_start = time.perf_counter()
+
+    def finish_oldest():
+        nonlocal waiting
+        item = in_flight.popleft()
+        waiting -= len(item.batch.tasks)
+        yield from _rows(item)
+        if on_batch is not None:
+            on_batch(item.batch)
+
     for batch, w, load_s in _prefetched(source, batches, device):
-        start = time.perf_counter()
+        started = time.perf_counter()
         flat = w.reshape(len(batch.tasks), -1)
         finite = torch.isfinite(flat).all(dim=1)
         nonzero = (flat != 0).any(dim=1)
         # A non-finite matrix would poison nothing else, but LAPACK may refuse it: zero it first.
         w.masked_fill_(~finite.view(-1, 1, 1), 0)
-        stats = ops.snr_statistics(ops.eigvalsh(ops.gram(w, precision)), batch.n, batch.m)
-        table = torch.stack([getattr(stats, f) for f in ops.SpectrumStats.FIELDS], dim=-1).cpu().tolist()
-        finite, nonzero = finite.cpu().tolist(), nonzero.cpu().tolist()
+        g = ops.gram(w, precision)
         del w, flat
-        # Per matrix: its share of the batch's analysis plus its share of the (overlapped) read.
-        per_matrix = (time.perf_counter() - start + load_s) / len(batch.tasks)
-        k = min(batch.n, batch.m)
-        for task, row, ok, nz in zip(batch.tasks, table, finite, nonzero):
-            sigma_max, sigma, tau, _signal, _noise, n_signal, snr = row
-            status = "ok" if ok and nz else ("nonfinite" if not ok else "zero")
-            if status == "nonfinite":
-                sigma_max = sigma = tau = snr = float("nan")
-            yield task, MatrixRow(
-                name=task.name, type=task.type, snr=snr, shape=(task.n, task.m), dtype=task.tensor.dtype,
-                sigma_max=sigma_max, sigma=sigma, threshold=tau,
-                n_signal=None if status == "nonfinite" else int(n_signal),
-                n_noise=None if status == "nonfinite" else k - int(n_signal),
-                status=status, seconds=per_matrix,
-            )
-        if on_batch is not None:
-            on_batch(batch)
+        pending = ops.eigvalsh_deferred(g, eigen_route)
+        del g
+        in_flight.append(_InFlight(batch, pending, finite, nonzero, started, load_s))
+        waiting += len(batch.tasks)
+        if timings is not None:
+            timings["read_s"] = timings.get("read_s", 0.0) + load_s
+        while in_flight and (waiting > max_in_flight or in_flight[0].eigenvalues.done()):
+            yield from finish_oldest()
+    while in_flight:
+        yield from finish_oldest()
+    if timings is not None:
+        timings["compute_s"] = timings.get("compute_s", 0.0) + time.perf_counter() - loop_start

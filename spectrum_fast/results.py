@@ -52,6 +52,8 @@ class ScanResult:
     device: str | None = None
     precision: str | None = None
     seconds: float | None = None
+    read_seconds: float | None = None  # reading + host-to-device copies (overlapped on CUDA)
+    compute_seconds: float | None = None  # Gram + eigenvalues + statistics
     peak_gpu_bytes: int | None = None
     peak_host_bytes: int | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (tensor, reason)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from . import ops
 from .engine import plan_batches, run_batches
 from .errors import SelectionError
 from .memory import PeakTracker
@@ -41,6 +42,7 @@ def scan(
     pool_experts: bool = False,
     model_name: str | None = None,
     max_batch_bytes: int | None = None,
+    eigen_route: str = "auto",
 ) -> ScanResult:
     """Signal-to-noise ratio of every selected weight matrix, exactly as Spectrum defines it.
 
@@ -53,9 +55,14 @@ def scan(
     precision: "float64" (exact: float64 Gram and eigen solve) or "float32" (faster, ~1e-4).
     pool_experts: group ``mlp.experts.<e>.down_proj`` of all e into one type ``mlp.experts.*.down_proj``.
     model_name: names the output files (default: the hub id in config.json, or the folder name).
+    eigen_route: "auto" (the measured faster one per size and device), "syevd"
+        (torch.linalg.eigvalsh) or "two_stage" (float64 dense -> band on the device, band
+        eigenvalues by LAPACK on host threads); all are exact to float64 rounding.
     """
     if precision not in ("float64", "float32"):
         raise SelectionError(f"precision {precision!r} is not known: use float64 (exact) or float32")
+    if eigen_route not in ops.ROUTES:
+        raise SelectionError(f"eigen_route {eigen_route!r} is not known: use one of {', '.join(ops.ROUTES)}")
     dev = resolve_device(device)
     start = time.perf_counter()
     src = open_source(source, model_name)
@@ -71,6 +78,7 @@ def scan(
         batches = plan_batches(tasks, budget)
         tracker = PeakTracker(dev)
         rows_by_order = {}
+        timings: dict[str, float] = {}
         from tqdm.auto import tqdm
 
         with tqdm(total=len(tasks), unit="matrix", desc="SNR", disable=not progress, dynamic_ncols=True) as bar:
@@ -79,7 +87,9 @@ def scan(
                 tracker.sample()
                 bar.update(len(batch.tasks))
 
-            for task, row in run_batches(src, batches, dev, precision, on_batch=after):
+            for task, row in run_batches(
+                src, batches, dev, precision, on_batch=after, timings=timings, eigen_route=eigen_route
+            ):
                 rows_by_order[task.order] = row
         rows = [rows_by_order[i] for i in sorted(rows_by_order)]
         return ScanResult(
@@ -87,6 +97,7 @@ def scan(
             head_name=src.head_name(), device=str(dev), precision=precision,
             seconds=time.perf_counter() - start, peak_gpu_bytes=tracker.gpu_peak,
             peak_host_bytes=tracker.host_peak, skipped=skipped,
+            read_seconds=timings.get("read_s"), compute_seconds=timings.get("compute_s"),
         )
     finally:
         src.close()

@@ -1,12 +1,13 @@
 """One function per operation; backends (torch, Triton, csrc) sit behind each.
 
 gram        -> ops.gram.gram
-eigenvalues -> ops.eigen.eigvalsh
+eigenvalues -> ops.eigen.eigvalsh / eigvalsh_deferred (routes: syevd, two_stage)
 statistics  -> ops.stats.snr_statistics
 """
 
-from .eigen import eigvalsh
+from . import band_eigen
+from .eigen import ROUTES, PendingEigenvalues, eigvalsh, eigvalsh_deferred
 from .gram import gram
 from .stats import SpectrumStats, snr_statistics
 
-__all__ = ["gram", "eigvalsh", "snr_statistics", "SpectrumStats"]
+__all__ = ["ROUTES", "gram", "eigvalsh", "eigvalsh_deferred", "PendingEigenvalues", "band_eigen", "snr_statistics", "SpectrumStats"]

@@ -1,15 +1,93 @@
-"""All eigenvalues (ascending) of a batch of symmetric matrices.
+"""All eigenvalues (ascending) of a batch of symmetric matrices: one function, two routes.
 
-Backend today: torch.linalg.eigvalsh (cuSOLVER syevd on CUDA, LAPACK on CPU). Measured on the
-H100 (bench/probes/concurrency.log): batched calls, extra CUDA streams and host threads do not
-speed it up, so matrices go one call per batch. The csrc engine (a later issue) slots in here.
+- "syevd": torch.linalg.eigvalsh (cuSOLVER syevd on CUDA, LAPACK on CPU): one-stage
+  tridiagonalization, bound by memory and launch latency on the GPU (H100, float64: 4096 in
+  117 ms; batching, streams and host threads do not help, bench/probes/concurrency.log).
+- "two_stage": dense -> band on the matrix's device with batched GEMMs (ops.band), then the band's
+  eigenvalues by LAPACK dsbev on a pool of host threads (ops.band_eigen). The GPU moves on to the
+  next batch while the host solves this one's bands.
+Which route wins per size and device is measured (bench/probes/two_stage.py); ``choose_route``
+holds the result.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
+import numpy as np
 import torch
 
+from . import band, band_eigen
 
-def eigvalsh(g: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues of symmetric ``g`` ([k, k] or [B, k, k]), ascending, in g's dtype."""
-    return torch.linalg.eigvalsh(g)
+# Band width for stage 1. Narrower bands make the host stage cheaper (dsbev ~ n^2 * bandwidth)
+# and the GPU stage launch-heavier (n / bandwidth panels); chosen from bench/probes/two_stage.py.
+BANDWIDTH = 32
+# Smallest matrix the two-stage route takes on each device type (below it syevd is as fast).
+TWO_STAGE_MIN_N = {"cuda": 512, "cpu": 1 << 30}
+
+ROUTES = ("auto", "syevd", "two_stage")
+
+
+def choose_route(n: int, device: torch.device, dtype: torch.dtype) -> str:
+    """The faster exact route for [*, n, n] matrices of ``dtype`` on ``device`` (measured table)."""
+    if dtype != torch.float64 or not band_eigen.available():
+        return "syevd"
+    return "two_stage" if n >= TWO_STAGE_MIN_N.get(device.type, 1 << 30) else "syevd"
+
+
+class PendingEigenvalues:
+    """Eigenvalues being computed; ``result()`` -> [B, k] float64 on the host, ascending."""
+
+    def __init__(self, ready: torch.Tensor | None = None, futures: list[Future] | None = None):
+        self._ready = ready
+        self._futures = futures or []
+
+    def done(self) -> bool:
+        return all(f.done() for f in self._futures)
+
+    def result(self) -> torch.Tensor:
+        if self._ready is None:
+            self._ready = torch.from_numpy(np.stack([f.result() for f in self._futures]))
+        return self._ready
+
+
+def _solve_band_after(event: torch.cuda.Event | None, rows: np.ndarray) -> np.ndarray:
+    if event is not None:
+        event.synchronize()  # releases the GIL while the device finishes the copy
+    return band_eigen.band_eigvalsh(rows)
+
+
+def eigvalsh_deferred(g: torch.Tensor, route: str = "auto") -> PendingEigenvalues:
+    """Start the eigen solve of symmetric ``g`` ([B, k, k]); may overwrite ``g``."""
+    if route == "auto":
+        route = choose_route(g.shape[-1], g.device, g.dtype)
+    if route == "syevd":
+        return PendingEigenvalues(ready=torch.linalg.eigvalsh(g).to("cpu", torch.float64))
+    if route != "two_stage":
+        raise ValueError(f"unknown eigen route {route!r}: use one of {ROUTES}")
+    if g.dtype != torch.float64:
+        raise ValueError("the two-stage route runs in float64 only")
+    width = min(BANDWIDTH, max(1, g.shape[-1] - 1))
+    bands = band.lower_band(band.reduce_to_band_(g, width), width)
+    event = None
+    if bands.device.type == "cuda":
+        host = torch.empty(bands.shape, dtype=bands.dtype, pin_memory=True)
+        host.copy_(bands, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+    else:
+        host = bands.contiguous()
+    futures = [band_eigen.submit_call(_solve_band_after, event, host[i].numpy()) for i in range(host.shape[0])]
+    return PendingEigenvalues(futures=futures)
+
+
+def eigvalsh(g: torch.Tensor, route: str = "auto") -> torch.Tensor:
+    """Eigenvalues of symmetric ``g`` ([k, k] or [B, k, k]), ascending, float64 on the host for the
+    two-stage route and g's dtype/device for syevd. ``g`` may be overwritten."""
+    if g.dim() == 2:
+        return eigvalsh(g.unsqueeze(0), route)[0]
+    if route == "auto":
+        route = choose_route(g.shape[-1], g.device, g.dtype)
+    if route == "syevd":
+        return torch.linalg.eigvalsh(g)
+    return eigvalsh_deferred(g, route).result()

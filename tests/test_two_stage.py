@@ -1,0 +1,101 @@
+"""The two-stage eigen route (dense -> band on the device, band -> eigenvalues by LAPACK dsbev)
+against float64 LAPACK syevd and a float64 SVD, on fresh random matrices every run."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import spectrum_fast
+from spectrum_fast.ops import band, band_eigen, eigen
+
+from test_exact import KINDS, SHAPES, check_row
+
+pytestmark = pytest.mark.skipif(not band_eigen.available(), reason="the two-stage route needs scipy")
+
+SEED = random.SystemRandom().randrange(2**31)
+
+
+def random_gram(batch, n, seed, kind="spiked", device="cpu"):
+    g = torch.Generator().manual_seed(SEED + seed)
+    w = torch.randn(batch, n, 2 * n + 3, generator=g, dtype=torch.float64)
+    if kind == "spiked":
+        w[:, : max(1, n // 10)] *= 300.0  # spike ratio ~300 in singular values
+    elif kind == "rank_deficient":
+        w[:, n // 2 :] = w[:, : n - n // 2]
+    elif kind == "zero":
+        w.zero_()
+    return (w @ w.mT).to(device)
+
+
+def band_of_width(a, width):
+    n = a.shape[-1]
+    i = torch.arange(n, device=a.device)
+    return (i[:, None] - i[None, :]).abs() <= width
+
+
+@pytest.mark.parametrize("n,width", [(1, 4), (2, 4), (5, 4), (6, 4), (33, 32), (34, 32), (100, 8), (257, 32), (130, 1)])
+@pytest.mark.parametrize("kind", ["spiked", "rank_deficient", "zero"])
+def test_band_reduction_keeps_the_spectrum(n, width, kind):
+    g = random_gram(3, n, n * 31 + width, kind)
+    truth = torch.linalg.eigvalsh(g)
+    a = band.reduce_to_band_(g.clone(), width)
+    assert torch.isfinite(a).all()
+    outside = ~band_of_width(a, width)
+    assert (a[:, outside] == 0).all(), "entries outside the band must be exactly zero"
+    rows = band.lower_band(a, width).numpy()
+    got = torch.from_numpy(np.stack([band_eigen.band_eigvalsh(rows[b].copy()) for b in range(3)]))
+    scale = truth.abs().amax(dim=-1, keepdim=True).clamp_min(1e-300)
+    err = ((got - truth).abs() / scale).max().item()
+    assert err < 1e-13, (SEED, err)
+
+
+def test_lower_band_layout_is_lapack_lower_band_storage():
+    a = torch.arange(1, 26, dtype=torch.float64).reshape(1, 5, 5)
+    a = a + a.mT
+    rows = band.lower_band(a, 2)[0]
+    for j in range(5):
+        for d in range(3):
+            assert rows[j, d] == (a[0, j + d, j] if j + d < 5 else 0)
+
+
+def test_band_eigvalsh_rejects_non_contiguous_and_wrong_dtype():
+    with pytest.raises(ValueError):
+        band_eigen.band_eigvalsh(np.ones((4, 3), dtype=np.float32))
+    with pytest.raises(ValueError):
+        band_eigen.band_eigvalsh(np.ones((3, 4))[:, :3])
+
+
+def test_deferred_two_stage_matches_syevd_in_batches():
+    g = random_gram(5, 150, 7)
+    truth = torch.linalg.eigvalsh(g)
+    pending = eigen.eigvalsh_deferred(g.clone(), route="two_stage")
+    got = pending.result()
+    assert pending.done() and got.shape == (5, 150) and got.dtype == torch.float64
+    assert ((got - truth).abs().max() / truth.abs().max()).item() < 1e-13
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_scan_two_stage_matches_float64_svd(kind):
+    weights = {f"model.layers.{i}.mlp.p{n}x{m}.weight": KINDS[kind](n, m, 100 * i) for i, (n, m) in enumerate(SHAPES)}
+    result = spectrum_fast.scan(weights, device="cpu", progress=False, eigen_route="two_stage", max_batch_bytes=1)
+    for row, w in zip(result.rows, weights.values()):
+        check_row(row, w, (kind, row.name))
+
+
+def test_unknown_route_is_a_clear_error():
+    with pytest.raises(spectrum_fast.SpectrumFastError, match="eigen_route"):
+        spectrum_fast.scan({"model.layers.0.mlp.p.weight": torch.randn(8, 8)}, device="cpu", eigen_route="magic")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [520, 1024])
+def test_two_stage_on_gpu_matches_syevd(n):
+    g = random_gram(3, n, n, "spiked", device="cuda")
+    truth = torch.linalg.eigvalsh(g).cpu()
+    got = eigen.eigvalsh_deferred(g.clone(), route="two_stage").result()
+    assert ((got - truth).abs().max() / truth.abs().max()).item() < 1e-13
