@@ -34,9 +34,14 @@ class Batch:
 
 
 def matrix_device_bytes(n: int, m: int, dtype: str) -> int:
-    """Device bytes one matrix needs in flight: the input, a float64 chunk, Gram + solver copies."""
+    """Device bytes each matrix of a batch holds: its input and its float64 Gram.
+
+    Per-batch extras come on top, independent of the batch size: the float64 upcast chunk of the
+    Gram (ops.gram, at most 256 MiB), the eigen solver's workspace, and the next batch's input,
+    which the reader thread loads meanwhile.
+    """
     k = min(n, m)
-    return n * m * _DTYPE_BYTES.get(dtype, 4) + min(n * m * 8, 256 << 20) + 3 * k * k * 8
+    return n * m * _DTYPE_BYTES.get(dtype, 4) + k * k * 8
 
 
 def plan_batches(tasks: list[MatrixTask], budget_bytes: int, max_batch: int = 64) -> list[Batch]:

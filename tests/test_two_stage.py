@@ -99,3 +99,36 @@ def test_two_stage_on_gpu_matches_syevd(n):
     truth = torch.linalg.eigvalsh(g).cpu()
     got = eigen.eigvalsh_deferred(g.clone(), route="two_stage").result()
     assert ((got - truth).abs().max() / truth.abs().max()).item() < 1e-13
+
+
+def test_backlog_counts_band_solves_no_worker_has_started():
+    import threading
+    import time
+
+    gate = threading.Event()
+    started = []
+
+    def blocked(i):
+        started.append(i)
+        gate.wait(30)
+        return i
+
+    workers = band_eigen.host_workers()
+    futures = [band_eigen.submit_call(blocked, i) for i in range(workers + 3)]
+    deadline = time.time() + 10
+    while len(started) < workers and time.time() < deadline:
+        time.sleep(0.01)
+    assert band_eigen.backlog() == 3
+    gate.set()
+    assert [f.result() for f in futures] == list(range(workers + 3))
+    assert band_eigen.backlog() == 0
+
+
+def test_auto_route_balances_gpu_and_host(monkeypatch):
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(band_eigen, "backlog", lambda: 0)
+    assert eigen.choose_route(4096, cuda, torch.float64) == "two_stage"
+    assert eigen.choose_route(256, cuda, torch.float64) == "syevd"  # small: syevd is as fast
+    assert eigen.choose_route(4096, cuda, torch.float32) == "syevd"  # two-stage is float64 only
+    monkeypatch.setattr(band_eigen, "backlog", lambda: band_eigen.host_workers())
+    assert eigen.choose_route(4096, cuda, torch.float64) == "syevd"  # host busy: GPU solves

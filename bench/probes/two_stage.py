@@ -63,7 +63,7 @@ def main():
             print(f"stage2 dsbev n={n} width={width}: one thread {1e3 * one:.0f} ms, pool {1e3 * pool:.1f} ms/matrix", flush=True)
     # End to end through eigvalsh_deferred, as the engine drives it (batches of 5, pipelined).
     for width in (16, 32, 64):
-        eigen.BANDWIDTH = width
+        eigen.bandwidth_for = lambda n, w=width: w
         for n, total, batch in ((4096, 40, 5), (1024, 64, 16)):
             gs = [gram(batch, n, seed=s) for s in range(total // batch)]
             truth = [torch.linalg.eigvalsh(g).cpu() for g in gs]

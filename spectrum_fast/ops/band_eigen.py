@@ -74,6 +74,7 @@ def band_eigvalsh(lower_band: np.ndarray) -> np.ndarray:
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+_queued = 0  # submitted band solves that no worker has started yet
 
 
 def host_workers() -> int:
@@ -88,10 +89,23 @@ def host_workers() -> int:
     return max(1, cores - 1)
 
 
+def backlog() -> int:
+    """Band solves waiting for a free host thread (0 when the host has spare workers)."""
+    return _queued
+
+
 def submit_call(fn, *args) -> Future:
     """Run ``fn(*args)`` (a band solve, GIL released inside) in the shared host pool."""
-    global _pool
+    global _pool, _queued
+
+    def started(*a):
+        global _queued
+        with _pool_lock:
+            _queued -= 1
+        return fn(*a)
+
     with _pool_lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=host_workers(), thread_name_prefix="spectrum-fast-band")
-    return _pool.submit(fn, *args)
+        _queued += 1
+    return _pool.submit(started, *args)

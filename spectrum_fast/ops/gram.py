@@ -53,8 +53,12 @@ def _gram_fp64_chunked(a: torch.Tensor) -> torch.Tensor:
     out = None
     for start in range(0, length, step):
         chunk = a[..., start : start + step].to(torch.float64)
-        part = chunk @ chunk.mT
-        out = part if out is None else out.add_(part)
+        if out is None:
+            out = chunk @ chunk.mT
+        elif out.dim() == 3:
+            out.baddbmm_(chunk, chunk.mT)  # in place: no second [B, k, k] buffer
+        else:
+            out.addmm_(chunk, chunk.mT)
     return out
 
 
