@@ -7,6 +7,7 @@ half-written, since every file goes to a temporary name first.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=".", help="output folder (default: here)")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     p.add_argument("--precision", choices=["float64", "float32"], default="float64",
-                   help="float64 (default, exact) or float32 (faster, ~1e-4 on spiky matrices)")
+                   help="float64 (default, exact) or float32 (faster; errors grow with the spikes, see README)")
     p.add_argument("--model-name", default=None, help="names the files (default: hub id in config.json or folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -56,6 +57,23 @@ def _source(args) -> object:
     return args.source
 
 
+def _output_folder(path: str) -> Path:
+    """Check and create ``--out`` before any work, so a bad path fails in a second, not after a scan."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise SpectrumFastError(f"--out {out}: exists and is not a folder: give a folder (created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SpectrumFastError(f"--out {out}: cannot create this folder ({e.strerror or e})") from None
+    return out
+
+
+def _one_line(e: BaseException) -> str:
+    """Messages quoted from torch or safetensors can span lines: the CLI promises one."""
+    return " ".join(str(e).split())
+
+
 def _types(args):
     return args.types[0] if args.types in (["auto"], ["all"]) else args.types
 
@@ -68,9 +86,10 @@ def _cmd_scan(args) -> int:
     from .demo import DEMO_MODEL_NAME
 
     model_name = args.model_name or (DEMO_MODEL_NAME if args.demo else None)
-    result = scan(_source(args), types=_types(args), device=args.device, progress=not args.no_progress,
+    source = _source(args)
+    out = _output_folder(args.out)
+    result = scan(source, types=_types(args), device=args.device, progress=not args.no_progress,
                   precision=args.precision, pool_experts=args.pool_experts, model_name=model_name)
-    out = Path(args.out)
     written = list(result.to_spectrum_json(out))
     written += [result.to_yaml(out, p) for p in percents]
     print(result.summary(tuple(percents)))
@@ -85,10 +104,11 @@ def _cmd_scan(args) -> int:
 
 
 def _cmd_types(args) -> int:
+    from .demo import DEMO_MODEL_NAME
     from .sources import open_source
     from .targets import describe_types, plan_tasks, require_some
 
-    src = open_source(_source(args))
+    src = open_source(_source(args), DEMO_MODEL_NAME if args.demo else None)
     try:
         infos = src.tensors()
         tasks, skipped = plan_tasks(infos, _types(args), args.pool_experts)
@@ -110,8 +130,9 @@ def _cmd_yaml(args) -> int:
 
     percents = [check_top_percent(p) for p in args.top_percent]
     result = load_results(args.json)
+    out = _output_folder(args.out)
     for p in percents:
-        print(f"wrote {result.to_yaml(Path(args.out), p, reference_names=True)}")
+        print(f"wrote {result.to_yaml(out, p, reference_names=True)}")
     return 0
 
 
@@ -120,7 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"scan": _cmd_scan, "types": _cmd_types, "yaml": _cmd_yaml}[args.command](args)
     except SpectrumFastError as e:
-        print(f"spectrum-fast: error: {e}", file=sys.stderr)
+        print(f"spectrum-fast: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # stdout piped into `head` and closed: not an error worth a message
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1
+    except OSError as e:  # a file or folder the OS refuses (permissions, disk full): one line too
+        print(f"spectrum-fast: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("spectrum-fast: interrupted; no output was written for the unfinished scan", file=sys.stderr)

@@ -8,6 +8,9 @@ it trains is what Axolotl trains from the same YAML.
 
 Tied weights (an embedding shared with the head) are one tensor with two names: it is trainable
 when either name is selected.
+
+One addition: a pattern ending in ``.<digits>`` (an expert of a fused 3-D tensor, scanned as
+``<parameter>.<e>``) also unfreezes the parameter named exactly as the pattern without that suffix.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ import torch
 
 from .errors import SelectionError
 from .results import ScanResult
+
+
+_EXPERT_SUFFIX = re.compile(r"(.+)\.\d+")  # ``<parameter>.<e>``: one expert of a fused 3-D tensor
 
 
 @dataclass
@@ -84,6 +90,13 @@ def freeze(model: torch.nn.Module, selection, top_percent: float | None = None) 
             compiled.append(re.compile(p.replace(".", "\\.")))
         except re.error as e:
             raise SelectionError(f"unfrozen pattern {p!r} is not a valid regex ({e})") from None
+    # A fused expert tensor ([E, n, m], e.g. transformers 5's in-memory ``mlp.experts.gate_up_proj``)
+    # is scanned as E matrices named ``<parameter>.<e>``. Such a name is longer than the parameter's,
+    # so Axolotl's rule never matches it and the YAML line would train nothing. requires_grad is per
+    # tensor, so selecting any one expert has to unfreeze the whole fused tensor (all its experts):
+    # a pattern ending in ``.<digits>`` also matches the parameter named exactly as the pattern
+    # without that suffix. (Axolotl itself does not do this: see the README.)
+    fused_names = [m.group(1) if (m := _EXPERT_SUFFIX.fullmatch(p)) else None for p in patterns]
     params: dict[int, torch.nn.Parameter] = {}
     names_of: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
@@ -95,7 +108,7 @@ def freeze(model: torch.nn.Module, selection, top_percent: float | None = None) 
     for key, param in params.items():
         hit = False
         for i, pat in enumerate(compiled):
-            if any(pat.match(n) for n in names_of[key]):
+            if any(pat.match(n) or n == fused_names[i] for n in names_of[key]):
                 used[i] = hit = True
         param.requires_grad_(hit)
         total += param.numel()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,18 @@ def _find_name(infos: list[TensorInfo], pattern: re.Pattern) -> str | None:
         if len(info.shape) == 2 and pattern.search(info.name) and not any(p.isdigit() for p in info.name.split(".")):
             return info.name
     return None
+
+
+def _natural_key(name: str) -> list[tuple[int, int, str]]:
+    """Sort key comparing all-digit parts as numbers: ``layers.2`` before ``layers.10``."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split(".")]
+
+
+def natural_order(infos: list[TensorInfo]) -> list[TensorInfo]:
+    """Checkpoint files list tensors alphabetically (safetensors headers, shard by shard), so layer 10
+    comes before layer 2. Spectrum ranks ties (every 1-D norm has SNR exactly 1.0) in model order,
+    and within one type natural order is layer order: rows and selections then match a model scan."""
+    return sorted(infos, key=lambda info: _natural_key(info.name))
 
 
 def _torch_dtype_name(dtype: torch.dtype) -> str:
@@ -160,6 +173,7 @@ class SafetensorsSource(WeightSource):
             for info in infos:
                 self._file_of[info.name] = str(path)
             self._infos.extend(infos)
+        self._infos = natural_order(self._infos)
 
     def tensors(self) -> list[TensorInfo]:
         return self._infos
@@ -194,6 +208,7 @@ class TorchBinSource(WeightSource):
                 if isinstance(v, torch.Tensor):
                     self._state[k] = v
                     self._infos.append(_info_from_tensor(k, v, str(path)))
+        self._infos = natural_order(self._infos)
 
     def tensors(self) -> list[TensorInfo]:
         return self._infos
@@ -214,9 +229,12 @@ def _torch_load(path: Path) -> dict:
     except RuntimeError as e:
         if "mmap" not in str(e):
             raise SourceError(f"{path}: cannot load ({e}): the file is damaged, download or save it again") from None
-        # Legacy (non-zip) checkpoints cannot be memory-mapped: read them whole.
+        # Legacy (non-zip) checkpoints cannot be memory-mapped: read them whole. Silence torch's
+        # warnings here: the CLI promises one error line, and a damaged file is reported below.
         try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e2:  # noqa: BLE001 - any failure here is a damaged file
             raise SourceError(f"{path}: cannot load ({e2}): the file is damaged, download or save it again") from None
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:

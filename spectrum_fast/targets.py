@@ -34,7 +34,8 @@ class MatrixTask:
 
 
 def _is_bias(name: str) -> bool:
-    return name.endswith(".bias") or name == "bias"
+    # ``_bias``: fused expert biases stored beside their weights (gpt-oss ``mlp.experts.gate_up_proj_bias``).
+    return name.endswith((".bias", "_bias")) or name == "bias"
 
 
 def _matrix_shape(shape: tuple[int, ...]) -> tuple[int, int] | None:
