@@ -37,7 +37,7 @@ def matrix_device_bytes(n: int, m: int, dtype: str) -> int:
     """Device bytes each matrix of a batch holds: its input and its float64 Gram.
 
     Per-batch extras come on top, independent of the batch size: the float64 upcast chunk of the
-    Gram (ops.gram, at most 256 MiB), the eigen solver's workspace, and the next batch's input,
+    Gram (ops.gram, at most 128 MiB), the eigen solver's workspace, and the next batch's input,
     which the reader thread loads meanwhile.
     """
     k = min(n, m)

@@ -16,7 +16,10 @@ from .results import ScanResult
 from .sources import ModuleSource, open_source
 from .targets import plan_tasks, require_some
 
-DEFAULT_GPU_BUDGET = 1 << 30  # bytes of matrices in flight on the GPU per batch
+# Bytes of matrices (input + float64 Gram, engine.matrix_device_bytes) per GPU batch. The scan's
+# peak is about twice this (the next batch loads meanwhile; syevd copies its input) plus the Gram's
+# upcast chunk. Chosen from bench/probes/memory_budget.py (peak and speed per budget, H100).
+DEFAULT_GPU_BUDGET = 640 << 20
 DEFAULT_CPU_BUDGET = 512 << 20
 
 
@@ -52,7 +55,8 @@ def scan(
     types: "auto" (>=2-D weights in the numbered blocks), "all" (also embeddings, head, norms),
         or a list of type names / regexes matched exactly against each type.
     device: where the maths runs; default cuda when available, else cpu.
-    precision: "float64" (exact: float64 Gram and eigen solve) or "float32" (faster, ~1e-4).
+    precision: "float64" (exact: float64 Gram and eigen solve) or "float32" (faster; off by
+        1e-5..1e-1 relative on spiky matrices, see the README's Precision section).
     pool_experts: group ``mlp.experts.<e>.down_proj`` of all e into one type ``mlp.experts.*.down_proj``.
     model_name: names the output files (default: the hub id in config.json, or the folder name).
     eigen_route: "auto" (the measured faster one per size and device), "syevd"
