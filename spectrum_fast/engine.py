@@ -1,10 +1,10 @@
 """The exact engine: batches of same-shape matrices -> Gram -> eigenvalues -> statistics -> rows.
 
 The planner groups matrices of one shape into batches that fit a device-memory budget; each batch
-is read from the source one tensor at a time straight into a device buffer, checked for
+is read from the source one tensor at a time into one buffer, moved to the device, checked for
 non-finite and all-zero matrices, and analysed with one call per operation. Three things overlap:
-a reader thread loads batch i+1 (file read and host-to-device copy on a side stream), the device
-forms Grams and reduces them to bands, and host threads solve the bands of earlier batches.
+a reader thread loads batch i+1 (into pinned host memory for a GPU scan), the device forms Grams
+and reduces them to bands, and host threads solve the bands of earlier batches.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ def matrix_device_bytes(n: int, m: int, dtype: str) -> int:
     """Device bytes each matrix of a batch holds: its input and its float64 Gram.
 
     Per-batch extras come on top, independent of the batch size: the float64 upcast chunk of the
-    Gram (ops.gram, at most 128 MiB), the eigen solver's workspace, and the next batch's input,
-    which the reader thread loads meanwhile.
+    Gram (ops.gram, at most 128 MiB) and the eigen solver's workspace and input copy (ops.eigen,
+    at most 64 MiB for syevd). The next batch waits in pinned host memory, not on the device,
+    unless the source's tensors are on the device already.
     """
     k = min(n, m)
     return n * m * _DTYPE_BYTES.get(dtype, 4) + k * k * 8
@@ -58,30 +59,62 @@ def plan_batches(tasks: list[MatrixTask], budget_bytes: int, max_batch: int = 64
     return batches
 
 
-def _load_batch(source: WeightSource, batch: Batch, device: torch.device) -> tuple[torch.Tensor, float]:
-    """Read each matrix of the batch into one device buffer (a fused expert tensor is read once).
+# Stage CUDA batches read from host tensors in pinned host memory (see _load_batch). Off, the reader
+# writes straight into GPU memory: as fast, but the next batch then sits on the GPU beside the
+# current one (bench/probes/memory_budget.py measures both).
+PINNED_STAGING = True
 
-    Runs in the reader thread: on CUDA the copies go on a side stream, and the buffer is complete
-    when this returns. -> (buffer, seconds spent)
+
+def _load_batch(source: WeightSource, batch: Batch, device: torch.device) -> tuple[torch.Tensor, float]:
+    """Read each matrix of the batch into one buffer (a fused expert tensor is read once).
+
+    Runs in the reader thread. For a CUDA scan of host tensors (files, a model on the CPU) the
+    buffer is pinned host memory: the next batch then waits on the host, not in GPU memory, and
+    crosses to the GPU at pinned speed when its turn comes (_Loaded.take). Tensors already on the GPU
+    are copied into a device buffer on a side stream. -> (buffer, seconds spent)
     """
     start = time.perf_counter()
     dtype = getattr(torch, batch.tasks[0].tensor.dtype)  # one dtype per batch (plan_batches)
-    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-        buf = torch.empty((len(batch.tasks), batch.n, batch.m), dtype=dtype, device=device)
-        cache: tuple[str, torch.Tensor] | None = None
-        for i, task in enumerate(batch.tasks):
-            if cache is None or cache[0] != task.tensor.name:
-                cache = (task.tensor.name, source.read(task.tensor))
-            t = cache[1] if task.expert is None else cache[1][task.expert]
+    shape = (len(batch.tasks), batch.n, batch.m)
+    buf = stream = None
+    cache: tuple[str, torch.Tensor] | None = None
+    for i, task in enumerate(batch.tasks):
+        if cache is None or cache[0] != task.tensor.name:
+            cache = (task.tensor.name, source.read(task.tensor))
+        t = cache[1] if task.expert is None else cache[1][task.expert]
+        if buf is None:
+            staged = device.type == "cuda" and t.device.type == "cpu" and PINNED_STAGING
+            if device.type == "cuda" and not staged:
+                stream = torch.cuda.Stream(device)
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                buf = torch.empty(shape, dtype=dtype, device="cpu" if staged else device, pin_memory=staged)
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             buf[i].copy_(t.reshape(batch.n, batch.m))
     if stream is not None:
         stream.synchronize()
     return buf, time.perf_counter() - start
 
 
-def _prefetched(source: WeightSource, batches: list[Batch], device: torch.device):
-    """Yield (batch, buffer, load seconds), loading the next batch while the caller works.
+class _Loaded:
+    """A batch the reader has loaded. ``take()`` hands its buffer over, on the device, and keeps no
+    reference: once the caller drops it (after forming the Grams) the memory is free, although the
+    generator that yielded this object is still suspended."""
+
+    def __init__(self, batch: Batch, buf: torch.Tensor, seconds: float, device: torch.device):
+        self.batch, self.seconds, self._buf, self._device = batch, seconds, buf, device
+
+    def take(self) -> torch.Tensor:
+        buf, self._buf = self._buf, None
+        if buf.device == self._device:
+            return buf
+        # Pinned host -> device, asynchronous on the current stream (so ordered before the batch's
+        # kernels); torch's pinned-memory cache keeps the host block from being reused until the
+        # copy is done, so dropping ``buf`` right after is safe.
+        return buf.to(self._device, non_blocking=True)
+
+
+def _prefetched(source: WeightSource, batches: list[Batch], device: torch.device) -> Iterator[_Loaded]:
+    """Yield each batch loaded, loading the next one while the caller works.
 
     Only for CUDA: on a CPU scan the reader would compete with LAPACK for the same cores (and
     OpenMP workers spinning in a second thread halved eigvalsh speed on 2 cores), so batches are
@@ -89,7 +122,7 @@ def _prefetched(source: WeightSource, batches: list[Batch], device: torch.device
     """
     if device.type != "cuda":
         for batch in batches:
-            yield (batch, *_load_batch(source, batch, device))
+            yield _Loaded(batch, *_load_batch(source, batch, device), device)
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spectrum-fast-reader") as reader:
         pending = reader.submit(_load_batch, source, batches[0], device)
@@ -97,11 +130,13 @@ def _prefetched(source: WeightSource, batches: list[Batch], device: torch.device
             buf, load_s = pending.result()
             if i + 1 < len(batches):
                 pending = reader.submit(_load_batch, source, batches[i + 1], device)
-            if device.type == "cuda":
+            if buf.is_cuda:
                 # Allocated on the reader's stream, used on this one: keep the allocator from
                 # handing its memory to the reader before this stream is done with it.
                 buf.record_stream(torch.cuda.current_stream(device))
-            yield batch, buf, load_s
+            loaded = _Loaded(batch, buf, load_s, device)
+            del buf
+            yield loaded
 
 
 @dataclass
@@ -170,8 +205,10 @@ def run_batches(
         if on_batch is not None:
             on_batch(item.batch)
 
-    for batch, w, load_s in _prefetched(source, batches, device):
+    for loaded in _prefetched(source, batches, device):
+        batch, load_s = loaded.batch, loaded.seconds
         started = time.perf_counter()
+        w = loaded.take()
         flat = w.reshape(len(batch.tasks), -1)
         finite = torch.isfinite(flat).all(dim=1)
         nonzero = (flat != 0).any(dim=1)

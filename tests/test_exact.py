@@ -178,3 +178,20 @@ def test_scan_on_gpu_matches_float64_svd(kind):
     assert result.peak_gpu_bytes is not None and result.peak_gpu_bytes > 0
     for row, w in zip(result.rows, weights.values()):
         check_row(row, w, (kind, row.name))
+
+
+@GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("placement", ["host_pinned_staging", "host_direct", "on_gpu"])
+def test_gpu_scan_loading_paths_match_float64_svd(placement, monkeypatch):
+    """Every way a batch reaches the GPU (pinned host staging, reader writing straight to the GPU,
+    tensors already on the GPU), over many small batches so the reader runs ahead of the solves."""
+    from spectrum_fast import engine
+
+    monkeypatch.setattr(engine, "PINNED_STAGING", placement == "host_pinned_staging")
+    weights = {f"model.layers.{i}.mlp.p.weight": spiked(96 + 8 * (i % 3), 200, 7000 + i) for i in range(12)}
+    source = {k: v.cuda() for k, v in weights.items()} if placement == "on_gpu" else weights
+    result = spectrum_fast.scan(source, device="cuda", progress=False, max_batch_bytes=200_000)
+    assert len(result.rows) == len(weights)
+    for row, w in zip(result.rows, weights.values()):
+        check_row(row, w, (placement, row.name))

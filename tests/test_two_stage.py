@@ -132,3 +132,15 @@ def test_auto_route_balances_gpu_and_host(monkeypatch):
     assert eigen.choose_route(4096, cuda, torch.float32) == "syevd"  # two-stage is float64 only
     monkeypatch.setattr(band_eigen, "backlog", lambda: band_eigen.host_workers())
     assert eigen.choose_route(4096, cuda, torch.float64) == "syevd"  # host busy: GPU solves
+
+
+def test_syevd_in_slices_matches_one_call(monkeypatch):
+    """The syevd route solves big batches a few matrices per call (bounding eigvalsh's input copy);
+    the slices must give what one call gives, in order."""
+    g = random_gram(7, 24, seed=11)
+    truth = torch.linalg.eigvalsh(g)
+    monkeypatch.setattr(eigen, "_SYEVD_CALL_BYTES", 2 * 24 * 24 * 8)  # 2 matrices per call
+    got = eigen.eigvalsh(g.clone(), route="syevd")
+    torch.testing.assert_close(got, truth, rtol=0, atol=0)
+    pending = eigen.eigvalsh_deferred(g.clone(), route="syevd").result()
+    torch.testing.assert_close(pending, truth, rtol=0, atol=0)

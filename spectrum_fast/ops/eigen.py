@@ -36,6 +36,19 @@ def bandwidth_for(n: int) -> int:
 
 ROUTES = ("auto", "syevd", "two_stage")
 
+# torch.linalg.eigvalsh copies its whole input batch before solving; solving at most this many
+# bytes of matrices per call bounds that copy. A batched syevd call is no faster than a loop on
+# the H100 (bench/probes/concurrency.log), so nothing is lost by splitting big matrices.
+_SYEVD_CALL_BYTES = 64 << 20
+
+
+def _syevd(g: torch.Tensor) -> torch.Tensor:
+    """torch.linalg.eigvalsh over [B, k, k] in slices of at most _SYEVD_CALL_BYTES."""
+    per_call = max(1, _SYEVD_CALL_BYTES // max(1, g.shape[-1] * g.shape[-2] * g.element_size()))
+    if g.shape[0] <= per_call:
+        return torch.linalg.eigvalsh(g)
+    return torch.cat([torch.linalg.eigvalsh(g[i : i + per_call]) for i in range(0, g.shape[0], per_call)])
+
 
 def choose_route(n: int, device: torch.device, dtype: torch.dtype) -> str:
     """The route for the next batch of [*, n, n] matrices: two-stage where it is the faster one and
@@ -74,7 +87,7 @@ def eigvalsh_deferred(g: torch.Tensor, route: str = "auto") -> PendingEigenvalue
     if route == "auto":
         route = choose_route(g.shape[-1], g.device, g.dtype)
     if route == "syevd":
-        return PendingEigenvalues(ready=torch.linalg.eigvalsh(g).to("cpu", torch.float64))
+        return PendingEigenvalues(ready=_syevd(g).to("cpu", torch.float64))
     if route != "two_stage":
         raise ValueError(f"unknown eigen route {route!r}: use one of {ROUTES}")
     if g.dtype != torch.float64:
@@ -101,5 +114,5 @@ def eigvalsh(g: torch.Tensor, route: str = "auto") -> torch.Tensor:
     if route == "auto":
         route = choose_route(g.shape[-1], g.device, g.dtype)
     if route == "syevd":
-        return torch.linalg.eigvalsh(g)
+        return _syevd(g)
     return eigvalsh_deferred(g, route).result()
