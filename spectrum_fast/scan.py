@@ -19,7 +19,7 @@ from .targets import plan_tasks, require_some
 # Bytes of matrices (input + float64 Gram, engine.matrix_device_bytes) per GPU batch. The scan's
 # peak is about twice this (the next batch loads meanwhile; syevd copies its input) plus the Gram's
 # upcast chunk. Chosen from bench/probes/memory_budget.py (peak and speed per budget, H100).
-DEFAULT_GPU_BUDGET = 640 << 20
+DEFAULT_GPU_BUDGET = 768 << 20
 DEFAULT_CPU_BUDGET = 512 << 20
 
 

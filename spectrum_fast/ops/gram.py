@@ -61,6 +61,7 @@ def _gram_fp64_chunked(a: torch.Tensor) -> torch.Tensor:
             out.baddbmm_(chunk, chunk.mT)  # in place: no second [B, k, k] buffer
         else:
             out.addmm_(chunk, chunk.mT)
+        del chunk  # else the next chunk is allocated while this one is still held: two at once
     return out
 
 
