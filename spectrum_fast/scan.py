@@ -16,9 +16,10 @@ from .results import ScanResult
 from .sources import ModuleSource, open_source
 from .targets import plan_tasks, require_some
 
-# Bytes of matrices (input + float64 Gram, engine.matrix_device_bytes) per GPU batch. The scan's
-# peak is about twice this (the next batch loads meanwhile; syevd copies its input) plus the Gram's
-# upcast chunk. Chosen from bench/probes/memory_budget.py (peak and speed per budget, H100).
+# Bytes of matrices (input + float64 Gram, engine.matrix_device_bytes) per GPU batch. The peak adds
+# the Gram's upcast chunk and syevd's copy and workspace (bench/probes/memory_trace.log). On the H100
+# (bench/probes/memory_budget.log, Llama-3-8B shapes) 768 MiB peaked at 1376 MiB and ran as fast as
+# 1 GiB (1824 MiB) or 1.5 GiB (2384 MiB); 640 MiB was slower (batches too small for stage 1).
 DEFAULT_GPU_BUDGET = 768 << 20
 DEFAULT_CPU_BUDGET = 512 << 20
 

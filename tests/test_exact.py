@@ -195,3 +195,19 @@ def test_gpu_scan_loading_paths_match_float64_svd(placement, monkeypatch):
     assert len(result.rows) == len(weights)
     for row, w in zip(result.rows, weights.values()):
         check_row(row, w, (placement, row.name))
+
+
+def test_finite_and_nonzero_check_in_slices(monkeypatch):
+    """The per-matrix finiteness / nonzero check works in column slices; a NaN, an inf or a lone
+    nonzero in any slice, first or last, must still be seen."""
+    from spectrum_fast import engine
+
+    monkeypatch.setattr(engine, "_CHECK_ELEMENTS", 20)  # 5 matrices -> slices of 4 columns
+    flat = torch.zeros(5, 30, dtype=torch.bfloat16)
+    flat[0] = torch.randn(30, dtype=torch.bfloat16) + 3  # ok
+    flat[1, 29] = float("nan")
+    flat[2, 0] = float("-inf")
+    flat[3, 29] = 0.5  # one nonzero, in the last slice
+    finite, nonzero = engine._finite_and_nonzero(flat)  # row 4: all zero
+    assert finite.tolist() == [True, False, False, True, True]
+    assert nonzero.tolist() == [True, True, True, True, False]

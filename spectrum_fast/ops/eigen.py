@@ -2,15 +2,16 @@
 
 - "syevd": torch.linalg.eigvalsh (cuSOLVER syevd on CUDA, LAPACK on CPU): one-stage
   tridiagonalization, bound by memory and launch latency on the GPU (H100, float64: 4096 in
-  117 ms; batching, streams and host threads do not help, bench/probes/concurrency.log).
+  118 ms; host threads do not help, bench/probes/concurrency.log, nor batching, DESIGN.md §3).
 - "two_stage": dense -> band on the matrix's device with batched GEMMs (ops.band), then the band's
   eigenvalues by LAPACK dsbev on a pool of host threads (ops.band_eigen). The GPU moves on to the
   next batch while the host solves this one's bands.
-Which route wins is measured (bench/probes/two_stage.log, H100 + 16 cores, float64, n = 4096):
-syevd 118 ms per matrix; two-stage 89 ms per matrix, bound by the host (15 threads of dsbev,
-75 ms per matrix) while the GPU stage takes 44 ms. So "auto" runs both at once: a batch goes to
-the two-stage route while host threads are free, and to syevd on the GPU while they are all busy;
-the split balances itself to the speeds of the machine at hand.
+Which route wins is measured (bench/probes/two_stage.log, H100 + 16 cores, float64): at n = 4096
+syevd takes 117 ms per matrix, the two-stage pipeline 74 ms, bound by the host (15 threads of
+dsbev, 70 ms per matrix) while the GPU stage takes 42 ms; at n = 1024, 10.2 against 5.1 ms. So
+"auto" runs both at once: a batch goes to the two-stage route while host threads are free, and to
+syevd on the GPU while they are all busy; the split balances itself to the speeds of the machine
+at hand.
 """
 
 from __future__ import annotations
@@ -23,22 +24,23 @@ import torch
 from . import band, band_eigen
 
 # Smallest matrix the two-stage route takes on each device type. On the H100 it wins from 1024 up
-# (6.0 vs 10.2 ms); on a CPU the GEMM stage competes with LAPACK for the same cores, so syevd.
+# (5.1 vs 10.2 ms, two_stage.log); on a CPU the GEMM stage competes with LAPACK for the same cores, so syevd.
 TWO_STAGE_MIN_N = {"cuda": 512, "cpu": 1 << 30}
 
 
 def bandwidth_for(n: int) -> int:
     """Stage-1 band width. Narrower bands make the host stage cheaper (dsbev ~ n^2 * width) and the
     GPU stage longer (n / width panels, each a cuSOLVER geqrf). H100 + 16 cores, float64
-    (two_stage.log): n=4096 host 75/116/155 ms and GPU 44/32/28 ms per matrix at width 16/32/64;
-    n=1024 end to end 6.4/6.0/9.7 ms."""
+    (two_stage.log): n=4096 host 70/108/165 ms and GPU 42/33/28 ms per matrix (batch 5) at width
+    16/32/64, end to end 74/102/137 ms; n=1024 end to end 5.1/5.3/9.8 ms."""
     return 32 if n <= 1536 else 16
+
 
 ROUTES = ("auto", "syevd", "two_stage")
 
 # torch.linalg.eigvalsh copies its whole input batch before solving; solving at most this many
 # bytes of matrices per call bounds that copy. A batched syevd call is no faster than a loop on
-# the H100 (bench/probes/concurrency.log), so nothing is lost by splitting big matrices.
+# the H100 (DESIGN.md §3), so nothing is lost by splitting big matrices.
 _SYEVD_CALL_BYTES = 64 << 20
 
 
