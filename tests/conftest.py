@@ -15,6 +15,8 @@ import torch
 from float64_reference import reference_stats  # noqa: F401 (re-exported for the tests)
 
 SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "spectrum_reference"
+# The published files the tests need most travel with the repository (tests/data/.../README.md).
+BUNDLED_REFERENCE = Path(__file__).resolve().parent / "data" / "spectrum_reference"
 RTOL = 1e-5
 
 

@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 from conftest import (
-    SHARED_REFERENCE, in_model_order, perturb_, reference_rows, reference_selection,
+    BUNDLED_REFERENCE, SHARED_REFERENCE, in_model_order, perturb_, reference_rows, reference_selection,
     run_cli, state_dict_of_folder, tiny_llama,
 )
 
@@ -120,10 +120,10 @@ def test_types_command(tmp_path, llama_folder):
 
 
 def _reference_file(name):
-    path = SHARED_REFERENCE / name
-    if not path.is_file():
-        pytest.skip(f"published Spectrum results not found at {SHARED_REFERENCE} (the shared/ folder beside the repo)")
-    return path
+    for folder in (BUNDLED_REFERENCE, SHARED_REFERENCE):
+        if (folder / name).is_file():
+            return folder / name
+    pytest.skip(f"published Spectrum result {name} not found in {BUNDLED_REFERENCE} or {SHARED_REFERENCE}")
 
 
 def test_yaml_reproduces_published_file_byte_for_byte(tmp_path):
