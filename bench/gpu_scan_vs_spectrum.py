@@ -6,12 +6,14 @@ a faithful re-implementation of Spectrum's computation, in the same run.
 (SPECTRUM_FAST_COMMIT names the commit when the checkout has no .git, as on the device tool.)
 
 1. writes the synthetic checkpoint (32 layers x 7 matrices, bf16, 15 GB; bench/workloads.py);
-2. scans it from disk with spectrum_fast (exact float64 with the automatic eigen route and with
+2. times the scan's loader alone (read into pinned memory + copy to the GPU, no compute), cold
+   and warm, so the scan's time can be compared with max(read alone, compute alone);
+3. scans it from disk with spectrum_fast (exact float64 with the automatic eigen route and with
    cuSOLVER syevd forced, and the float32 option), cold page cache when /proc/sys/vm/drop_caches
    is writable, then warm; then the same weights already on the GPU;
-3. Spectrum's computation: per layer the weights are loaded to the GPU as float32 (not timed, the
+4. Spectrum's computation: per layer the weights are loaded to the GPU as float32 (not timed, the
    reference holds the fp32 model on its GPUs), then svdvals + statistics per matrix (timed);
-4. SNR error of both against float64 truth (svdvals in float64, gesvd) on a sample of matrices.
+5. SNR error of both against float64 truth (svdvals in float64, gesvd) on a sample of matrices.
 Prints a table, writes results JSON.
 """
 
@@ -52,6 +54,31 @@ def git_commit() -> str:
         return "unknown"
 
 
+def read_alone(folder: Path) -> float:
+    """Seconds to read every scanned matrix into pinned host memory and copy it to the GPU with the
+    scan's own loader (same batches, same IO threads), computing nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from spectrum_fast import engine
+    from spectrum_fast.scan import DEFAULT_MAX_GPU_MEMORY
+    from spectrum_fast.sources import open_source
+    from spectrum_fast.targets import plan_tasks
+
+    src = open_source(folder)
+    tasks, _ = plan_tasks(src.tensors(), "auto", False)
+    batches = engine.plan_batches(tasks, engine.gpu_batch_plan(DEFAULT_MAX_GPU_MEMORY))
+    device = torch.device("cuda")
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    with ThreadPoolExecutor(engine.IO_THREADS) as pool:
+        for batch in batches:
+            buf, _ = engine._load_batch(src, batch, device, pool)
+            buf.to(device, non_blocking=True)
+    torch.cuda.synchronize()
+    src.close()
+    return time.perf_counter() - t
+
+
 def truth_snr(w: torch.Tensor) -> float:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from float64_reference import reference_stats
@@ -78,10 +105,15 @@ def main() -> None:
 
     torch.cuda.synchronize()
     res["cold_cache"] = drop_page_cache()
+    res["read_alone_cold_s"] = read_alone(folder)
+    res["read_alone_warm_s"] = read_alone(folder)
+    print("read alone: cold", res["read_alone_cold_s"], "warm", res["read_alone_warm_s"], flush=True)
     runs = {}
     plan = [("exact_cold", "float64", "auto"), ("exact_warm", "float64", "auto"),
             ("exact_syevd_warm", "float64", "syevd"), ("float32_warm", "float32", "auto")]
     for label, precision, route in plan:
+        if label.endswith("_cold"):
+            drop_page_cache()
         torch.cuda.empty_cache()
         t = time.perf_counter()
         r = spectrum_fast.scan(folder, device="cuda", progress=False, precision=precision, eigen_route=route)
@@ -158,6 +190,12 @@ def main() -> None:
         peak = runs[label].get("peak_gpu_bytes")
         print(f"| spectrum_fast {label} | {runs[label]['seconds']:.1f} | {ref_total / runs[label]['seconds']:.1f}x | "
               f"{peak / 2**20 if peak else float('nan'):.0f} | {max(a[err_key] for a in acc):.1e} |")
+    compute = runs["exact_gpu_resident"]["seconds"]
+    for label, read in (("exact_cold", res["read_alone_cold_s"]), ("exact_warm", res["read_alone_warm_s"])):
+        ratio = runs[label]["seconds"] / max(read, compute)
+        res[f"{label}_over_max_read_compute"] = ratio
+        print(f"{label}: {runs[label]['seconds']:.1f} s = {ratio:.2f} x max(read alone {read:.1f} s, "
+              f"compute alone {compute:.1f} s)")
     for r in runs.values():
         r.pop("snr")
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from spectrum_fast import TensorInfo, WeightSource
+
 LLAMA3_8B = [  # per layer: (module suffix, n, m) as Hugging Face stores weights [out, in]
     ("self_attn.q_proj", 4096, 4096), ("self_attn.k_proj", 1024, 4096), ("self_attn.v_proj", 1024, 4096),
     ("self_attn.o_proj", 4096, 4096), ("mlp.gate_proj", 14336, 4096), ("mlp.up_proj", 14336, 4096),
@@ -72,3 +74,68 @@ def write_llama3_8b(folder: Path, layers: int = LLAMA3_8B_LAYERS, device: str = 
     (folder / "config.json").write_text(json.dumps({"_name_or_path": "synthetic/llama3-8b-shaped",
                                                      "model_type": "llama"}))
     return total
+
+
+# -- generated on the GPU, tensor by tensor (the models larger than the device's disk) ----------------
+LLAMA3_70B = [
+    ("self_attn.q_proj", 8192, 8192), ("self_attn.k_proj", 1024, 8192), ("self_attn.v_proj", 1024, 8192),
+    ("self_attn.o_proj", 8192, 8192), ("mlp.gate_proj", 28672, 8192), ("mlp.up_proj", 28672, 8192),
+    ("mlp.down_proj", 8192, 28672),
+]
+LLAMA3_70B_LAYERS = 80
+DEEPSEEK_V2_MOE = [("gate_proj", 1536, 5120), ("up_proj", 1536, 5120), ("down_proj", 5120, 1536)]
+DEEPSEEK_V2_MOE_LAYERS, DEEPSEEK_V2_EXPERTS = 59, 160
+
+
+def generated_like(shape: tuple[int, ...], seed: int, kind: str, device: str = "cuda") -> torch.Tensor:
+    """A cheaper trained_like, for [n, m] or a stack [E, n, m]: the same Gaussian bulk and heavy-tailed
+    spikes, with Gaussian (nearly orthogonal, not orthogonalised) singular vectors, so that tens of
+    thousands of matrices generate in seconds. bf16."""
+    *lead, n, m = shape
+    g = torch.Generator(device=device).manual_seed(seed)
+    w = torch.randn(*lead, n, m, generator=g, device=device) / math.sqrt(m)
+    if kind != "noise":
+        r = max(1, min(n, m) // 16)
+        u = torch.randn(*lead, n, r, generator=g, device=device) / math.sqrt(n)
+        v = torch.randn(*lead, m, r, generator=g, device=device) / math.sqrt(m)
+        s = 8.0 * torch.arange(1, r + 1, device=device, dtype=torch.float32) ** -0.7
+        w += (u * s) @ v.mT
+    w = w.to(torch.bfloat16)
+    if kind == "rank_deficient":
+        d = n // 3
+        w[..., n - d :, :] = w[..., :d, :]
+    return w
+
+
+class GeneratedSource(WeightSource):
+    """A model's weights, generated on the GPU when the scan reads them (never all at once).
+
+    ``layout``: (name, shape) pairs, in model order."""
+
+    def __init__(self, layout: list[tuple[str, tuple[int, ...]]], model_name: str, device: str = "cuda"):
+        self._layout = layout
+        self._index = {name: i for i, (name, _) in enumerate(layout)}
+        self.model_name = self.label = model_name
+        self.device = torch.device(device)
+
+    def tensors(self) -> list[TensorInfo]:
+        return [TensorInfo(name, shape, "bfloat16", True) for name, shape in self._layout]
+
+    def read(self, info: TensorInfo) -> torch.Tensor:
+        i = self._index[info.name]
+        return generated_like(info.shape, seed=i, kind=kind_of(i), device=str(self.device))
+
+    def device_of(self, info: TensorInfo) -> torch.device:
+        return self.device
+
+
+def llama3_70b_layout(layers: int = LLAMA3_70B_LAYERS) -> list[tuple[str, tuple[int, ...]]]:
+    return [(f"model.layers.{i}.{suffix}.weight", (n, m)) for i in range(layers) for suffix, n, m in LLAMA3_70B]
+
+
+def deepseek_v2_moe_layout(layers: int = DEEPSEEK_V2_MOE_LAYERS,
+                           experts: int = DEEPSEEK_V2_EXPERTS) -> list[tuple[str, tuple[int, ...]]]:
+    """One [n, m] tensor per expert and kind, named as the published DeepSeek-V2 checkpoint names
+    them (its MoE layers are 1..59; layer 0 is dense)."""
+    return [(f"model.layers.{i + 1}.mlp.experts.{e}.{kind}.weight", (n, m))
+            for i in range(layers) for e in range(experts) for kind, n, m in DEEPSEEK_V2_MOE]

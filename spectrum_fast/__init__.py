@@ -12,10 +12,11 @@ from .errors import SelectionError, SourceError, SpectrumFastError
 from .freeze import FreezeReport, freeze
 from .results import MatrixRow, ScanResult, load_results
 from .scan import scan
+from .sources import TensorInfo, WeightSource
 
 __version__ = "0.1.0"
 
 __all__ = [
     "scan", "freeze", "load_results", "kernels_available", "ScanResult", "MatrixRow", "FreezeReport",
-    "SpectrumFastError", "SourceError", "SelectionError", "__version__",
+    "SpectrumFastError", "SourceError", "SelectionError", "WeightSource", "TensorInfo", "__version__",
 ]

@@ -32,8 +32,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="write one YAML per percentage (default 50)")
     p.add_argument("--out", default=".", help="output folder (default: here)")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    p.add_argument("--max-gpu-memory", type=float, default=None, metavar="GIB",
+                   help="GPU memory the scan may use, in GiB (default 1.5)")
     p.add_argument("--precision", choices=["float64", "float32"], default="float64",
-                   help="float64 (default, exact) or float32 (faster; errors grow with the spikes, see README)")
+                   help="float64 (default, exact) or float32 (for GPUs with slow float64; errors grow with the spikes, see README)")
     p.add_argument("--model-name", default=None, help="names the files (default: hub id in config.json or folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -89,7 +91,8 @@ def _cmd_scan(args) -> int:
     source = _source(args)
     out = _output_folder(args.out)
     result = scan(source, types=_types(args), device=args.device, progress=not args.no_progress,
-                  precision=args.precision, pool_experts=args.pool_experts, model_name=model_name)
+                  precision=args.precision, pool_experts=args.pool_experts, model_name=model_name,
+                  max_gpu_memory=None if args.max_gpu_memory is None else int(args.max_gpu_memory * 2**30))
     written = list(result.to_spectrum_json(out))
     written += [result.to_yaml(out, p) for p in percents]
     print(result.summary(tuple(percents)))

@@ -31,6 +31,7 @@ class Batch:
     n: int
     m: int
     tasks: list[MatrixTask]
+    eigen_route: str = "auto"
 
 
 def matrix_device_bytes(n: int, m: int, dtype: str) -> int:
@@ -45,18 +46,51 @@ def matrix_device_bytes(n: int, m: int, dtype: str) -> int:
     return n * m * _DTYPE_BYTES.get(dtype, 4) + k * k * 8
 
 
-def plan_batches(tasks: list[MatrixTask], budget_bytes: int, max_batch: int = 64) -> list[Batch]:
-    """Group same-shape, same-dtype matrices (first-seen order) into batches under ``budget_bytes``."""
+def plan_batches(tasks: list[MatrixTask], budget_bytes: int | Callable[[int, int, str], tuple[int, str]],
+                 max_batch: int = 64, eigen_route: str = "auto") -> list[Batch]:
+    """Group same-shape, same-dtype matrices (first-seen order) into batches.
+
+    ``budget_bytes`` is the bytes of matrices (matrix_device_bytes) per batch, or a function
+    (n, m, dtype) -> (bytes, eigen route) that decides per shape (gpu_batch_plan)."""
     groups: dict[tuple[int, int, str], list[MatrixTask]] = {}
     for t in tasks:
         groups.setdefault((t.n, t.m, t.tensor.dtype), []).append(t)
     batches = []
     for (n, m, dtype), members in groups.items():
-        per = matrix_device_bytes(n, m, dtype)
-        size = max(1, min(max_batch, budget_bytes // per))
+        budget, route = budget_bytes(n, m, dtype) if callable(budget_bytes) else (budget_bytes, eigen_route)
+        size = max(1, min(max_batch, budget // matrix_device_bytes(n, m, dtype)))
         for i in range(0, len(members), size):
-            batches.append(Batch(n, m, members[i : i + size]))
+            batches.append(Batch(n, m, members[i : i + size], route))
     return batches
+
+
+def gpu_batch_plan(max_gpu_memory: int, precision: str = "float64", eigen_route: str = "auto"):
+    """-> a plan_batches budget function that keeps a batch's peak within ``max_gpu_memory``.
+
+    Peak = the batch's matrices (input + Gram) + the float64 upcast chunk (ops.gram) + the eigen
+    solver's extra (ops.eigen.syevd_extra_bytes for syevd; the two-stage route's panels are
+    small). Where syevd's workspace alone would break the limit (k = 8192 float64: ~2.5 GiB), the
+    "auto" route is narrowed to the two-stage route for that shape. One matrix per batch is the
+    floor: a matrix bigger than the limit is still scanned, and the peak reported."""
+    from .ops import band_eigen
+    from .ops.eigen import syevd_extra_bytes
+    from .ops.gram import _CHUNK_BYTES
+
+    def plan(n: int, m: int, dtype: str) -> tuple[int, str]:
+        k = min(n, m)
+        fixed = _CHUNK_BYTES if precision == "float64" else 0
+        itemsize = 8 if precision == "float64" else 4
+        route = eigen_route
+        if route != "two_stage":
+            syevd = syevd_extra_bytes(k, itemsize)
+            fits = fixed + syevd + matrix_device_bytes(n, m, dtype) <= max_gpu_memory
+            if route == "auto" and not fits and precision == "float64" and band_eigen.available():
+                route = "two_stage"
+            else:
+                fixed += syevd
+        return max_gpu_memory - fixed, route
+
+    return plan
 
 
 # Stage CUDA batches read from host tensors in pinned host memory (see _load_batch). Off, the reader
@@ -65,34 +99,59 @@ def plan_batches(tasks: list[MatrixTask], budget_bytes: int, max_batch: int = 64
 PINNED_STAGING = True
 
 
-def _load_batch(source: WeightSource, batch: Batch, device: torch.device) -> tuple[torch.Tensor, float]:
-    """Read each matrix of the batch into one buffer (a fused expert tensor is read once).
+# Threads that read pieces of a batch's tensors at once (SafetensorsSource.read_into): one thread
+# cannot keep an NVMe drive busy, and reads from the page cache are memory copies that scale too.
+IO_THREADS = 8
 
-    Runs in the reader thread. For a CUDA scan of host tensors (files, a model on the CPU) the
-    buffer is pinned host memory: the next batch then waits on the host, not in GPU memory, and
-    crosses to the GPU at pinned speed when its turn comes (_Loaded.take). Tensors already on the GPU
-    are copied into a device buffer on a side stream. -> (buffer, seconds spent)
+
+def _load_batch(source: WeightSource, batch: Batch, device: torch.device,
+                io_pool: ThreadPoolExecutor) -> tuple[torch.Tensor, float]:
+    """Read each matrix of the batch into one buffer. -> (buffer, seconds spent)
+
+    Runs in the reader thread (for a GPU scan). Host tensors (files, a model on the CPU) go into a
+    host buffer, pinned for a GPU scan: the next batch then waits on the host, not in GPU memory,
+    and crosses to the GPU at pinned speed when its turn comes (_Loaded.take); the pieces of each
+    tensor are read by ``io_pool``'s threads at once. Tensors already on the GPU are copied into a
+    device buffer on a side stream.
     """
     start = time.perf_counter()
     dtype = getattr(torch, batch.tasks[0].tensor.dtype)  # one dtype per batch (plan_batches)
     shape = (len(batch.tasks), batch.n, batch.m)
-    buf = stream = None
-    cache: tuple[str, torch.Tensor] | None = None
-    for i, task in enumerate(batch.tasks):
-        if cache is None or cache[0] != task.tensor.name:
-            cache = (task.tensor.name, source.read(task.tensor))
-        t = cache[1] if task.expert is None else cache[1][task.expert]
-        if buf is None:
-            staged = device.type == "cuda" and t.device.type == "cpu" and PINNED_STAGING
-            if device.type == "cuda" and not staged:
-                stream = torch.cuda.Stream(device)
-            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                buf = torch.empty(shape, dtype=dtype, device="cpu" if staged else device, pin_memory=staged)
-        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+    on_host = source.device_of(batch.tasks[0].tensor).type == "cpu"
+    if device.type == "cpu" or (on_host and PINNED_STAGING):
+        buf = torch.empty(shape, dtype=dtype, pin_memory=device.type == "cuda")
+        _read_pieces(source, batch, buf, io_pool)
+        return buf, time.perf_counter() - start
+    stream = torch.cuda.Stream(device)
+    with torch.cuda.stream(stream):
+        buf = torch.empty(shape, dtype=dtype, device=device)
+        cache: tuple[str, torch.Tensor] | None = None
+        for i, task in enumerate(batch.tasks):
+            if cache is None or cache[0] != task.tensor.name:  # a fused expert tensor is read once
+                cache = (task.tensor.name, source.read(task.tensor))
+            t = cache[1] if task.expert is None else cache[1][task.expert]
             buf[i].copy_(t.reshape(batch.n, batch.m))
-    if stream is not None:
-        stream.synchronize()
+    stream.synchronize()
     return buf, time.perf_counter() - start
+
+
+def _read_pieces(source: WeightSource, batch: Batch, buf: torch.Tensor, io_pool: ThreadPoolExecutor) -> None:
+    """Fill host ``buf`` [B, n, m]: matrix i is the task's tensor (or, for one expert of a fused
+    [E, n, m] tensor, its slice e), read in pieces of ``source.read_piece_bytes`` on ``io_pool``."""
+    per_matrix = batch.n * batch.m
+    piece = per_matrix if source.read_piece_bytes is None else max(1, source.read_piece_bytes // buf.element_size())
+    futures = []
+    for i, task in enumerate(batch.tasks):
+        flat = buf[i].view(-1)
+        first = 0 if task.expert is None else task.expert * per_matrix
+        for a in range(0, per_matrix, piece):
+            futures.append(io_pool.submit(source.read_into, task.tensor, flat[a : a + piece], first + a))
+    try:
+        for f in futures:
+            f.result()  # re-raises the first failure (a SourceError names the file and tensor)
+    finally:
+        for f in futures:
+            f.cancel()
 
 
 class _Loaded:
@@ -120,23 +179,24 @@ def _prefetched(source: WeightSource, batches: list[Batch], device: torch.device
     OpenMP workers spinning in a second thread halved eigvalsh speed on 2 cores), so batches are
     read in line.
     """
-    if device.type != "cuda":
-        for batch in batches:
-            yield _Loaded(batch, *_load_batch(source, batch, device), device)
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spectrum-fast-reader") as reader:
-        pending = reader.submit(_load_batch, source, batches[0], device)
-        for i, batch in enumerate(batches):
-            buf, load_s = pending.result()
-            if i + 1 < len(batches):
-                pending = reader.submit(_load_batch, source, batches[i + 1], device)
-            if buf.is_cuda:
-                # Allocated on the reader's stream, used on this one: keep the allocator from
-                # handing its memory to the reader before this stream is done with it.
-                buf.record_stream(torch.cuda.current_stream(device))
-            loaded = _Loaded(batch, buf, load_s, device)
-            del buf
-            yield loaded
+    with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="spectrum-fast-io") as io_pool:
+        if device.type != "cuda":
+            for batch in batches:
+                yield _Loaded(batch, *_load_batch(source, batch, device, io_pool), device)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spectrum-fast-reader") as reader:
+            pending = reader.submit(_load_batch, source, batches[0], device, io_pool)
+            for i, batch in enumerate(batches):
+                buf, load_s = pending.result()
+                if i + 1 < len(batches):
+                    pending = reader.submit(_load_batch, source, batches[i + 1], device, io_pool)
+                if buf.is_cuda:
+                    # Allocated on the reader's stream, used on this one: keep the allocator from
+                    # handing its memory to the reader before this stream is done with it.
+                    buf.record_stream(torch.cuda.current_stream(device))
+                loaded = _Loaded(batch, buf, load_s, device)
+                del buf
+                yield loaded
 
 
 # Elements per step of the finiteness check: torch.isfinite builds |x| and three boolean masks
@@ -233,7 +293,7 @@ def run_batches(
         w.masked_fill_(~finite.view(-1, 1, 1), 0)
         g = ops.gram(w, precision)
         del w, flat
-        pending = ops.eigvalsh_deferred(g, eigen_route)
+        pending = ops.eigvalsh_deferred(g, eigen_route if batch.eigen_route == "auto" else batch.eigen_route)
         del g
         in_flight.append(_InFlight(batch, pending, finite, nonzero, started, load_s))
         waiting += len(batch.tasks)

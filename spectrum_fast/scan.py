@@ -9,18 +9,18 @@ from typing import Any
 import torch
 
 from . import ops
-from .engine import plan_batches, run_batches
+from .engine import gpu_batch_plan, plan_batches, run_batches
 from .errors import SelectionError
 from .memory import PeakTracker
 from .results import ScanResult
 from .sources import ModuleSource, open_source
 from .targets import plan_tasks, require_some
 
-# Bytes of matrices (input + float64 Gram, engine.matrix_device_bytes) per GPU batch. The peak adds
-# the Gram's upcast chunk and syevd's copy and workspace (bench/probes/memory_trace.log). On the H100
-# (bench/probes/memory_budget.log, Llama-3-8B shapes) 768 MiB peaked at 1376 MiB and ran as fast as
-# 1 GiB (1824 MiB) or 1.5 GiB (2384 MiB); 640 MiB was slower (batches too small for stage 1).
-DEFAULT_GPU_BUDGET = 768 << 20
+# GPU memory a scan may use (torch.cuda.max_memory_allocated from the scan's start). The planner
+# sizes each shape's batches to it (engine.gpu_batch_plan). 1.5 GiB gives Llama-3-8B's 4096-wide
+# matrices a batch budget of 768 MiB, which ran as fast as 1 GiB or 1.5 GiB batches on the H100
+# (bench/probes/memory_budget.log); 640 MiB was slower (batches too small for stage 1).
+DEFAULT_MAX_GPU_MEMORY = 3 << 29
 DEFAULT_CPU_BUDGET = 512 << 20
 
 
@@ -45,6 +45,7 @@ def scan(
     precision: str = "float64",
     pool_experts: bool = False,
     model_name: str | None = None,
+    max_gpu_memory: int | None = None,
     max_batch_bytes: int | None = None,
     eigen_route: str = "auto",
 ) -> ScanResult:
@@ -60,6 +61,11 @@ def scan(
         1e-5..1e-1 relative on spiky matrices, see the README's Precision section).
     pool_experts: group ``mlp.experts.<e>.down_proj`` of all e into one type ``mlp.experts.*.down_proj``.
     model_name: names the output files (default: the hub id in config.json, or the folder name).
+    max_gpu_memory: bytes of GPU memory the scan may allocate (default 1.5 GiB); batches are sized
+        to it, and a matrix that alone exceeds it is still scanned, one at a time. The peak is
+        reported (ScanResult.peak_gpu_bytes).
+    max_batch_bytes: fixes the bytes of matrices (input + Gram) per batch instead, on any device
+        (default on a CPU: 512 MiB).
     eigen_route: "auto" (the measured faster one per size and device), "syevd"
         (torch.linalg.eigvalsh) or "two_stage" (float64 dense -> band on the device, band
         eigenvalues by LAPACK on host threads); all are exact to float64 rounding.
@@ -68,6 +74,8 @@ def scan(
         raise SelectionError(f"precision {precision!r} is not known: use float64 (exact) or float32")
     if eigen_route not in ops.ROUTES:
         raise SelectionError(f"eigen_route {eigen_route!r} is not known: use one of {', '.join(ops.ROUTES)}")
+    if max_gpu_memory is not None and max_gpu_memory <= 0:
+        raise SelectionError(f"max_gpu_memory={max_gpu_memory}: give a positive number of bytes")
     dev = resolve_device(device)
     start = time.perf_counter()
     src = open_source(source, model_name)
@@ -79,8 +87,13 @@ def scan(
             skipped += [(t.tensor.name, "on the meta device (offloaded), not scanned") for t in meta]
             tasks = [t for t in tasks if not src.is_meta(t.tensor)]
         require_some(tasks, infos, types, src.label)
-        budget = max_batch_bytes or (DEFAULT_GPU_BUDGET if dev.type == "cuda" else DEFAULT_CPU_BUDGET)
-        batches = plan_batches(tasks, budget)
+        if max_batch_bytes is not None:
+            budget = max_batch_bytes
+        elif dev.type == "cuda":
+            budget = gpu_batch_plan(max_gpu_memory or DEFAULT_MAX_GPU_MEMORY, precision, eigen_route)
+        else:
+            budget = DEFAULT_CPU_BUDGET
+        batches = plan_batches(tasks, budget, eigen_route=eigen_route)
         tracker = PeakTracker(dev)
         rows_by_order = {}
         timings: dict[str, float] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -49,6 +50,21 @@ class WeightSource(ABC):
 
     @abstractmethod
     def read(self, info: TensorInfo) -> torch.Tensor: ...
+
+    # Reads of one tensor may be split into pieces of this many bytes, read by several threads at
+    # once (None: one read per tensor, for sources whose tensors are already in memory).
+    read_piece_bytes: int | None = None
+
+    def device_of(self, info: TensorInfo) -> torch.device:
+        """Where ``read(info)`` returns the tensor: the CPU for files; the tensor's own device for
+        modules and dicts (weights already on a GPU are copied device to device)."""
+        return torch.device("cpu")
+
+    def read_into(self, info: TensorInfo, out: torch.Tensor, first: int = 0) -> None:
+        """Copy ``out.numel()`` elements of the tensor, from flat element ``first`` on, into ``out``
+        (contiguous, the tensor's dtype). Several threads may call this at once for disjoint pieces:
+        the engine splits big tensors so reads run in parallel."""
+        out.view(-1).copy_(self.read(info).reshape(-1)[first : first + out.numel()])
 
     def close(self) -> None:
         pass
@@ -102,6 +118,9 @@ class DictSource(WeightSource):
     def read(self, info: TensorInfo) -> torch.Tensor:
         return self._tensors[info.name].detach()
 
+    def device_of(self, info: TensorInfo) -> torch.device:
+        return self._tensors[info.name].device
+
 
 class ModuleSource(WeightSource):
     """An in-memory torch.nn.Module (a transformers model included). Tied weights count once."""
@@ -119,6 +138,9 @@ class ModuleSource(WeightSource):
 
     def read(self, info: TensorInfo) -> torch.Tensor:
         return self._params[info.name].detach()
+
+    def device_of(self, info: TensorInfo) -> torch.device:
+        return self._params[info.name].device
 
     def is_meta(self, info: TensorInfo) -> bool:
         return self._params[info.name].is_meta
@@ -143,7 +165,10 @@ class ModuleSource(WeightSource):
 
 
 class SafetensorsSource(WeightSource):
-    """One or more .safetensors files; tensors are read one at a time through safe_open."""
+    """One or more .safetensors files: listed through safe_open, read straight into the caller's
+    buffer (read_into), in pieces that several threads read at once."""
+
+    read_piece_bytes = 16 << 20
 
     def __init__(self, files: list[Path], model_name: str, label: str):
         from safetensors import SafetensorError, safe_open
@@ -153,6 +178,8 @@ class SafetensorsSource(WeightSource):
         self._handles: dict[str, Any] = {}
         self._infos: list[TensorInfo] = []
         self._file_of: dict[str, str] = {}
+        self._extents: dict[str, tuple[int, int]] = {}  # name -> (first byte in its file, byte count)
+        self._fds: dict[str, int] = {}
         for path in files:
             if not path.is_file():
                 raise SourceError(f"{path}: shard is missing: download it again or fix the index file")
@@ -170,6 +197,7 @@ class SafetensorsSource(WeightSource):
                 raise SourceError(f"{path}: not a readable safetensors file ({e}): it is truncated or corrupt, "
                                   f"download or save it again") from None
             self._handles[str(path)] = handle
+            self._extents.update(_data_extents(path, infos))
             for info in infos:
                 self._file_of[info.name] = str(path)
             self._infos.extend(infos)
@@ -188,8 +216,74 @@ class SafetensorsSource(WeightSource):
             raise SourceError(f"{path}: cannot read tensor {info.name} ({e}): the file is damaged, "
                               f"download or save it again") from None
 
+    def read_into(self, info: TensorInfo, out: torch.Tensor, first: int = 0) -> None:
+        """Read the bytes straight from the file into ``out`` (pinned host memory, for a GPU scan).
+
+        safetensors can only hand back a new tensor (a copy, or a memory map whose page faults then
+        happen one thread at a time); os.preadv into the caller's buffer makes one copy, releases the
+        GIL, and lets several threads keep the disk busy. The data is little-endian, as safetensors
+        stores it, so this runs on little-endian hosts; elsewhere it falls back to safetensors."""
+        if sys.byteorder != "little" or info.name not in self._extents:
+            return super().read_into(info, out, first)
+        path = self._file_of[info.name]
+        start, size = self._extents[info.name]
+        itemsize = out.element_size()
+        offset, want = start + first * itemsize, out.numel() * itemsize
+        if first < 0 or (first * itemsize) + want > size:
+            raise ValueError(f"{info.name}: elements {first}..{first + out.numel()} outside the tensor")
+        view = memoryview(out.view(-1).view(torch.uint8).numpy())
+        fd = self._fd(path)
+        done = 0
+        try:
+            while done < want:
+                got = os.preadv(fd, [view[done:want]], offset + done)
+                if got == 0:
+                    raise SourceError(f"{path}: ends inside tensor {info.name}: the file is truncated, "
+                                      f"download or save it again")
+                done += got
+        except OSError as e:
+            raise SourceError(f"{path}: cannot read tensor {info.name} ({e.strerror or e})") from None
+
+    def _fd(self, path: str) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            try:
+                fd = self._fds.setdefault(path, os.open(path, os.O_RDONLY))
+            except OSError as e:
+                raise SourceError(f"{path}: cannot open ({e.strerror or e})") from None
+        return fd
+
     def close(self) -> None:
         self._handles.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def _data_extents(path: Path, infos: list[TensorInfo]) -> dict[str, tuple[int, int]]:
+    """name -> (first byte in the file, byte count) for each tensor, from the safetensors header
+    (an 8-byte little-endian header size, then a JSON object with "data_offsets" relative to the
+    end of the header). safe_open has already validated this header; a mismatch with its dtype and
+    shape, or data past the end of the file, means a damaged file."""
+    with open(path, "rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_size))
+    file_size = path.stat().st_size
+    extents = {}
+    for info in infos:
+        begin, end = header[info.name]["data_offsets"]
+        dtype = getattr(torch, info.dtype, None) if info.floating else None
+        if dtype is None:
+            continue  # never read into a buffer (skipped or read through safetensors)
+        numel = 1
+        for d in info.shape:
+            numel *= d
+        itemsize = dtype.itemsize
+        if end - begin != numel * itemsize or 8 + header_size + end > file_size:
+            raise SourceError(f"{path}: tensor {info.name} does not fit the file (header says bytes "
+                              f"{begin}..{end}): the file is truncated or corrupt, download or save it again")
+        extents[info.name] = (8 + header_size + begin, end - begin)
+    return extents
 
 
 class TorchBinSource(WeightSource):
@@ -269,7 +363,12 @@ def _read_index(index: Path) -> list[Path]:
 
 
 def open_source(source: Any, model_name: str | None = None) -> WeightSource:
-    """Resolve what the user passed into a WeightSource, or raise a one-line SourceError."""
+    """Resolve what the user passed into a WeightSource, or raise a one-line SourceError.
+
+    A WeightSource instance is taken as is: subclass it (tensors(), read()) to scan weights that
+    live elsewhere, such as generated benchmark weights (bench/workloads.py)."""
+    if isinstance(source, WeightSource):
+        return source
     if isinstance(source, torch.nn.Module):
         return ModuleSource(source, model_name)
     if isinstance(source, dict):

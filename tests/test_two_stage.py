@@ -144,3 +144,39 @@ def test_syevd_in_slices_matches_one_call(monkeypatch):
     torch.testing.assert_close(got, truth, rtol=0, atol=0)
     pending = eigen.eigvalsh_deferred(g.clone(), route="syevd").result()
     torch.testing.assert_close(pending, truth, rtol=0, atol=0)
+
+
+def test_gpu_batch_plan_keeps_the_peak_within_the_limit():
+    """The planner's arithmetic (no GPU needed): batch bytes + upcast chunk + eigen extra <= limit;
+    syevd dropped for a shape whose workspace alone would break the limit."""
+    from spectrum_fast.engine import gpu_batch_plan, matrix_device_bytes
+    from spectrum_fast.ops.gram import _CHUNK_BYTES
+
+    limit = 3 << 29  # 1.5 GiB
+    plan = gpu_batch_plan(limit)
+    budget, route = plan(4096, 14336, "bfloat16")
+    assert route == "auto"
+    assert budget + _CHUNK_BYTES + eigen.syevd_extra_bytes(4096) == limit
+    assert budget // matrix_device_bytes(4096, 14336, "bfloat16") >= 2
+    budget, route = plan(28672, 8192, "bfloat16")  # syevd's workspace at k=8192 is ~2.5 GiB
+    assert route == "two_stage" and budget == limit - _CHUNK_BYTES
+    # forced syevd keeps syevd and counts its workspace (a batch of one then, above the limit)
+    budget, route = gpu_batch_plan(limit, eigen_route="syevd")(28672, 8192, "bfloat16")
+    assert route == "syevd" and budget < 0
+    batches = spectrum_fast.engine.plan_batches(
+        [t for t in _tasks(3, 28672, 8192)], gpu_batch_plan(limit, eigen_route="syevd"))
+    assert [len(b.tasks) for b in batches] == [1, 1, 1]
+
+
+def _tasks(count, n, m):
+    from spectrum_fast.sources import TensorInfo
+    from spectrum_fast.targets import MatrixTask
+
+    return [MatrixTask(name=f"model.layers.{i}.mlp.w", type="mlp.w", n=n, m=m, order=i,
+                       tensor=TensorInfo(f"model.layers.{i}.mlp.w.weight", (n, m), "bfloat16", True), expert=None)
+            for i in range(count)]
+
+
+def test_max_gpu_memory_must_be_positive():
+    with pytest.raises(spectrum_fast.SelectionError, match="max_gpu_memory"):
+        spectrum_fast.scan({"model.layers.0.mlp.w.weight": torch.randn(8, 8)}, device="cpu", max_gpu_memory=0)

@@ -44,6 +44,15 @@ ROUTES = ("auto", "syevd", "two_stage")
 _SYEVD_CALL_BYTES = 64 << 20
 
 
+def syevd_extra_bytes(k: int, itemsize: int = 8) -> int:
+    """Device bytes the syevd route adds on top of its input, for k x k matrices: the copy of one
+    slice of matrices that torch.linalg.eigvalsh makes, and cuSOLVER's workspace, which measured
+    about 4 matrices' worth (H100, bench/probes/memory_trace.log: 644 MiB at k = 4096, 98 MiB for
+    a slice of 8 at k = 1024, float64)."""
+    per_call = max(1, _SYEVD_CALL_BYTES // (k * k * itemsize))
+    return (per_call + 4) * k * k * itemsize
+
+
 def _syevd(g: torch.Tensor) -> torch.Tensor:
     """torch.linalg.eigvalsh over [B, k, k] in slices of at most _SYEVD_CALL_BYTES."""
     per_call = max(1, _SYEVD_CALL_BYTES // max(1, g.shape[-1] * g.shape[-2] * g.element_size()))
