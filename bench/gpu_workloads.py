@@ -8,8 +8,10 @@ computation on a sample, same run.
   and time per layer; Spectrum's computation timed on layer 0's seven matrices.
 - deepseek-v2-moe (59 MoE layers x 160 experts x gate/up 1536x5120, down 5120x1536): time per
   matrix; Spectrum's computation on an evenly spread sample of matrices.
-The scan's time includes generating the weights (on the GPU, in the scan's reader thread); the
-generation alone is timed too and reported beside it. SNR errors against float64 on a sample.
+The weights are generated on the GPU in blocks of rows and handed to the scan in host memory, as a
+checkpoint's tensors are (so the scan runs its file path: pinned staging, memory planner). The
+scan's time includes that generation, in its reader thread; the generation alone is timed too.
+SNR errors against float64 on a sample.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def run_workload(label: str, src: GeneratedSource, sample: list, truth_sample: l
 
     ref_s, ref_snr = 0.0, {}
     for info in sample:
-        w = src.read(info).float()
+        w = src.read(info).to("cuda", torch.float32)  # the reference holds fp32 weights on its GPUs
         torch.cuda.synchronize()
         t = time.perf_counter()
         ref_snr[info.name] = spectrum_snr(w)  # .item() synchronizes
@@ -82,7 +84,7 @@ def run_workload(label: str, src: GeneratedSource, sample: list, truth_sample: l
     acc = []
     for info in truth_sample:
         name = info.name.removesuffix(".weight")
-        truth = reference_stats(src.read(info).double())["snr"]
+        truth = reference_stats(src.read(info).to("cuda", torch.float64))["snr"]
         row = {"matrix": name, "shape": list(info.shape), "truth": truth,
                "spectrum_fast": abs(snr[name] - truth) / truth}
         if info.name in ref_snr:

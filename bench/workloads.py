@@ -87,46 +87,71 @@ DEEPSEEK_V2_MOE = [("gate_proj", 1536, 5120), ("up_proj", 1536, 5120), ("down_pr
 DEEPSEEK_V2_MOE_LAYERS, DEEPSEEK_V2_EXPERTS = 59, 160
 
 
-def generated_like(shape: tuple[int, ...], seed: int, kind: str, device: str = "cuda") -> torch.Tensor:
-    """A cheaper trained_like, for [n, m] or a stack [E, n, m]: the same Gaussian bulk and heavy-tailed
-    spikes, with Gaussian (nearly orthogonal, not orthogonalised) singular vectors, so that tens of
-    thousands of matrices generate in seconds. bf16."""
-    *lead, n, m = shape
+def generated_like(shape: tuple[int, ...], seed: int, kind: str, device: str = "cuda",
+                   rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """A cheaper trained_like for [n, m]: the same Gaussian bulk and heavy-tailed spikes, with
+    Gaussian (nearly orthogonal, not orthogonalised) singular vectors, so that tens of thousands of
+    matrices generate in seconds. bf16. ``rows=(a, b)`` generates rows a..b only, identical to those
+    rows of the whole matrix (each block of rows has its own seed), so a big matrix can be made in
+    blocks without its float32 temporaries."""
+    n, m = shape
+    a, b = rows or (0, n)
+    r = max(1, min(n, m) // 16)
     g = torch.Generator(device=device).manual_seed(seed)
-    w = torch.randn(*lead, n, m, generator=g, device=device) / math.sqrt(m)
-    if kind != "noise":
-        r = max(1, min(n, m) // 16)
-        u = torch.randn(*lead, n, r, generator=g, device=device) / math.sqrt(n)
-        v = torch.randn(*lead, m, r, generator=g, device=device) / math.sqrt(m)
-        s = 8.0 * torch.arange(1, r + 1, device=device, dtype=torch.float32) ** -0.7
-        w += (u * s) @ v.mT
-    w = w.to(torch.bfloat16)
-    if kind == "rank_deficient":
+    v = torch.randn(m, r, generator=g, device=device) / math.sqrt(m)
+    u = torch.randn(n, r, generator=g, device=device) / math.sqrt(n)
+    s = 8.0 * torch.arange(1, r + 1, device=device, dtype=torch.float32) ** -0.7
+    out = torch.empty(b - a, m, dtype=torch.bfloat16, device=device)
+    for start in range(a - a % _GEN_ROWS, b, _GEN_ROWS):  # blocks aligned to _GEN_ROWS: same values however split
+        lo, hi = max(start, a), min(start + _GEN_ROWS, b)
+        gb = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)
+        block = torch.randn(min(_GEN_ROWS, n - start), m, generator=gb, device=device)[lo - start : hi - start]
+        block /= math.sqrt(m)
+        if kind != "noise":
+            block += (u[lo:hi] * s) @ v.T
+        out[lo - a : hi - a] = block
+    if kind == "rank_deficient":  # the last third repeats the first third
         d = n // 3
-        w[..., n - d :, :] = w[..., :d, :]
-    return w
+        lo = max(a, n - d)
+        if lo < b:
+            out[lo - a : b - a] = generated_like(shape, seed, "spiked", device, (lo - (n - d), b - (n - d)))
+    return out
+
+
+_GEN_ROWS = 2048
 
 
 class GeneratedSource(WeightSource):
-    """A model's weights, generated on the GPU when the scan reads them (never all at once).
+    """A model's weights, generated when the scan reads them, never all at once.
 
-    ``layout``: (name, shape) pairs, in model order."""
+    ``layout``: (name, shape) pairs, in model order. The values are made on ``generate_on`` (a GPU,
+    in blocks of rows) and handed over in host memory like a checkpoint's tensors, so the scan runs
+    its file path: pinned staging, GPU memory bounded by the planner, not by the generator."""
 
-    def __init__(self, layout: list[tuple[str, tuple[int, ...]]], model_name: str, device: str = "cuda"):
+    def __init__(self, layout: list[tuple[str, tuple[int, ...]]], model_name: str, generate_on: str = "cuda"):
         self._layout = layout
         self._index = {name: i for i, (name, _) in enumerate(layout)}
         self.model_name = self.label = model_name
-        self.device = torch.device(device)
+        self.generate_on = generate_on
 
     def tensors(self) -> list[TensorInfo]:
         return [TensorInfo(name, shape, "bfloat16", True) for name, shape in self._layout]
 
     def read(self, info: TensorInfo) -> torch.Tensor:
-        i = self._index[info.name]
-        return generated_like(info.shape, seed=i, kind=kind_of(i), device=str(self.device))
+        out = torch.empty(info.shape, dtype=torch.bfloat16)
+        self.read_into(info, out)
+        return out
 
-    def device_of(self, info: TensorInfo) -> torch.device:
-        return self.device
+    def read_into(self, info: TensorInfo, out: torch.Tensor, first: int = 0) -> None:
+        i = self._index[info.name]
+        n, m = info.shape
+        if first % m or out.numel() % m:
+            raise ValueError("GeneratedSource reads whole rows (read_piece_bytes is None)")
+        a, b = first // m, (first + out.numel()) // m
+        for lo in range(a, b, _GEN_ROWS):
+            hi = min(lo + _GEN_ROWS, b)
+            block = generated_like(info.shape, seed=i, kind=kind_of(i), device=self.generate_on, rows=(lo, hi))
+            out.view(-1)[(lo - a) * m : (hi - a) * m].copy_(block.view(-1))
 
 
 def llama3_70b_layout(layers: int = LLAMA3_70B_LAYERS) -> list[tuple[str, tuple[int, ...]]]:
