@@ -10,6 +10,8 @@ Two precisions:
 - "float32": fp32 accumulation and fp32 output (torch.mm(..., out_dtype=float32) for bf16/fp16 on
   CUDA), TF32 off. Much faster GEMM on the H100, but its error grows with the spikes (6e-5 at
   spike scale 8, tens of percent at 400).
+  Backends of the float32 path: torch.mm, or the Triton kernel spectrum_fast.kernels.gram (one
+  triangle of tiles: half the flops) where _TRITON_GRAM_MIN_K enables it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ import torch
 
 # Upcast at most this many bytes of the input at once (float64 chunk along the long side).
 _CHUNK_BYTES = 128 << 20
+
+# float32 path on CUDA: input dtype -> smallest short side k from which the Triton triangle
+# kernel replaces torch.mm; None = never. All off until bench/kernels_gram.py has measured
+# where the kernel wins on the H100; set the entries from that run's table.
+_TRITON_GRAM_MIN_K: dict[torch.dtype, int | None] = {
+    torch.bfloat16: None,
+    torch.float16: None,
+    torch.float32: None,
+}
 
 
 @contextlib.contextmanager
@@ -65,7 +76,25 @@ def _gram_fp64_chunked(a: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _use_triton_gram(a: torch.Tensor) -> bool:
+    """Whether the float32 Gram of ``a`` ([k, L] or [B, k, L]) goes to the Triton kernel."""
+    min_k = _TRITON_GRAM_MIN_K.get(a.dtype)
+    if min_k is None or not a.is_cuda or a.shape[-2] < min_k:
+        return False
+    try:  # imported here, on first use: triton is optional
+        from ..kernels import gram as triton_gram
+    except ImportError:
+        return False
+    return triton_gram.available(a.device) and triton_gram.supports(a)
+
+
 def _gram_fp32(a: torch.Tensor) -> torch.Tensor:
+    if _use_triton_gram(a):
+        from ..kernels.gram import gram_fp32_triton
+
+        # No NaN fill of the output here: the kernel tests (poisoned output) show every tile is
+        # written, and the fill is a k x k write per matrix that torch.mm does not pay either.
+        return gram_fp32_triton(a, poison=False)
     if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
         if a.dim() == 2:
             return torch.mm(a, a.mT, out_dtype=torch.float32)
