@@ -99,6 +99,13 @@ def gpu_batch_plan(max_gpu_memory: int, precision: str = "float64", eigen_route:
 PINNED_STAGING = True
 
 
+# Batches read ahead into pinned host memory while the GPU works (host tensors only; tensors
+# already on the GPU are read one batch ahead, to keep GPU memory low). Batches differ in cost
+# (a batch of k = 1024 projections computes far faster than it reads from a cold disk, a batch
+# of 4096-wide MLP matrices the other way round): a lead of several batches lets the reader
+# bank the slow batches' time for the fast ones.
+PREFETCH_BATCHES = 3
+
 # Threads that read pieces of a batch's tensors at once (SafetensorsSource.read_into): one thread
 # cannot keep an NVMe drive busy, and reads from the page cache are memory copies that scale too.
 IO_THREADS = 8
@@ -184,12 +191,14 @@ def _prefetched(source: WeightSource, batches: list[Batch], device: torch.device
             for batch in batches:
                 yield _Loaded(batch, *_load_batch(source, batch, device, io_pool), device)
             return
+        on_host = PINNED_STAGING and source.device_of(batches[0].tasks[0].tensor).type == "cpu"
+        depth = PREFETCH_BATCHES if on_host else 1  # batches read ahead of the one being computed
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spectrum-fast-reader") as reader:
-            pending = reader.submit(_load_batch, source, batches[0], device, io_pool)
+            pending = deque(reader.submit(_load_batch, source, b, device, io_pool) for b in batches[:depth])
             for i, batch in enumerate(batches):
-                buf, load_s = pending.result()
-                if i + 1 < len(batches):
-                    pending = reader.submit(_load_batch, source, batches[i + 1], device, io_pool)
+                buf, load_s = pending.popleft().result()
+                if i + depth < len(batches):
+                    pending.append(reader.submit(_load_batch, source, batches[i + depth], device, io_pool))
                 if buf.is_cuda:
                     # Allocated on the reader's stream, used on this one: keep the allocator from
                     # handing its memory to the reader before this stream is done with it.
