@@ -1,3 +1,11 @@
-"""Triton kernels: one family per file; a plain-torch reference for each lives in the tests."""
+"""Triton kernels, one kernel family per file; each has a plain-torch reference that its tests
+compare it with (tests/test_kernels_<family>.py).
+
+gram  -> gram_fp32_triton (reference: float64 A @ A^T)
+stats -> snr_statistics_triton (reference: ops.stats.snr_statistics_torch)
+
+Triton is optional: importing these modules never needs it; ``available(device)`` says whether a
+kernel can run (CUDA, or the CPU under TRITON_INTERPRET=1).
+"""
 
 from __future__ import annotations

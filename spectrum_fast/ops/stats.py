@@ -3,12 +3,17 @@
 S = sqrt(eigenvalues) (all min(n, m) singular values), then exactly as spectrum.py:
 sigma = (q75 - q25) / 1.349 with torch.quantile's linear interpolation, tau = sigma (1 + sqrt(beta)),
 beta = min/max, signal = sum S > tau, noise = sum S <= tau (1.0 when empty), snr = signal/noise/max S.
-Backends: plain torch (any device), and the C++ extension (spectrum_fast._C) on CPU when built.
+Backends, one chosen per call by snr_statistics: the Triton kernel (spectrum_fast.kernels.stats) for
+eigenvalues on a CUDA device when triton is installed, the C++ extension (spectrum_fast._C) on the
+CPU when built, plain torch otherwise (any device).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 
@@ -52,14 +57,23 @@ def _quantile_sorted(s: torch.Tensor, q: float) -> torch.Tensor:
     return torch.lerp(s[..., below], s[..., above], weight.to(s.device))
 
 
+def threshold_factor(n: int, m: int) -> float:
+    """tau / sigma = 1 + sqrt(beta), beta = min(n, m) / max(n, m).
+
+    math.sqrt, not beta**0.5: sqrt is correctly rounded, as in the C++ and Triton backends, while
+    libm's pow(beta, 0.5) is one ulp off for about 1 ratio in 1100.
+    """
+    beta = min(n, m) / max(n, m)
+    return 1.0 + math.sqrt(beta)
+
+
 def snr_statistics_torch(eigvals: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """[B, k] ascending eigenvalues -> [B, 7] float64 table (columns as SpectrumStats.FIELDS)."""
     s = singular_values_from_eigenvalues(eigvals)
     q25 = _quantile_sorted(s, 0.25)
     q75 = _quantile_sorted(s, 0.75)
     sigma = (q75 - q25) / 1.349
-    beta = min(n, m) / max(n, m)
-    tau = sigma * (1.0 + beta**0.5)
+    tau = sigma * threshold_factor(n, m)
     above = s > tau.unsqueeze(-1)
     signal = torch.where(above, s, 0.0).sum(-1)
     n_signal = above.sum(-1).to(torch.float64)
@@ -70,11 +84,21 @@ def snr_statistics_torch(eigvals: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return torch.stack([sigma_max, sigma, tau, signal, noise, n_signal, snr], dim=-1)
 
 
+@functools.lru_cache(maxsize=None)
+def _triton_kernels() -> ModuleType:
+    # Imported on first use: the package never needs triton, and this module stays light to import.
+    from ..kernels import stats
+
+    return stats
+
+
 def snr_statistics(eigvals: torch.Tensor, n: int, m: int) -> SpectrumStats:
     """Statistics of a batch of matrices of shape n x m from their Gram eigenvalues ([B, k], ascending)."""
     eigvals = eigvals.reshape(-1, eigvals.shape[-1])
-    ext = _extension.load()
-    if ext is not None and eigvals.device.type == "cpu":
+    device = eigvals.device
+    if device.type == "cuda" and _triton_kernels().available(device):
+        table = _triton_kernels().snr_statistics_triton(eigvals, n, m)  # one launch, no float64 copy
+    elif device.type == "cpu" and (ext := _extension.load()) is not None:
         table = ext.snr_statistics(eigvals.to(torch.float64).contiguous(), n, m)
     else:
         table = snr_statistics_torch(eigvals, n, m)
