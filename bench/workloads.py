@@ -7,8 +7,10 @@ exactly rank-deficient (a third of its rows repeat earlier rows). Fixed seeds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import threading
 from pathlib import Path
 
 import torch
@@ -148,10 +150,27 @@ class GeneratedSource(WeightSource):
         if first % m or out.numel() % m:
             raise ValueError("GeneratedSource reads whole rows (read_piece_bytes is None)")
         a, b = first // m, (first + out.numel()) // m
-        for lo in range(a, b, _GEN_ROWS):
-            hi = min(lo + _GEN_ROWS, b)
-            block = generated_like(info.shape, seed=i, kind=kind_of(i), device=self.generate_on, rows=(lo, hi))
-            out.view(-1)[(lo - a) * m : (hi - a) * m].copy_(block.view(-1))
+        # On a GPU, generate on this thread's own stream: work on the default stream (and a copy to
+        # host memory issued there) would wait for the scan's kernels and stall it in turn.
+        stream = _thread_stream(self.generate_on)
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            for lo in range(a, b, _GEN_ROWS):
+                hi = min(lo + _GEN_ROWS, b)
+                block = generated_like(info.shape, seed=i, kind=kind_of(i), device=self.generate_on, rows=(lo, hi))
+                out.view(-1)[(lo - a) * m : (hi - a) * m].copy_(block.view(-1), non_blocking=out.is_pinned())
+        if stream is not None:
+            stream.synchronize()
+
+
+_streams = threading.local()
+
+
+def _thread_stream(device: str) -> torch.cuda.Stream | None:
+    if torch.device(device).type != "cuda":
+        return None
+    if getattr(_streams, "stream", None) is None:
+        _streams.stream = torch.cuda.Stream(device)
+    return _streams.stream
 
 
 def llama3_70b_layout(layers: int = LLAMA3_70B_LAYERS) -> list[tuple[str, tuple[int, ...]]]:

@@ -100,10 +100,18 @@ def reference_table(eigvals: torch.Tensor, n: int, m: int) -> torch.Tensor:
         return snr_statistics_torch(eigvals.cpu().to(torch.float64), n, m)
 
 
-def assert_columns_match(got: torch.Tensor, want: torch.Tensor, context: str) -> None:
+# torch's own CUDA float64 sigma differs from the IEEE reference (and from this kernel, which
+# matches that reference bit for bit) by up to 1 ulp: its CUDA quantile/lerp arithmetic is
+# contracted differently (H100, device run of c97e6f6: 21 of 21 mismatches were sigma, <= 2.2e-16).
+ONE_ULP = 2.0**-52
+
+
+def assert_columns_match(got: torch.Tensor, want: torch.Tensor, context: str, ulp_slack: bool = False) -> None:
     assert got.dtype == torch.float64 and got.shape == want.shape, (context, got.dtype, got.shape)
     for j, name in enumerate(SpectrumStats.FIELDS):
         rtol = COLUMN_RTOL[name]
+        if ulp_slack and name in ("sigma", "threshold"):
+            rtol = max(rtol, ONE_ULP)
         torch.testing.assert_close(got[:, j], want[:, j], rtol=rtol, atol=0.0, equal_nan=True,
                                    msg=lambda text, name=name, rtol=rtol: f"{context}: column {name} "
                                    f"(rtol {rtol:g}) differs from snr_statistics_torch\n{text}")
@@ -115,7 +123,7 @@ def assert_matches_torch(got: torch.Tensor, eigvals: torch.Tensor, n: int, m: in
     assert got.device == eigvals.device, context
     assert_columns_match(got.cpu(), reference_table(eigvals, n, m), context)
     if got.is_cuda:
-        assert_columns_match(got, snr_statistics_torch(eigvals, n, m), f"{context} (torch on CUDA)")
+        assert_columns_match(got, snr_statistics_torch(eigvals, n, m), f"{context} (torch on CUDA)", ulp_slack=True)
 
 
 @pytest.mark.parametrize("k", K_VALUES)

@@ -24,12 +24,14 @@ import torch
 _CHUNK_BYTES = 128 << 20
 
 # float32 path on CUDA: input dtype -> smallest short side k from which the Triton triangle
-# kernel replaces torch.mm; None = never. All off until bench/kernels_gram.py has measured
-# where the kernel wins on the H100; set the entries from that run's table.
+# kernel replaces torch.mm; None = never. From bench/results/kernels_gram_h100_c97e6f6.log (H100):
+# against the torch.mm loop, bf16 was 1.17-1.84x faster for k = 1536, 4096 and 8192 in both
+# layouts (only 1.14x at k = 1024, where a batched torch.bmm was 1.8x); fp32 1.02-1.88x for
+# k >= 1536 but 0.68x at k = 1024 (contiguous). fp16 was not measured: off.
 _TRITON_GRAM_MIN_K: dict[torch.dtype, int | None] = {
-    torch.bfloat16: None,
+    torch.bfloat16: 1536,
     torch.float16: None,
-    torch.float32: None,
+    torch.float32: 1536,
 }
 
 
