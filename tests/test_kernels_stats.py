@@ -103,7 +103,9 @@ def reference_table(eigvals: torch.Tensor, n: int, m: int) -> torch.Tensor:
 # torch's own CUDA float64 sigma differs from the IEEE reference (and from this kernel, which
 # matches that reference bit for bit) by up to 1 ulp: its CUDA quantile/lerp arithmetic is
 # contracted differently (H100, device run of c97e6f6: 21 of 21 mismatches were sigma, <= 2.2e-16).
-ONE_ULP = 2.0**-52
+# The threshold, sigma times a factor, then differs by that ulp plus its own rounding: <= 2 ulp
+# (device run of bdf1d4a: up to 3.2e-16).
+TWO_ULP = 2.0**-51
 
 
 def assert_columns_match(got: torch.Tensor, want: torch.Tensor, context: str, ulp_slack: bool = False) -> None:
@@ -111,7 +113,7 @@ def assert_columns_match(got: torch.Tensor, want: torch.Tensor, context: str, ul
     for j, name in enumerate(SpectrumStats.FIELDS):
         rtol = COLUMN_RTOL[name]
         if ulp_slack and name in ("sigma", "threshold"):
-            rtol = max(rtol, ONE_ULP)
+            rtol = max(rtol, TWO_ULP)
         torch.testing.assert_close(got[:, j], want[:, j], rtol=rtol, atol=0.0, equal_nan=True,
                                    msg=lambda text, name=name, rtol=rtol: f"{context}: column {name} "
                                    f"(rtol {rtol:g}) differs from snr_statistics_torch\n{text}")

@@ -27,11 +27,14 @@ _CHUNK_BYTES = 128 << 20
 # kernel replaces torch.mm; None = never. From bench/results/kernels_gram_h100_c97e6f6.log (H100):
 # against the torch.mm loop, bf16 was 1.17-1.84x faster for k = 1536, 4096 and 8192 in both
 # layouts (only 1.14x at k = 1024, where a batched torch.bmm was 1.8x); fp32 1.02-1.88x for
-# k >= 1536 but 0.68x at k = 1024 (contiguous). fp16 was not measured: off.
+# k >= 1536 but 0.68x at k = 1024 (contiguous). Yet a whole float32 scan of the Llama-3-8B shapes
+# with it on took 21.5 s against 16.8-18.1 s with torch.mm (bench/results/
+# gpu_scan_vs_spectrum_h100_bdf1d4a.log): the kernel autotunes 5 configs per shape and layout on
+# first use, inside the scan. Off until the configs are pruned or cached; fp16 was not measured.
 _TRITON_GRAM_MIN_K: dict[torch.dtype, int | None] = {
-    torch.bfloat16: 1536,
+    torch.bfloat16: None,
     torch.float16: None,
-    torch.float32: 1536,
+    torch.float32: None,
 }
 
 
