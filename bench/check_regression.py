@@ -12,7 +12,7 @@ two computations sharing it moves far less. A shape fails when its speedup falls
 too. Gains pass (rewrite the baseline with --update to keep them).
 
 The baseline file says how to measure (its "run": device, shapes, matrices per shape, repeats,
-torch threads), so a fresh run repeats the baseline's measurement. When measuring, a shape that
+torch threads, clock), so a fresh run repeats the baseline's measurement. When measuring, a shape that
 regressed is measured once more (--attempts) and fails only if it regressed every time: a burst of
 load from a neighbour on a shared box must not fail CI, a real slowdown shows every time.
 --update measures --runs times and records the median speedup per shape as the baseline, with every
@@ -100,7 +100,8 @@ def measure_speedups(run: dict, shapes: list[str] | None = None, out: Path | Non
         torch.set_num_threads(run["threads"])
     device = torch.device(run["device"])
     methods = shape_bench.methods_for(device, [OURS, SPECTRUM])
-    results = shape_bench.measure(shapes or run["shapes"], device, methods, run["count"], run["repeats"], accuracy=False)
+    results = shape_bench.measure(shapes or run["shapes"], device, methods, run["count"], run["repeats"],
+                                  accuracy=False, clock=run.get("clock", "wall"))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"check_{label}.json").write_text(json.dumps(results, indent=1))

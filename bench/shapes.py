@@ -3,7 +3,7 @@ SNR error of each against float64, on trained-looking bf16 weights already on th
 
     python bench/shapes.py [--device cuda|cpu] [--shapes 4096x4096 1024x4096 ...] [--quick]
                            [--count 3] [--repeats 5] [--methods NAME ...] [--threads N]
-                           [--no-accuracy] [--out DIR]
+                           [--clock wall|cpu] [--no-accuracy] [--out DIR]
 
 Methods (bench/methods.py), each from the same bf16 weights to one SNR per matrix:
 - spectrum_fast: ``spectrum_fast.scan`` on a dict of the device tensors, exact defaults (float64
@@ -24,7 +24,8 @@ seeds fixed by shape and index. Each method runs once untimed on one matrix (war
 solver handles, thread pools). Then each repeat runs every method once over the shape's matrices,
 the methods interleaved so that a slow spell of a shared machine hits all of them alike; time per
 matrix = median over --repeats of (repeat time / count), with the device synchronized around each
-timed call. The SNR error is the largest |snr - truth| / truth over the shape's matrices, truth
+timed call. --clock cpu times CPU seconds instead of wall seconds (bench/timing.py: for
+single-threaded CPU runs on a shared machine, as CI's perf check does). The SNR error is the largest |snr - truth| / truth over the shape's matrices, truth
 from tests/float64_reference.py (float64 svdvals of the same bf16 weights, on the device).
 
 Prints a table and writes <out>/shapes_<device type>.json (rewritten after each shape, so a run
@@ -106,7 +107,7 @@ def max_relative_error(snrs: list[float], truth: list[float]) -> float:
 
 
 def measure_shape(n: int, m: int, device: torch.device, methods: list[Method], count: int, repeats: int,
-                  accuracy: bool = True) -> dict:
+                  accuracy: bool = True, clock: str = "wall") -> dict:
     """Time every method on ``count`` n x m matrices; -> the shape's entry of the results JSON."""
     weights = seeded_weights(n, m, count, device)
     prepared: dict[Callable, object] = {}  # one fp32 copy of the weights, shared by the SVD methods
@@ -126,7 +127,7 @@ def measure_shape(n: int, m: int, device: torch.device, methods: list[Method], c
             if method.name not in inputs:
                 continue
             try:
-                seconds, snrs[method.name] = timed(lambda: method.run(inputs[method.name]), device)
+                seconds, snrs[method.name] = timed(lambda: method.run(inputs[method.name]), device, clock)
             except RuntimeError as exc:
                 errors[method.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
                 del inputs[method.name]
@@ -160,15 +161,15 @@ def speedups_against_spectrum(methods: dict) -> dict[str, float]:
 
 
 def measure(shapes: list[str], device: torch.device, methods: list[Method], count: int, repeats: int,
-            accuracy: bool = True, on_shape: Callable[[dict], None] | None = None) -> dict:
+            accuracy: bool = True, clock: str = "wall", on_shape: Callable[[dict], None] | None = None) -> dict:
     """All shapes -> the results JSON ({"meta": ..., "shapes": {"NxM": entry}}); ``on_shape(results)``
     after each shape."""
     results = {"meta": {**run_info(device), "count": count, "repeats": repeats,
-                        "methods": [m.name for m in methods], "accuracy": accuracy},
+                        "methods": [m.name for m in methods], "accuracy": accuracy, "clock": clock},
                "shapes": {}}
     for shape in shapes:
         n, m = parse_shape(shape)
-        results["shapes"][shape] = measure_shape(n, m, device, methods, count, repeats, accuracy)
+        results["shapes"][shape] = measure_shape(n, m, device, methods, count, repeats, accuracy, clock)
         if on_shape is not None:
             on_shape(results)
     return results
@@ -203,12 +204,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--methods", nargs="+", choices=list(METHODS), help="default: all that run on the device")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: CPU seconds of this process (single-threaded CPU runs on a shared machine)")
     ap.add_argument("--no-accuracy", action="store_true", help="skip the float64 truth (timing only)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.clock == "cpu" and device.type == "cuda":
+        ap.error("--clock cpu does not see GPU work: time CUDA runs on the wall clock")
     shapes = shape_list(args.shapes) if args.shapes else (QUICK_SHAPES if args.quick else default_shapes(device))
     methods = methods_for(device, args.methods)
     out = Path(args.out) / f"shapes_{device.type}.json"
@@ -221,8 +226,8 @@ def main(argv: list[str] | None = None) -> None:
 
     meta = run_info(device)
     print(f"{meta['date']}, {meta['device']}, torch {meta['torch']}, {meta['threads']} threads, commit "
-          f"{meta['commit']}; {args.count} matrices per shape, median of {args.repeats}", flush=True)
-    results = measure(shapes, device, methods, args.count, args.repeats, not args.no_accuracy, on_shape=save)
+          f"{meta['commit']}; {args.count} matrices per shape, median of {args.repeats}, {args.clock} clock", flush=True)
+    results = measure(shapes, device, methods, args.count, args.repeats, not args.no_accuracy, args.clock, on_shape=save)
     print(table(results))
     print(f"wrote {out}")
 
