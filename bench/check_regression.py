@@ -54,7 +54,7 @@ class Finding:
             return f"MISSING {self.shape}: no spectrum_fast/Spectrum speedup in the fresh run (baseline {self.baseline:.2f}x)"
         word = "REGRESSED" if self.status == "regressed" else "ok"
         return (f"{word} {self.shape}: speedup {self.fresh:.2f}x, baseline {self.baseline:.2f}x "
-                f"({self.change:+.0%}, allowed -{tolerance:.0%})")
+                f"({self.change:+.1%}, allowed -{tolerance:.0%})")
 
 
 def speedups(results: dict) -> dict[str, float]:
