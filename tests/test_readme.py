@@ -9,10 +9,20 @@ ROOT = Path(__file__).resolve().parents[1]
 FENCE = re.compile(r"^```[\w-]*\n(.*?)^```", re.M | re.S)
 
 
-def ci_command() -> str:
-    """The command .ci/run ends with (its last line that is not blank or a comment)."""
+PERF_CHECK = "python3 bench/check_regression.py --baseline bench/baselines/cpu.json"
+
+
+def ci_commands() -> list[str]:
+    """.ci/run's lines that are not blank or a comment."""
     lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
-    return [ln for ln in lines if ln and not ln.startswith("#")][-1]
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def ci_command() -> str:
+    """The command .ci/run runs the tests with: its one line that calls pytest."""
+    tests = [ln for ln in ci_commands() if "pytest" in ln]
+    assert len(tests) == 1, f".ci/run should call pytest on exactly one line, not {tests}"
+    return tests[0]
 
 
 def readme() -> str:
@@ -30,6 +40,13 @@ def test_ci_runs_pytest_after_installing():
     cmd = ci_command()
     assert cmd.endswith("python3 -m pytest -q tests"), cmd
     assert re.search(r"pip install .*torch==[\d.]+", cmd), cmd
+
+
+def test_ci_runs_the_perf_check_after_the_tests():
+    """The perf check is the only command after the test command (set -e: failing tests stop CI first)."""
+    cmds = ci_commands()
+    assert cmds[-2:] == [ci_command(), PERF_CHECK], cmds
+    assert "set -euo pipefail" in cmds
 
 
 def test_readme_has_the_ci_test_command_verbatim():
