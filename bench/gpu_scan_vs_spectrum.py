@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import spectrum_fast  # noqa: E402
 from spectrum_reference import spectrum_snr  # noqa: E402
 from workloads import LLAMA3_8B, LLAMA3_8B_LAYERS, write_llama3_8b  # noqa: E402
+from run_info import git_commit  # noqa: E402
 
 
 def drop_page_cache() -> bool:
@@ -46,12 +46,6 @@ def drop_page_cache() -> bool:
         return False
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def read_alone(folder: Path) -> float:

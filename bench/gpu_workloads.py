@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,14 +33,9 @@ import spectrum_fast  # noqa: E402
 from float64_reference import reference_stats  # noqa: E402
 from spectrum_reference import spectrum_snr  # noqa: E402
 from workloads import GeneratedSource, deepseek_v2_moe_layout, llama3_70b_layout  # noqa: E402
+from run_info import git_commit  # noqa: E402
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def timed(fn):

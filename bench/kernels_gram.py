@@ -26,28 +26,23 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spectrum_fast.kernels import gram as kgram  # noqa: E402
+from run_info import git_commit  # noqa: E402
 
 SHAPES = [(1, 4096, 4096), (1, 4096, 14336), (8, 1024, 4096), (64, 1536, 5120), (1, 8192, 28672)]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 LAYOUTS = ["contiguous", "transposed"]
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def make_input(batch: int, k: int, length: int, dtype: torch.dtype, layout: str) -> torch.Tensor:

@@ -20,30 +20,25 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spectrum_fast import _extension  # noqa: E402
 from spectrum_fast.kernels import stats as kernel_stats  # noqa: E402
 from spectrum_fast.ops.stats import SpectrumStats, snr_statistics_torch  # noqa: E402
+from run_info import git_commit  # noqa: E402
 
 BATCHES = (64, 1024, 28320)  # 28,320 = DeepSeek-V2's expert matrices (DESIGN.md section 4)
 KS = (1024, 1536, 4096)
 BIT_EXACT = ("sigma_max", "sigma", "threshold", "n_signal")
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def trained_like_eigenvalues(batch: int, k: int, device: str, seed: int) -> torch.Tensor:
