@@ -141,6 +141,28 @@ def _gram_lower_tiles_kernel(
     tl.store(g + rows_j[:, None] * stride_gk + rows_i[None, :], tl.trans(acc), mask=upper)
 
 
+# The config the autotuner chose on the H100 (bench/results/kernels_gram_h100_c97e6f6.log) depended
+# only on the input dtype and layout, across k = 1024..8192 and L = 4096..28672 (one exception:
+# 8 x 1024 x 4096 fp32 contiguous took BLOCK_L 64 with 8 warps). On sm_90 these launch directly:
+# autotuning 5 configs per new shape inside a scan cost more than the kernel saved.
+# (dtype, layout) -> config; layout "rows" = L contiguous, "columns" = a transposed view.
+_SM90_CONFIGS = {
+    (torch.bfloat16, "rows"): dict(BLOCK=128, BLOCK_L=64, GROUP=8, num_warps=8, num_stages=3),
+    (torch.bfloat16, "columns"): dict(BLOCK=128, BLOCK_L=32, GROUP=8, num_warps=4, num_stages=4),
+    (torch.float32, "rows"): dict(BLOCK=128, BLOCK_L=32, GROUP=8, num_warps=4, num_stages=4),
+    (torch.float32, "columns"): dict(BLOCK=64, BLOCK_L=32, GROUP=8, num_warps=4, num_stages=3),
+}
+
+
+def _measured_config(a: torch.Tensor) -> dict | None:
+    """The fixed launch config for ``a`` ([B, k, L]) on an sm_90 GPU, or None (autotune)."""
+    if _INTERPRETED or not a.is_cuda or torch.cuda.get_device_capability(a.device) != (9, 0):
+        return None
+    layout = "rows" if a.stride(2) == 1 else "columns" if a.stride(1) == 1 else None
+    config = _SM90_CONFIGS.get((a.dtype, layout))
+    return dict(config) if config is not None else None
+
+
 def _bf16_as_fp32(dtype: torch.dtype) -> bool:
     """triton 3.6's interpreter keeps bf16 as uint16 bit patterns and hands them to numpy.matmul
     as integers (garbage Grams). There, upcast the loaded tiles: bf16 -> fp32 is exact and the
@@ -207,6 +229,8 @@ def gram_fp32_triton(a: torch.Tensor, *, poison: bool = True) -> torch.Tensor:
     if batch and k:
         if length == 0:
             out.zero_()  # an empty sum: the loop would not run, but say it here rather than rely on it
+        elif (config := _measured_config(a3)) is not None:
+            _launch(a3, out, _gram_lower_tiles_kernel, **config)
         else:
             _launch(a3, out, _gram_autotuned)
     return out if batched else out[0]

@@ -30,7 +30,8 @@ _CHUNK_BYTES = 128 << 20
 # k >= 1536 but 0.68x at k = 1024 (contiguous). Yet a whole float32 scan of the Llama-3-8B shapes
 # with it on took 21.5 s against 16.8-18.1 s with torch.mm (bench/results/
 # gpu_scan_vs_spectrum_h100_bdf1d4a.log): the kernel autotunes 5 configs per shape and layout on
-# first use, inside the scan. Off until the configs are pruned or cached; fp16 was not measured.
+# first use, inside the scan. kernels/gram.py now launches the configs autotuning chose there
+# directly on sm_90; off until a whole scan with that is measured. fp16 was not measured.
 _TRITON_GRAM_MIN_K: dict[torch.dtype, int | None] = {
     torch.bfloat16: None,
     torch.float16: None,
