@@ -342,3 +342,40 @@ def test_package_works_without_triton():
     assert done.returncode == 0, done.stderr
     want = snr_statistics_torch(torch.tensor([[0.25, 1.0, 9.0]], dtype=torch.float64), 3, 4)[0, 6].item()
     assert float(done.stdout.strip()) == want
+
+
+def test_dispatcher_falls_back_to_torch_when_the_kernel_fails(monkeypatch):
+    """A triton that cannot build the kernel (another version, an unsupported GPU) must not break a
+    scan: the first failure warns once and plain torch computes the same table from then on."""
+    from spectrum_fast.ops import stats as ops_stats_module
+
+    class Broken:
+        @staticmethod
+        def available(device):
+            return True
+
+        @staticmethod
+        def snr_statistics_triton(eigvals, n, m):
+            raise AttributeError("module 'triton.language.standard' has no attribute '_sum_combine'")
+
+    eig = torch.rand(3, 9, dtype=torch.float64).sort(dim=-1).values + 0.1
+
+    class FakeCuda:  # a tensor stand-in whose device says cuda, so the dispatcher tries Triton
+        def __init__(self, t):
+            self.t = t
+            self.device = torch.device("cuda")
+            self.shape = t.shape
+
+        def reshape(self, *shape):
+            return self
+
+    monkeypatch.setattr(ops_stats_module, "_triton_kernels", lambda: Broken)
+    monkeypatch.setattr(ops_stats_module, "_triton_failed", None)
+    monkeypatch.setattr(ops_stats_module, "snr_statistics_torch", lambda e, n, m: snr_statistics_torch(eig, n, m))
+    with pytest.warns(RuntimeWarning, match="Triton statistics kernel failed"):
+        first = ops_stats_module.snr_statistics(FakeCuda(eig), 9, 20)
+    assert ops_stats_module._triton_failed is not None
+    second = ops_stats_module.snr_statistics(FakeCuda(eig), 9, 20)  # no second attempt, no warning
+    want = snr_statistics_torch(eig, 9, 20)
+    for got in (first, second):
+        assert torch.equal(torch.stack([getattr(got, f) for f in SpectrumStats.FIELDS], -1), want)

@@ -144,8 +144,8 @@ def _interpreting() -> bool:
 def available(device: torch.device | str) -> bool:
     """Whether the kernel can run on ``device``: triton importable, and a CUDA device, or the CPU
     with TRITON_INTERPRET=1 (Triton's interpreter, for tests)."""
-    if triton is None:
-        return False
+    if triton is None or not hasattr(getattr(tl, "standard", None), "_sum_combine"):
+        return False  # the kernel reduces with triton 3.6's tl.standard._sum_combine (see _kernel)
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -92,14 +93,30 @@ def _triton_kernels() -> ModuleType:
     return stats
 
 
+# Set when the Triton kernel failed to build or run here (another triton than the tested 3.6, a
+# GPU it cannot compile for): the plain-torch statistics serve from then on, with one warning.
+_triton_failed: str | None = None
+
+
 def snr_statistics(eigvals: torch.Tensor, n: int, m: int) -> SpectrumStats:
     """Statistics of a batch of matrices of shape n x m from their Gram eigenvalues ([B, k], ascending)."""
+    global _triton_failed
     eigvals = eigvals.reshape(-1, eigvals.shape[-1])
     device = eigvals.device
-    if device.type == "cuda" and _triton_kernels().available(device):
-        table = _triton_kernels().snr_statistics_triton(eigvals, n, m)  # one launch, no float64 copy
-    elif device.type == "cpu" and (ext := _extension.load()) is not None:
-        table = ext.snr_statistics(eigvals.to(torch.float64).contiguous(), n, m)
-    else:
-        table = snr_statistics_torch(eigvals, n, m)
+    table = None
+    if device.type == "cuda" and _triton_failed is None and _triton_kernels().available(device):
+        try:
+            table = _triton_kernels().snr_statistics_triton(eigvals, n, m)  # one launch, no float64 copy
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any build/launch failure: the torch backend is exact too
+            _triton_failed = f"{type(e).__name__}: {e}"
+            warnings.warn(f"spectrum_fast: the Triton statistics kernel failed ({_triton_failed.splitlines()[0]}); "
+                          f"using plain torch", RuntimeWarning, stacklevel=2)
+    if table is None:
+        ext = _extension.load() if device.type == "cpu" else None
+        if ext is not None:
+            table = ext.snr_statistics(eigvals.to(torch.float64).contiguous(), n, m)
+        else:
+            table = snr_statistics_torch(eigvals, n, m)
     return SpectrumStats.from_columns(table)
