@@ -46,12 +46,23 @@ def matrix_device_bytes(n: int, m: int, dtype: str) -> int:
     return n * m * _DTYPE_BYTES.get(dtype, 4) + k * k * 8
 
 
+# Order in which batches run: "shape" (every batch of one shape, then the next shape: what the H100
+# figures in bench/RESULTS.md were measured with) or "model" (by each batch's first matrix in model
+# order, so read-heavy MLP batches alternate with compute-heavy attention batches and files are
+# read front to back; bench/probes/cold_overlap.py compares the two on a cold disk).
+BATCH_ORDER = "shape"
+
+
 def plan_batches(tasks: list[MatrixTask], budget_bytes: int | Callable[[int, int, str], tuple[int, str]],
-                 max_batch: int = 64, eigen_route: str = "auto") -> list[Batch]:
-    """Group same-shape, same-dtype matrices (first-seen order) into batches.
+                 max_batch: int = 64, eigen_route: str = "auto", order: str | None = None) -> list[Batch]:
+    """Group same-shape, same-dtype matrices (first-seen order) into batches, run in ``order``
+    (default BATCH_ORDER).
 
     ``budget_bytes`` is the bytes of matrices (matrix_device_bytes) per batch, or a function
     (n, m, dtype) -> (bytes, eigen route) that decides per shape (gpu_batch_plan)."""
+    order = order or BATCH_ORDER
+    if order not in ("shape", "model"):
+        raise ValueError(f"batch order must be 'shape' or 'model', not {order!r}")
     groups: dict[tuple[int, int, str], list[MatrixTask]] = {}
     for t in tasks:
         groups.setdefault((t.n, t.m, t.tensor.dtype), []).append(t)
@@ -61,6 +72,8 @@ def plan_batches(tasks: list[MatrixTask], budget_bytes: int | Callable[[int, int
         size = max(1, min(max_batch, budget // matrix_device_bytes(n, m, dtype)))
         for i in range(0, len(members), size):
             batches.append(Batch(n, m, members[i : i + size], route))
+    if order == "model":
+        batches.sort(key=lambda b: b.tasks[0].order)
     return batches
 
 

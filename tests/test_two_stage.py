@@ -180,3 +180,22 @@ def _tasks(count, n, m):
 def test_max_gpu_memory_must_be_positive():
     with pytest.raises(spectrum_fast.SelectionError, match="max_gpu_memory"):
         spectrum_fast.scan({"model.layers.0.mlp.w.weight": torch.randn(8, 8)}, device="cpu", max_gpu_memory=0)
+
+
+def test_plan_batches_in_model_order_keeps_every_matrix_once():
+    """"model" order runs batches by their first matrix's position; same batches, same members."""
+    from spectrum_fast.engine import plan_batches
+
+    tasks = []
+    for layer in range(5):  # per layer: a 64x64 and a 32x128 matrix, interleaved in model order
+        for j, (n, m) in enumerate([(64, 64), (32, 128)]):
+            t = _tasks(1, n, m)[0]
+            tasks.append(type(t)(name=f"model.layers.{layer}.w{j}", type=f"w{j}", n=n, m=m,
+                                 order=2 * layer + j, tensor=t.tensor, expert=None))
+    by_shape = plan_batches(tasks, 2 * 64 * 64 * 10, max_batch=2)
+    by_model = plan_batches(tasks, 2 * 64 * 64 * 10, max_batch=2, order="model")
+    assert [b.tasks[0].order for b in by_shape] == [0, 4, 8, 1, 5, 9]
+    assert [b.tasks[0].order for b in by_model] == [0, 1, 4, 5, 8, 9]
+    assert sorted(t.order for b in by_model for t in b.tasks) == list(range(10))
+    with pytest.raises(ValueError, match="batch order"):
+        plan_batches(tasks, 1, order="random")

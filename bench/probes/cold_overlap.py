@@ -1,5 +1,6 @@
 """Probe (device tool): why a cold-cache scan takes longer than max(read alone, compute alone).
-Varies the host band-solve threads, the IO threads and the batches read ahead, on the
+Varies the host band-solve threads, the IO threads, the batches read ahead and the order batches
+run in, on the
 Llama-3-8B-shaped checkpoint, page cache dropped before each scan.
 
     python bench/probes/cold_overlap.py --folder /tmp/llama3-8b   (writes the folder if missing)
@@ -24,8 +25,9 @@ from spectrum_fast import engine  # noqa: E402
 from spectrum_fast.ops import band_eigen  # noqa: E402
 from workloads import write_llama3_8b  # noqa: E402
 
-CONFIGS = [  # (host band-solve threads, IO threads, batches read ahead)
-    (15, 8, 3), (12, 8, 3), (15, 4, 3), (12, 4, 3), (15, 8, 6), (15, 8, 3),
+CONFIGS = [  # (host band-solve threads, IO threads, batches read ahead, batch order)
+    (15, 8, 3, "shape"), (15, 8, 3, "model"), (12, 8, 3, "shape"), (15, 4, 3, "shape"),
+    (12, 4, 3, "shape"), (15, 8, 6, "shape"), (15, 8, 3, "shape"),
 ]
 
 
@@ -60,17 +62,18 @@ def main() -> None:
         engine.IO_THREADS = io
         drop_page_cache()
         print(f"read alone, cold, {io} IO threads: {read_alone(folder):.1f} s", flush=True)
-    print("| band threads | IO threads | read ahead | cold scan s | reader s |")
-    print("|---|---|---|---|---|")
-    for workers, io, ahead in CONFIGS:
+    print("| band threads | IO threads | read ahead | batch order | cold scan s | reader s |")
+    print("|---|---|---|---|---|---|")
+    for workers, io, ahead, order in CONFIGS:
         set_host_workers(workers)
-        engine.IO_THREADS, engine.PREFETCH_BATCHES = io, ahead
+        engine.IO_THREADS, engine.PREFETCH_BATCHES, engine.BATCH_ORDER = io, ahead, order
         drop_page_cache()
         torch.cuda.synchronize()
         t = time.perf_counter()
         r = spectrum_fast.scan(folder, device="cuda", progress=False)
         torch.cuda.synchronize()
-        print(f"| {workers} | {io} | {ahead} | {time.perf_counter() - t:.1f} | {r.read_seconds:.1f} |", flush=True)
+        print(f"| {workers} | {io} | {ahead} | {order} | {time.perf_counter() - t:.1f} | {r.read_seconds:.1f} |",
+              flush=True)
 
 
 if __name__ == "__main__":
