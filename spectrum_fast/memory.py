@@ -17,8 +17,20 @@ def host_anon_bytes() -> int | None:
     return None
 
 
+def pinned_host_bytes() -> int:
+    """Page-locked host memory held by torch's pinned allocator (the GPU scan's staging buffers,
+    cached blocks included). It is not in RssAnon: the CUDA driver maps it."""
+    try:
+        stats = torch.cuda.host_memory_stats()
+    except (AttributeError, RuntimeError, AssertionError):  # older torch, or no CUDA
+        return 0
+    # the key names changed across torch versions: take whichever this one has
+    return max(stats.get("reserved_bytes.current", 0), stats.get("allocated_bytes.current", 0))
+
+
 class PeakTracker:
-    """Samples host memory between batches; reads the CUDA allocator's own peak."""
+    """Samples host memory between batches (anonymous RSS, plus pinned buffers on a GPU scan);
+    reads the CUDA allocator's own peak."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -30,6 +42,8 @@ class PeakTracker:
 
     def sample(self) -> None:
         now = host_anon_bytes()
+        if now is not None and self.device.type == "cuda":
+            now += pinned_host_bytes()
         if now is not None and (self.host_peak is None or now > self.host_peak):
             self.host_peak = now
 

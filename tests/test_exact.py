@@ -211,3 +211,19 @@ def test_finite_and_nonzero_check_in_slices(monkeypatch):
     finite, nonzero = engine._finite_and_nonzero(flat)  # row 4: all zero
     assert finite.tolist() == [True, False, False, True, True]
     assert nonzero.tolist() == [True, True, True, True, False]
+
+
+def test_peak_host_counts_pinned_buffers_on_gpu_scans(monkeypatch):
+    """Pinned staging buffers live outside RSS; a GPU scan's host peak must include them (checked
+    with a stand-in for the pinned allocator's statistics: no GPU needed)."""
+    from spectrum_fast import memory
+
+    monkeypatch.setattr(memory, "host_anon_bytes", lambda: 100)
+    monkeypatch.setattr(torch.cuda, "host_memory_stats", lambda: {"allocated_bytes.current": 7000})
+    assert memory.pinned_host_bytes() == 7000
+    tracker = memory.PeakTracker(torch.device("cpu"))
+    tracker.sample()
+    assert tracker.host_peak == 100  # a CPU scan has no pinned buffers to count
+    tracker.device = torch.device("cuda")  # as a GPU scan's tracker samples
+    tracker.sample()
+    assert tracker.host_peak == 7100
