@@ -85,7 +85,7 @@ def gpu_batch_plan(max_gpu_memory: int, precision: str = "float64", eigen_route:
     small). Where syevd's workspace alone would break the limit (k = 8192 float64: ~2.5 GiB), the
     "auto" route is narrowed to the two-stage route for that shape. One matrix per batch is the
     floor: a matrix bigger than the limit is still scanned, and the peak reported."""
-    from .ops import band_eigen
+    from .ops import band_eigen, eigen
     from .ops.eigen import syevd_extra_bytes
     from .ops.gram import _CHUNK_BYTES
 
@@ -101,9 +101,13 @@ def gpu_batch_plan(max_gpu_memory: int, precision: str = "float64", eigen_route:
                 route = "two_stage"
             else:
                 fixed += syevd
-        return max_gpu_memory - fixed, route
+        budget = max_gpu_memory - fixed
+        if eigen.SYEVD_SIDE_STREAM:
+            budget //= 2  # a batch's Gram in a side-stream solve while the next batch forms its own
+        return budget, route
 
     return plan
+
 
 
 # Stage CUDA batches read from host tensors in pinned host memory (see _load_batch). Off, the reader

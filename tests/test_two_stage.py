@@ -199,3 +199,33 @@ def test_plan_batches_in_model_order_keeps_every_matrix_once():
     assert sorted(t.order for b in by_model for t in b.tasks) == list(range(10))
     with pytest.raises(ValueError, match="batch order"):
         plan_batches(tasks, 1, order="random")
+
+
+def test_syevd_side_stream_switch_halves_the_batch_budget_and_is_inert_on_cpu(monkeypatch):
+    from spectrum_fast.engine import gpu_batch_plan
+
+    limit = 3 << 29
+    budget_off, _ = gpu_batch_plan(limit)(4096, 14336, "bfloat16")
+    monkeypatch.setattr(eigen, "SYEVD_SIDE_STREAM", True)
+    budget_on, _ = gpu_batch_plan(limit)(4096, 14336, "bfloat16")
+    assert budget_on == budget_off // 2
+    g = random_gram(3, 20, seed=21)
+    torch.testing.assert_close(eigen.eigvalsh_deferred(g.clone(), "syevd").result(), torch.linalg.eigvalsh(g),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
+def test_syevd_on_a_side_stream_matches_the_plain_route(monkeypatch):
+    """The side-stream syevd (asynchronous copy to pinned memory, event) gives exactly what the
+    blocking route gives, also when the scan queues several batches behind it."""
+    weights = {f"model.layers.{i}.mlp.w.weight": KINDS["spiked"](*SHAPES[i % len(SHAPES)], 500 + i) for i in range(12)}
+    plain = spectrum_fast.scan(weights, device="cuda", progress=False, eigen_route="syevd", max_batch_bytes=300_000)
+    monkeypatch.setattr(eigen, "SYEVD_SIDE_STREAM", True)
+    g = random_gram(4, 300, seed=22, device="cuda")
+    pending = eigen.eigvalsh_deferred(g.clone(), "syevd")
+    torch.testing.assert_close(pending.result(), torch.linalg.eigvalsh(g).cpu(), rtol=0, atol=0)
+    streamed = spectrum_fast.scan(weights, device="cuda", progress=False, eigen_route="syevd", max_batch_bytes=300_000)
+    assert [r.snr for r in streamed.rows] == [r.snr for r in plain.rows]
+    for row, w in zip(streamed.rows, weights.values()):
+        check_row(row, w, ("side stream", row.name))

@@ -72,19 +72,56 @@ def choose_route(n: int, device: torch.device, dtype: torch.dtype) -> str:
 
 
 class PendingEigenvalues:
-    """Eigenvalues being computed; ``result()`` -> [B, k] float64 on the host, ascending."""
+    """Eigenvalues being computed; ``result()`` -> [B, k] float64 on the host, ascending.
 
-    def __init__(self, ready: torch.Tensor | None = None, futures: list[Future] | None = None):
+    Three kinds: ready (a tensor), host band solves (futures), or a copy from the GPU that lands
+    in ``ready`` once ``event`` has passed (syevd on a side stream)."""
+
+    def __init__(self, ready: torch.Tensor | None = None, futures: list[Future] | None = None,
+                 event: torch.cuda.Event | None = None):
         self._ready = ready
         self._futures = futures or []
+        self._event = event
 
     def done(self) -> bool:
+        if self._event is not None:
+            return self._event.query()
         return all(f.done() for f in self._futures)
 
     def result(self) -> torch.Tensor:
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None
         if self._ready is None:
             self._ready = torch.from_numpy(np.stack([f.result() for f in self._futures]))
         return self._ready
+
+
+# Run the syevd route on a side stream, its result copied to pinned host memory asynchronously,
+# instead of on the current stream with a blocking copy. Both syevd and the two-stage route's
+# panel factorizations are latency-bound on the H100 (one kernel at a time, the GPU mostly idle),
+# so overlapping them may pay; it also keeps the Python thread free to queue the next batch. The
+# planner then sizes batches for two in flight (engine.gpu_batch_plan). Off until measured
+# (bench/probes/cold_overlap.py and the 8B bench compare).
+SYEVD_SIDE_STREAM = False
+_side_streams: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _syevd_on_side_stream(g: torch.Tensor) -> PendingEigenvalues:
+    stream = _side_streams.get(g.device)
+    if stream is None:
+        stream = _side_streams.setdefault(g.device, torch.cuda.Stream(g.device))
+    stream.wait_stream(torch.cuda.current_stream(g.device))  # g is complete before the solve reads it
+    with torch.cuda.stream(stream):
+        values = _syevd(g).to(torch.float64)
+        host = torch.empty(values.shape, dtype=torch.float64, pin_memory=True)
+        host.copy_(values, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(stream)
+    # g was made on the current stream and is read on the side stream: keep the allocator from
+    # giving its memory to new work on the current stream before the solve has finished.
+    g.record_stream(stream)
+    return PendingEigenvalues(ready=host, event=event)
 
 
 def _solve_band_after(event: torch.cuda.Event | None, rows: np.ndarray) -> np.ndarray:
@@ -98,6 +135,8 @@ def eigvalsh_deferred(g: torch.Tensor, route: str = "auto") -> PendingEigenvalue
     if route == "auto":
         route = choose_route(g.shape[-1], g.device, g.dtype)
     if route == "syevd":
+        if SYEVD_SIDE_STREAM and g.is_cuda:
+            return _syevd_on_side_stream(g)
         return PendingEigenvalues(ready=_syevd(g).to("cpu", torch.float64))
     if route != "two_stage":
         raise ValueError(f"unknown eigen route {route!r}: use one of {ROUTES}")
