@@ -161,9 +161,18 @@ def _load_batch(source: WeightSource, batch: Batch, device: torch.device,
 
 def _read_pieces(source: WeightSource, batch: Batch, buf: torch.Tensor, io_pool: ThreadPoolExecutor) -> None:
     """Fill host ``buf`` [B, n, m]: matrix i is the task's tensor (or, for one expert of a fused
-    [E, n, m] tensor, its slice e), read in pieces of ``source.read_piece_bytes`` on ``io_pool``."""
+    [E, n, m] tensor, its slice e), read in pieces of ``source.read_piece_bytes`` on ``io_pool``.
+
+    Sources without pieces (tensors already in memory) are copied in this thread: their
+    read_into is a torch copy, and torch ops in 8 extra threads start 8 OpenMP teams whose
+    spinning workers took the cores from LAPACK (a 2-core CPU scan ran 1.1-3.6x slower,
+    bench/cpu_vs_svdvals.py at b764cfb)."""
     per_matrix = batch.n * batch.m
-    piece = per_matrix if source.read_piece_bytes is None else max(1, source.read_piece_bytes // buf.element_size())
+    if source.read_piece_bytes is None:
+        for i, task in enumerate(batch.tasks):
+            source.read_into(task.tensor, buf[i].view(-1), 0 if task.expert is None else task.expert * per_matrix)
+        return
+    piece = max(1, source.read_piece_bytes // buf.element_size())
     futures = []
     for i, task in enumerate(batch.tasks):
         flat = buf[i].view(-1)
