@@ -206,11 +206,10 @@ class _Loaded:
 
 
 def _prefetched(source: WeightSource, batches: list[Batch], device: torch.device) -> Iterator[_Loaded]:
-    """Yield each batch loaded, loading the next one while the caller works.
-
-    Only for CUDA: on a CPU scan the reader would compete with LAPACK for the same cores (and
-    OpenMP workers spinning in a second thread halved eigvalsh speed on 2 cores), so batches are
-    read in line.
+    """Yield each batch loaded. On CUDA a reader thread loads up to PREFETCH_BATCHES batches ahead
+    while the caller works; on a CPU scan batches are read in line, since a reader would compete
+    with LAPACK for the same cores (OpenMP workers spinning in a second thread halved eigvalsh
+    speed on 2 cores). File pieces go to ``IO_THREADS`` threads either way (system calls only).
     """
     with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="spectrum-fast-io") as io_pool:
         if device.type != "cuda":
