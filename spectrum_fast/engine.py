@@ -86,7 +86,6 @@ def gpu_batch_plan(max_gpu_memory: int, precision: str = "float64", eigen_route:
     "auto" route is narrowed to the two-stage route for that shape. One matrix per batch is the
     floor: a matrix bigger than the limit is still scanned, and the peak reported."""
     from .ops import band_eigen, eigen
-    from .ops.eigen import syevd_extra_bytes
     from .ops.gram import _CHUNK_BYTES
 
     def plan(n: int, m: int, dtype: str) -> tuple[int, str]:
@@ -95,7 +94,7 @@ def gpu_batch_plan(max_gpu_memory: int, precision: str = "float64", eigen_route:
         itemsize = 8 if precision == "float64" else 4
         route = eigen_route
         if route != "two_stage":
-            syevd = syevd_extra_bytes(k, itemsize)
+            syevd = eigen.syevd_extra_bytes(k, itemsize)
             fits = fixed + syevd + matrix_device_bytes(n, m, dtype) <= max_gpu_memory
             if route == "auto" and not fits and precision == "float64" and band_eigen.available():
                 route = "two_stage"
@@ -168,17 +167,17 @@ def _read_pieces(source: WeightSource, batch: Batch, buf: torch.Tensor, io_pool:
     spinning workers took the cores from LAPACK (a 2-core CPU scan ran 1.1-3.6x slower,
     bench/cpu_vs_svdvals.py at b764cfb)."""
     per_matrix = batch.n * batch.m
-    if source.read_piece_bytes is None:
-        for i, task in enumerate(batch.tasks):
-            source.read_into(task.tensor, buf[i].view(-1), 0 if task.expert is None else task.expert * per_matrix)
-        return
-    piece = max(1, source.read_piece_bytes // buf.element_size())
-    futures = []
+    piece = per_matrix if source.read_piece_bytes is None else max(1, source.read_piece_bytes // buf.element_size())
+    jobs = []  # (tensor, destination, first element)
     for i, task in enumerate(batch.tasks):
         flat = buf[i].view(-1)
         first = 0 if task.expert is None else task.expert * per_matrix
-        for a in range(0, per_matrix, piece):
-            futures.append(io_pool.submit(source.read_into, task.tensor, flat[a : a + piece], first + a))
+        jobs += [(task.tensor, flat[a : a + piece], first + a) for a in range(0, per_matrix, piece)]
+    if source.read_piece_bytes is None:
+        for job in jobs:
+            source.read_into(*job)
+        return
+    futures = [io_pool.submit(source.read_into, *job) for job in jobs]
     try:
         for f in futures:
             f.result()  # re-raises the first failure (a SourceError names the file and tensor)

@@ -7,9 +7,11 @@ one tensor at a time on request, so a scan never holds the whole model in host m
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
+import threading
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -180,6 +182,7 @@ class SafetensorsSource(WeightSource):
         self._file_of: dict[str, str] = {}
         self._extents: dict[str, tuple[int, int]] = {}  # name -> (first byte in its file, byte count)
         self._fds: dict[str, int] = {}
+        self._fds_lock = threading.Lock()
         for path in files:
             if not path.is_file():
                 raise SourceError(f"{path}: shard is missing: download it again or fix the index file")
@@ -245,13 +248,14 @@ class SafetensorsSource(WeightSource):
             raise SourceError(f"{path}: cannot read tensor {info.name} ({e.strerror or e})") from None
 
     def _fd(self, path: str) -> int:
-        fd = self._fds.get(path)
-        if fd is None:
-            try:
-                fd = self._fds.setdefault(path, os.open(path, os.O_RDONLY))
-            except OSError as e:
-                raise SourceError(f"{path}: cannot open ({e.strerror or e})") from None
-        return fd
+        with self._fds_lock:  # IO threads ask at once: open each file once, leak none
+            fd = self._fds.get(path)
+            if fd is None:
+                try:
+                    fd = self._fds[path] = os.open(path, os.O_RDONLY)
+                except OSError as e:
+                    raise SourceError(f"{path}: cannot open ({e.strerror or e})") from None
+            return fd
 
     def close(self) -> None:
         self._handles.clear()
@@ -275,11 +279,7 @@ def _data_extents(path: Path, infos: list[TensorInfo]) -> dict[str, tuple[int, i
         dtype = getattr(torch, info.dtype, None) if info.floating else None
         if dtype is None:
             continue  # never read into a buffer (skipped or read through safetensors)
-        numel = 1
-        for d in info.shape:
-            numel *= d
-        itemsize = dtype.itemsize
-        if end - begin != numel * itemsize or 8 + header_size + end > file_size:
+        if end - begin != math.prod(info.shape) * dtype.itemsize or 8 + header_size + end > file_size:
             raise SourceError(f"{path}: tensor {info.name} does not fit the file (header says bytes "
                               f"{begin}..{end}): the file is truncated or corrupt, download or save it again")
         extents[info.name] = (8 + header_size + begin, end - begin)

@@ -44,18 +44,21 @@ ROUTES = ("auto", "syevd", "two_stage")
 _SYEVD_CALL_BYTES = 64 << 20
 
 
+def _matrices_per_syevd_call(k: int, itemsize: int) -> int:
+    return max(1, _SYEVD_CALL_BYTES // max(1, k * k * itemsize))
+
+
 def syevd_extra_bytes(k: int, itemsize: int = 8) -> int:
     """Device bytes the syevd route adds on top of its input, for k x k matrices: the copy of one
     slice of matrices that torch.linalg.eigvalsh makes, and cuSOLVER's workspace, which measured
     about 4 matrices' worth (H100, bench/probes/memory_trace.log: 644 MiB at k = 4096, 98 MiB for
     a slice of 8 at k = 1024, float64)."""
-    per_call = max(1, _SYEVD_CALL_BYTES // (k * k * itemsize))
-    return (per_call + 4) * k * k * itemsize
+    return (_matrices_per_syevd_call(k, itemsize) + 4) * k * k * itemsize
 
 
 def _syevd(g: torch.Tensor) -> torch.Tensor:
     """torch.linalg.eigvalsh over [B, k, k] in slices of at most _SYEVD_CALL_BYTES."""
-    per_call = max(1, _SYEVD_CALL_BYTES // max(1, g.shape[-1] * g.shape[-2] * g.element_size()))
+    per_call = _matrices_per_syevd_call(g.shape[-1], g.element_size())
     if g.shape[0] <= per_call:
         return torch.linalg.eigvalsh(g)
     return torch.cat([torch.linalg.eigvalsh(g[i : i + per_call]) for i in range(0, g.shape[0], per_call)])
