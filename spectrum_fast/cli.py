@@ -99,6 +99,10 @@ def _cmd_scan(args) -> int:
     gpu = f", peak GPU {result.peak_gpu_bytes / 2**20:.0f} MiB" if result.peak_gpu_bytes is not None else ""
     host = f", peak host {result.peak_host_bytes / 2**20:.0f} MiB" if result.peak_host_bytes is not None else ""
     print(f"\n{len(result.rows)} matrices in {result.seconds:.2f} s on {result.device} ({result.precision}){gpu}{host}")
+    waited = result.read_wait_seconds  # on a CPU scan reads are in line, so only a GPU scan waits
+    if str(result.device).startswith("cuda") and waited is not None and waited > 0.1 * result.seconds:
+        print(f"the GPU waited {waited:.1f} s for reads: the disk, not the analysis, "
+              f"set this scan's pace")
     for name, why in result.skipped[:10]:
         print(f"skipped {name}: {why}")
     for path in written:

@@ -299,8 +299,9 @@ def run_batches(
 
     With the two-stage eigen route the host solves the bands of batch i while the device reduces
     batch i+1; at most ``max_in_flight`` matrices (default: 4 per host worker) wait for the host.
-    ``timings`` (if given) accumulates "read_s" (reader thread, overlapped with everything) and
-    "compute_s" (the wall time of the analysis loop).
+    ``timings`` (if given) accumulates "read_s" (reader thread, overlapped with everything),
+    "wait_s" (time the analysis loop stood waiting for the reader: what reading adds to the scan)
+    and "compute_s" (the wall time of the analysis loop).
     """
     if max_in_flight is None:
         max_in_flight = 4 * ops.band_eigen.host_workers()
@@ -316,7 +317,14 @@ def run_batches(
         if on_batch is not None:
             on_batch(item.batch)
 
-    for loaded in _prefetched(source, batches, device):
+    loads = _prefetched(source, batches, device)
+    while True:
+        asked = time.perf_counter()
+        loaded = next(loads, None)
+        if timings is not None:
+            timings["wait_s"] = timings.get("wait_s", 0.0) + time.perf_counter() - asked
+        if loaded is None:
+            break
         batch, load_s = loaded.batch, loaded.seconds
         started = time.perf_counter()
         w = loaded.take()

@@ -54,6 +54,7 @@ class ScanResult:
     seconds: float | None = None
     read_seconds: float | None = None  # reading + host-to-device copies (overlapped on CUDA)
     compute_seconds: float | None = None  # Gram + eigenvalues + statistics
+    read_wait_seconds: float | None = None  # of compute_seconds, spent waiting for the reader
     peak_gpu_bytes: int | None = None
     peak_host_bytes: int | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (tensor, reason)

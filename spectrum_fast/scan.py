@@ -116,6 +116,7 @@ def scan(
             seconds=time.perf_counter() - start, peak_gpu_bytes=tracker.gpu_peak,
             peak_host_bytes=tracker.host_peak, skipped=skipped,
             read_seconds=timings.get("read_s"), compute_seconds=timings.get("compute_s"),
+            read_wait_seconds=timings.get("wait_s"),
         )
     finally:
         src.close()
