@@ -66,8 +66,8 @@ def read_alone(folder: Path) -> float:
     t = time.perf_counter()
     with ThreadPoolExecutor(engine.IO_THREADS) as pool:
         for batch in batches:
-            buf, _ = engine._load_batch(src, batch, device, pool)
-            buf.to(device, non_blocking=True)
+            buf, took = engine._load_batch(src, batch, device, pool)
+            engine._Loaded(batch, buf, took, device).take()
     torch.cuda.synchronize()
     src.close()
     return time.perf_counter() - t

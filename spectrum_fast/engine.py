@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ops
+from .file_reader import ALIGN
 from .results import MatrixRow
 from .sources import WeightSource
 from .targets import MatrixTask
@@ -128,8 +129,9 @@ IO_THREADS = 8
 
 
 def _load_batch(source: WeightSource, batch: Batch, device: torch.device,
-                io_pool: ThreadPoolExecutor) -> tuple[torch.Tensor, float]:
-    """Read each matrix of the batch into one buffer. -> (buffer, seconds spent)
+                io_pool: ThreadPoolExecutor) -> tuple[torch.Tensor | list[torch.Tensor], float]:
+    """Read each matrix of the batch into one buffer (or per-matrix views, _pinned_staging).
+    -> (buffer, seconds spent)
 
     Runs in the reader thread (for a GPU scan). Host tensors (files, a model on the CPU) go into a
     host buffer, pinned for a GPU scan: the next batch then waits on the host, not in GPU memory,
@@ -142,7 +144,7 @@ def _load_batch(source: WeightSource, batch: Batch, device: torch.device,
     shape = (len(batch.tasks), batch.n, batch.m)
     on_host = source.device_of(batch.tasks[0].tensor).type == "cpu"
     if device.type == "cpu" or (on_host and PINNED_STAGING):
-        buf = torch.empty(shape, dtype=dtype, pin_memory=device.type == "cuda")
+        buf = _pinned_staging(source, batch, dtype) if device.type == "cuda" else torch.empty(shape, dtype=dtype)
         _read_pieces(source, batch, buf, io_pool)
         return buf, time.perf_counter() - start
     stream = torch.cuda.Stream(device)
@@ -158,8 +160,32 @@ def _load_batch(source: WeightSource, batch: Batch, device: torch.device,
     return buf, time.perf_counter() - start
 
 
-def _read_pieces(source: WeightSource, batch: Batch, buf: torch.Tensor, io_pool: ThreadPoolExecutor) -> None:
-    """Fill host ``buf`` [B, n, m]: matrix i is the task's tensor (or, for one expert of a fused
+def _pinned_staging(source: WeightSource, batch: Batch, dtype: torch.dtype,
+                    pin: bool = True) -> torch.Tensor | list[torch.Tensor]:
+    """Pinned host memory for a batch: [B, n, m], or, when the source reads its tensors from files
+    as stored (file_offset), B [n, m] views into one block, each placed at an address with the
+    phase of its bytes in the file modulo file_reader.ALIGN, so the reader can DMA straight into
+    it (O_DIRECT) instead of copying out of the page cache. The views cost ALIGN bytes of slack
+    each and one host-to-device copy each (_Loaded.take). ``pin=False`` is for tests on the CPU."""
+    tasks = batch.tasks
+    matrix_bytes = batch.n * batch.m * dtype.itemsize
+    offsets = [source.file_offset(t.tensor) for t in tasks]
+    if any(o is None or o % dtype.itemsize for o in offsets):
+        return torch.empty((len(tasks), batch.n, batch.m), dtype=dtype, pin_memory=pin)
+    offsets = [o + (t.expert or 0) * matrix_bytes for o, t in zip(offsets, tasks)]
+    slot = -(-matrix_bytes // ALIGN) * ALIGN + ALIGN
+    block = torch.empty(len(tasks) * slot, dtype=torch.uint8, pin_memory=pin)
+    base = block.data_ptr()
+    views = []
+    for i, offset in enumerate(offsets):
+        first = i * slot + (offset - base - i * slot) % ALIGN
+        views.append(block[first : first + matrix_bytes].view(dtype).view(batch.n, batch.m))
+    return views
+
+
+def _read_pieces(source: WeightSource, batch: Batch, buf: torch.Tensor | list[torch.Tensor],
+                 io_pool: ThreadPoolExecutor) -> None:
+    """Fill host ``buf`` ([B, n, m], or B [n, m] views): matrix i is the task's tensor (or, for one expert of a fused
     [E, n, m] tensor, its slice e), read in pieces of ``source.read_piece_bytes`` on ``io_pool``.
 
     Sources without pieces (tensors already in memory) are copied in this thread: their
@@ -167,7 +193,8 @@ def _read_pieces(source: WeightSource, batch: Batch, buf: torch.Tensor, io_pool:
     spinning workers took the cores from LAPACK (a 2-core CPU scan ran 1.1-3.6x slower,
     bench/cpu_vs_svdvals.py at b764cfb)."""
     per_matrix = batch.n * batch.m
-    piece = per_matrix if source.read_piece_bytes is None else max(1, source.read_piece_bytes // buf.element_size())
+    itemsize = buf[0].element_size()
+    piece = per_matrix if source.read_piece_bytes is None else max(1, source.read_piece_bytes // itemsize)
     jobs = []  # (tensor, destination, first element)
     for i, task in enumerate(batch.tasks):
         flat = buf[i].view(-1)
@@ -196,11 +223,16 @@ class _Loaded:
 
     def take(self) -> torch.Tensor:
         buf, self._buf = self._buf, None
-        if buf.device == self._device:
-            return buf
         # Pinned host -> device, asynchronous on the current stream (so ordered before the batch's
         # kernels); torch's pinned-memory cache keeps the host block from being reused until the
         # copy is done, so dropping ``buf`` right after is safe.
+        if isinstance(buf, list):  # one view per matrix (_pinned_staging)
+            out = torch.empty((len(buf), *buf[0].shape), dtype=buf[0].dtype, device=self._device)
+            for i, view in enumerate(buf):
+                out[i].copy_(view, non_blocking=True)
+            return out
+        if buf.device == self._device:
+            return buf
         return buf.to(self._device, non_blocking=True)
 
 
@@ -223,7 +255,7 @@ def _prefetched(source: WeightSource, batches: list[Batch], device: torch.device
                 buf, load_s = pending.popleft().result()
                 if i + depth < len(batches):
                     pending.append(reader.submit(_load_batch, source, batches[i + depth], device, io_pool))
-                if buf.is_cuda:
+                if isinstance(buf, torch.Tensor) and buf.is_cuda:
                     # Allocated on the reader's stream, used on this one: keep the allocator from
                     # handing its memory to the reader before this stream is done with it.
                     buf.record_stream(torch.cuda.current_stream(device))

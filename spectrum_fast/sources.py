@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .errors import SourceError
+from .file_reader import FileReader
 
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -61,6 +62,11 @@ class WeightSource(ABC):
         """Where ``read(info)`` returns the tensor: the CPU for files; the tensor's own device for
         modules and dicts (weights already on a GPU are copied device to device)."""
         return torch.device("cpu")
+
+    def file_offset(self, info: TensorInfo) -> int | None:
+        """Byte offset of the tensor's data in its file when read_into reads it from a file as
+        stored (then the loader can lay out buffers for direct reads), else None."""
+        return None
 
     def read_into(self, info: TensorInfo, out: torch.Tensor, first: int = 0) -> None:
         """Copy ``out.numel()`` elements of the tensor, from flat element ``first`` on, into ``out``
@@ -181,8 +187,8 @@ class SafetensorsSource(WeightSource):
         self._infos: list[TensorInfo] = []
         self._file_of: dict[str, str] = {}
         self._extents: dict[str, tuple[int, int]] = {}  # name -> (first byte in its file, byte count)
-        self._fds: dict[str, int] = {}
-        self._fds_lock = threading.Lock()
+        self._readers: dict[str, FileReader] = {}
+        self._readers_lock = threading.Lock()
         for path in files:
             if not path.is_file():
                 raise SourceError(f"{path}: shard is missing: download it again or fix the index file")
@@ -219,14 +225,20 @@ class SafetensorsSource(WeightSource):
             raise SourceError(f"{path}: cannot read tensor {info.name} ({e}): the file is damaged, "
                               f"download or save it again") from None
 
+    def file_offset(self, info: TensorInfo) -> int | None:
+        if sys.byteorder != "little" or info.name not in self._extents:
+            return None
+        return self._extents[info.name][0]
+
     def read_into(self, info: TensorInfo, out: torch.Tensor, first: int = 0) -> None:
         """Read the bytes straight from the file into ``out`` (pinned host memory, for a GPU scan).
 
         safetensors can only hand back a new tensor (a copy, or a memory map whose page faults then
-        happen one thread at a time); os.preadv into the caller's buffer makes one copy, releases the
-        GIL, and lets several threads keep the disk busy. The data is little-endian, as safetensors
-        stores it, so this runs on little-endian hosts; elsewhere it falls back to safetensors."""
-        if sys.byteorder != "little" or info.name not in self._extents:
+        happen one thread at a time); reading into the caller's buffer (file_reader: O_DIRECT for
+        uncached ranges, no kernel copy) releases the GIL and lets several threads keep the disk
+        busy. The data is little-endian, as safetensors stores it, so this runs on little-endian
+        hosts; elsewhere it falls back to safetensors."""
+        if self.file_offset(info) is None:
             return super().read_into(info, out, first)
         path = self._file_of[info.name]
         start, size = self._extents[info.name]
@@ -235,33 +247,29 @@ class SafetensorsSource(WeightSource):
         if first < 0 or (first * itemsize) + want > size:
             raise ValueError(f"{info.name}: elements {first}..{first + out.numel()} outside the tensor")
         view = memoryview(out.view(-1).view(torch.uint8).numpy())
-        fd = self._fd(path)
-        done = 0
         try:
-            while done < want:
-                got = os.preadv(fd, [view[done:want]], offset + done)
-                if got == 0:
-                    raise SourceError(f"{path}: ends inside tensor {info.name}: the file is truncated, "
-                                      f"download or save it again")
-                done += got
+            self._reader(path).read_into(view, out.data_ptr(), offset)
+        except EOFError:
+            raise SourceError(f"{path}: ends inside tensor {info.name}: the file is truncated, "
+                              f"download or save it again") from None
         except OSError as e:
             raise SourceError(f"{path}: cannot read tensor {info.name} ({e.strerror or e})") from None
 
-    def _fd(self, path: str) -> int:
-        with self._fds_lock:  # IO threads ask at once: open each file once, leak none
-            fd = self._fds.get(path)
-            if fd is None:
+    def _reader(self, path: str) -> FileReader:
+        with self._readers_lock:  # IO threads ask at once: open each file once, leak none
+            reader = self._readers.get(path)
+            if reader is None:
                 try:
-                    fd = self._fds[path] = os.open(path, os.O_RDONLY)
+                    reader = self._readers[path] = FileReader(path)
                 except OSError as e:
                     raise SourceError(f"{path}: cannot open ({e.strerror or e})") from None
-            return fd
+            return reader
 
     def close(self) -> None:
         self._handles.clear()
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
 
 
 def _data_extents(path: Path, infos: list[TensorInfo]) -> dict[str, tuple[int, int]]:

@@ -197,6 +197,26 @@ def test_gpu_scan_loading_paths_match_float64_svd(placement, monkeypatch):
         check_row(row, w, (placement, row.name))
 
 
+@GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("cached", [False, True])
+def test_gpu_scan_of_files_read_direct_or_cached_matches_float64_svd(cached, tmp_path, monkeypatch):
+    """Files read into per-matrix pinned views (direct reads where uncached, file_reader) and
+    copied to the GPU one view at a time, over many small batches read ahead of the solves."""
+    from safetensors.torch import save_file
+
+    from spectrum_fast import file_reader
+
+    monkeypatch.setattr(file_reader.FileReader, "_cached_share", lambda self, a, b: float(cached))
+    monkeypatch.setattr(file_reader, "MIN_DIRECT_BYTES", 4096)
+    weights = {f"model.layers.{i}.mlp.p.weight": spiked(96 + 8 * (i % 3), 200 + i, 7100 + i) for i in range(12)}
+    save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, str(tmp_path / "model.safetensors"))
+    result = spectrum_fast.scan(tmp_path, device="cuda", progress=False, max_batch_bytes=200_000)
+    assert len(result.rows) == len(weights)
+    for row, w in zip(result.rows, weights.values()):
+        check_row(row, w.to(torch.bfloat16), (cached, row.name))
+
+
 def test_finite_and_nonzero_check_in_slices(monkeypatch):
     """The per-matrix finiteness / nonzero check works in column slices; a NaN, an inf or a lone
     nonzero in any slice, first or last, must still be seen."""

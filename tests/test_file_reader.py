@@ -1,0 +1,189 @@
+"""FileReader (O_DIRECT for uncached ranges, the page cache otherwise) and the loader's staging
+layout that lets it DMA into the buffer: bytes must come back exact whichever way they were read,
+and the direct path must really be taken when the range is not cached. Fresh random bytes, fresh
+offsets every run."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from spectrum_fast import engine, file_reader
+from spectrum_fast.file_reader import ALIGN, FileReader
+from spectrum_fast.sources import open_source
+from spectrum_fast.targets import plan_tasks
+
+SEED = random.SystemRandom().randrange(2**31)
+needs_direct = pytest.mark.skipif(not file_reader.DIRECT_IO, reason="no O_DIRECT on this platform")
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    rng = np.random.default_rng(SEED)
+    data = rng.integers(0, 256, size=(6 << 20) + int(rng.integers(1, 9000)), dtype=np.uint8)
+    path = tmp_path / "bytes.bin"
+    data.tofile(path)
+    return path, data
+
+
+def _ranges(rng, size):
+    out = [(0, 3 << 20), (size - (2 << 20), 2 << 20), (5, 100)]  # aligned, to the end, small
+    for _ in range(6):
+        n = int(rng.integers(1, 4 << 20))
+        out.append((int(rng.integers(0, size - n)), n))
+    return out
+
+
+def _read_all(reader, data, rng):
+    block = torch.empty(5 << 20, dtype=torch.uint8)
+    for offset, n in _ranges(rng, len(data)):
+        first = (offset - block.data_ptr()) % ALIGN  # the phase the loader gives a buffer
+        view = block[first : first + n]
+        view.fill_(0xA5)  # poisoned: a byte not read shows up
+        reader.read_into(memoryview(view.numpy()), view.data_ptr(), offset)
+        assert np.array_equal(view.numpy(), data[offset : offset + n]), f"[seed={SEED}] bytes {offset}+{n}"
+
+
+def _count_direct_reads(monkeypatch, reader):
+    calls = {"direct": 0, "cached": 0}
+    real = file_reader._pread_all
+
+    def counting(fd, view, offset):
+        calls["direct" if fd == reader._direct_fd else "cached"] += len(view)
+        return real(fd, view, offset)
+
+    monkeypatch.setattr(file_reader, "_pread_all", counting)
+    return calls
+
+
+@needs_direct
+def test_uncached_ranges_are_read_direct_and_exact(data_file, monkeypatch):
+    path, data = data_file
+    reader = FileReader(str(path))
+    if reader._direct_fd is None:
+        pytest.skip("this file system refuses O_DIRECT")
+    monkeypatch.setattr(FileReader, "_cached_share", lambda self, a, b: 0.0)  # as after a cold start
+    calls = _count_direct_reads(monkeypatch, reader)
+    _read_all(reader, data, np.random.default_rng(SEED))
+    reader.close()
+    assert calls["direct"] > calls["cached"] > 0, calls  # bodies direct, heads and tails cached
+
+
+def test_cached_ranges_and_misaligned_buffers_go_through_the_page_cache(data_file, monkeypatch):
+    path, data = data_file
+    reader = FileReader(str(path))
+    monkeypatch.setattr(FileReader, "_cached_share", lambda self, a, b: 1.0)
+    calls = _count_direct_reads(monkeypatch, reader)
+    _read_all(reader, data, np.random.default_rng(SEED + 1))
+    # a buffer whose phase differs from the file offset's cannot take a direct read
+    monkeypatch.setattr(FileReader, "_cached_share", lambda self, a, b: 0.0)
+    block = torch.empty(4 << 20, dtype=torch.uint8)
+    first = (1 - block.data_ptr()) % ALIGN  # phase 1 for file offset 0
+    view = block[first : first + (3 << 20)]
+    reader.read_into(memoryview(view.numpy()), view.data_ptr(), 0)
+    assert np.array_equal(view.numpy(), data[: 3 << 20]), f"[seed={SEED}]"
+    reader.close()
+    assert calls["direct"] == 0 and calls["cached"] > 0
+
+
+@needs_direct
+def test_a_refused_direct_read_falls_back_to_the_page_cache(data_file, monkeypatch):
+    path, data = data_file
+    reader = FileReader(str(path))
+    if reader._direct_fd is None:
+        pytest.skip("this file system refuses O_DIRECT")
+    monkeypatch.setattr(FileReader, "_cached_share", lambda self, a, b: 0.0)
+    real = file_reader._pread_all
+
+    def refusing(fd, view, offset):
+        if fd == reader._direct_fd:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, view, offset)
+
+    monkeypatch.setattr(file_reader, "_pread_all", refusing)
+    _read_all(reader, data, np.random.default_rng(SEED + 2))
+    assert not reader._direct_ok
+    reader.close()
+
+
+def test_without_o_direct_every_read_is_buffered(data_file, monkeypatch):
+    path, data = data_file
+    monkeypatch.setattr(file_reader, "DIRECT_IO", False)
+    reader = FileReader(str(path))
+    assert reader._direct_fd is None
+    _read_all(reader, data, np.random.default_rng(SEED + 3))
+    reader.close()
+
+
+def test_truncated_range_raises_eof(data_file):
+    path, data = data_file
+    reader = FileReader(str(path))
+    out = bytearray(4096)
+    with pytest.raises(EOFError):
+        reader.read_into(memoryview(out), 0, len(data) - 10)
+    reader.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="needs posix_fadvise to evict pages")
+def test_cached_share_sees_the_page_cache(data_file):
+    path, data = data_file
+    reader = FileReader(str(path))
+    np.fromfile(path, dtype=np.uint8)  # read: cached now
+    assert reader._cached_share(0, len(data)) > 0.9
+    os.fsync(reader.fd)
+    os.posix_fadvise(reader.fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages leave the cache
+    assert reader._cached_share(0, len(data)) < 0.5
+    reader.close()
+
+
+@needs_direct
+def test_staging_views_take_each_matrix_at_its_file_phase(tmp_path, monkeypatch):
+    """The loader's per-matrix staging (_pinned_staging, here in plain memory) places every matrix
+    at its file offset's phase, so the bodies are read direct, and _read_pieces fills it exactly,
+    fused experts included."""
+    g = torch.Generator().manual_seed(SEED)
+    tensors = {  # odd sizes so that the tensors' file offsets fall at different phases
+        "model.layers.0.mlp.down_proj.weight": torch.randn(515, 1031, generator=g).to(torch.bfloat16),
+        "model.layers.0.mlp.up_proj.weight": torch.randn(515, 1031, generator=g).to(torch.bfloat16),
+        "model.layers.0.mlp.experts.gate_proj": torch.randn(3, 515, 1031, generator=g).to(torch.bfloat16),
+    }
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    src = open_source(tmp_path)
+    monkeypatch.setattr(FileReader, "_cached_share", lambda self, a, b: 0.0)
+    monkeypatch.setattr(file_reader, "MIN_DIRECT_BYTES", 64 << 10)
+    read_bytes: dict[int, int] = {}
+    real = file_reader._pread_all
+
+    def counting(fd, view, offset):
+        read_bytes[fd] = read_bytes.get(fd, 0) + len(view)
+        return real(fd, view, offset)
+
+    monkeypatch.setattr(file_reader, "_pread_all", counting)
+    tasks, _ = plan_tasks(src.tensors(), "auto", False)
+    batches = engine.plan_batches(tasks, 1 << 40)
+    phases = set()
+    with engine.ThreadPoolExecutor(4) as pool:
+        for batch in batches:
+            views = engine._pinned_staging(src, batch, torch.bfloat16, pin=False)
+            assert isinstance(views, list)
+            for v in views:
+                v.fill_(float("nan"))
+            engine._read_pieces(src, batch, views, pool)
+            for task, view in zip(batch.tasks, views):
+                offset = src.file_offset(task.tensor) + (task.expert or 0) * view.numel() * 2
+                assert (view.data_ptr() - offset) % ALIGN == 0
+                phases.add(offset % ALIGN)
+                want = tensors[task.tensor.name] if task.expert is None else tensors[task.tensor.name][task.expert]
+                assert torch.equal(view, want.reshape(view.shape)), f"[seed={SEED}] {task.tensor.name} {task.expert}"
+    (reader,) = src._readers.values()
+    direct = read_bytes.get(reader._direct_fd, 0)
+    src.close()
+    assert len(phases) > 1  # the test did cover differing phases
+    if reader._direct_ok:  # else the file system refused O_DIRECT reads
+        assert direct > 0.9 * sum(t.numel() * 2 for t in tensors.values())
