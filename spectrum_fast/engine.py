@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import ops
-from .file_reader import ALIGN
+from . import ops, staging
 from .results import MatrixRow
 from .sources import WeightSource
 from .targets import MatrixTask
@@ -128,25 +127,48 @@ PREFETCH_BATCHES = 3
 IO_THREADS = 8
 
 
-def _load_batch(source: WeightSource, batch: Batch, device: torch.device,
-                io_pool: ThreadPoolExecutor) -> tuple[torch.Tensor | list[torch.Tensor], float]:
-    """Read each matrix of the batch into one buffer (or per-matrix views, _pinned_staging).
-    -> (buffer, seconds spent)
+def staging_bytes(batches: list[Batch]) -> int:
+    """Size of one pinned staging buffer: room for the largest batch (staging.slot_bytes)."""
+    return max(len(b.tasks) * staging.slot_bytes(b.n, b.m, getattr(torch, b.tasks[0].tensor.dtype))
+               for b in batches)
+
+
+@dataclass
+class _Staged:
+    """A batch in a pinned staging buffer: one [n, m] view per matrix (staging.staged_views)."""
+
+    block: torch.Tensor
+    views: list[torch.Tensor]
+
+
+def _load_batch(source: WeightSource, batch: Batch, device: torch.device, io_pool: ThreadPoolExecutor,
+                ring: staging.PinnedRing | None = None) -> tuple[torch.Tensor | _Staged, float]:
+    """Read each matrix of the batch. -> (the batch, seconds spent)
 
     Runs in the reader thread (for a GPU scan). Host tensors (files, a model on the CPU) go into a
-    host buffer, pinned for a GPU scan: the next batch then waits on the host, not in GPU memory,
-    and crosses to the GPU at pinned speed when its turn comes (_Loaded.take); the pieces of each
-    tensor are read by ``io_pool``'s threads at once. Tensors already on the GPU are copied into a
-    device buffer on a side stream.
+    pinned buffer of ``ring`` for a GPU scan (a [B, n, m] tensor on a CPU scan): the next batch
+    then waits on the host, not in GPU memory, and crosses to the GPU at pinned speed when its
+    turn comes (_Loaded.take); the pieces of each tensor are read by ``io_pool``'s threads at
+    once. Tensors already on the GPU are copied into a device buffer on a side stream.
     """
     start = time.perf_counter()
     dtype = getattr(torch, batch.tasks[0].tensor.dtype)  # one dtype per batch (plan_batches)
     shape = (len(batch.tasks), batch.n, batch.m)
     on_host = source.device_of(batch.tasks[0].tensor).type == "cpu"
-    if device.type == "cpu" or (on_host and PINNED_STAGING):
-        buf = _pinned_staging(source, batch, dtype) if device.type == "cuda" else torch.empty(shape, dtype=dtype)
+    if device.type == "cpu":
+        buf = torch.empty(shape, dtype=dtype)
         _read_pieces(source, batch, buf, io_pool)
         return buf, time.perf_counter() - start
+    if on_host and PINNED_STAGING:
+        if ring is None:
+            ring = staging.PinnedRing(1, staging_bytes([batch]))
+        block = ring.acquire()
+        matrix_bytes = batch.n * batch.m * dtype.itemsize
+        offsets = [None if (o := source.file_offset(t.tensor)) is None else o + (t.expert or 0) * matrix_bytes
+                   for t in batch.tasks]
+        staged = _Staged(block, staging.staged_views(block, offsets, batch.n, batch.m, dtype))
+        _read_pieces(source, batch, staged.views, io_pool)
+        return staged, time.perf_counter() - start
     stream = torch.cuda.Stream(device)
     with torch.cuda.stream(stream):
         buf = torch.empty(shape, dtype=dtype, device=device)
@@ -158,29 +180,6 @@ def _load_batch(source: WeightSource, batch: Batch, device: torch.device,
             buf[i].copy_(t.reshape(batch.n, batch.m))
     stream.synchronize()
     return buf, time.perf_counter() - start
-
-
-def _pinned_staging(source: WeightSource, batch: Batch, dtype: torch.dtype,
-                    pin: bool = True) -> torch.Tensor | list[torch.Tensor]:
-    """Pinned host memory for a batch: [B, n, m], or, when the source reads its tensors from files
-    as stored (file_offset), B [n, m] views into one block, each placed at an address with the
-    phase of its bytes in the file modulo file_reader.ALIGN, so the reader can DMA straight into
-    it (O_DIRECT) instead of copying out of the page cache. The views cost ALIGN bytes of slack
-    each and one host-to-device copy each (_Loaded.take). ``pin=False`` is for tests on the CPU."""
-    tasks = batch.tasks
-    matrix_bytes = batch.n * batch.m * dtype.itemsize
-    offsets = [source.file_offset(t.tensor) for t in tasks]
-    if any(o is None or o % dtype.itemsize for o in offsets):
-        return torch.empty((len(tasks), batch.n, batch.m), dtype=dtype, pin_memory=pin)
-    offsets = [o + (t.expert or 0) * matrix_bytes for o, t in zip(offsets, tasks)]
-    slot = -(-matrix_bytes // ALIGN) * ALIGN + ALIGN
-    block = torch.empty(len(tasks) * slot, dtype=torch.uint8, pin_memory=pin)
-    base = block.data_ptr()
-    views = []
-    for i, offset in enumerate(offsets):
-        first = i * slot + (offset - base - i * slot) % ALIGN
-        views.append(block[first : first + matrix_bytes].view(dtype).view(batch.n, batch.m))
-    return views
 
 
 def _read_pieces(source: WeightSource, batch: Batch, buf: torch.Tensor | list[torch.Tensor],
@@ -218,22 +217,25 @@ class _Loaded:
     reference: once the caller drops it (after forming the Grams) the memory is free, although the
     generator that yielded this object is still suspended."""
 
-    def __init__(self, batch: Batch, buf: torch.Tensor, seconds: float, device: torch.device):
-        self.batch, self.seconds, self._buf, self._device = batch, seconds, buf, device
+    def __init__(self, batch: Batch, buf: torch.Tensor | _Staged, seconds: float, device: torch.device,
+                 ring: staging.PinnedRing | None = None):
+        self.batch, self.seconds, self._buf, self._device, self._ring = batch, seconds, buf, device, ring
 
     def take(self) -> torch.Tensor:
         buf, self._buf = self._buf, None
-        # Pinned host -> device, asynchronous on the current stream (so ordered before the batch's
-        # kernels); torch's pinned-memory cache keeps the host block from being reused until the
-        # copy is done, so dropping ``buf`` right after is safe.
-        if isinstance(buf, list):  # one view per matrix (_pinned_staging)
-            out = torch.empty((len(buf), *buf[0].shape), dtype=buf[0].dtype, device=self._device)
-            for i, view in enumerate(buf):
-                out[i].copy_(view, non_blocking=True)
-            return out
-        if buf.device == self._device:
+        if isinstance(buf, torch.Tensor):  # a CPU scan's batch, or one read onto the GPU
             return buf
-        return buf.to(self._device, non_blocking=True)
+        # Pinned host -> device, asynchronous on the current stream (so ordered before the batch's
+        # kernels), one copy per matrix; the buffer goes back to the ring once they are done.
+        first = buf.views[0]
+        out = torch.empty((len(buf.views), *first.shape), dtype=first.dtype, device=self._device)
+        for i, view in enumerate(buf.views):
+            out[i].copy_(view, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        if self._ring is not None:
+            self._ring.release(buf.block, event)
+        return out
 
 
 def _prefetched(source: WeightSource, batches: list[Batch], device: torch.device) -> Iterator[_Loaded]:
@@ -249,19 +251,27 @@ def _prefetched(source: WeightSource, batches: list[Batch], device: torch.device
             return
         on_host = PINNED_STAGING and source.device_of(batches[0].tasks[0].tensor).type == "cpu"
         depth = PREFETCH_BATCHES if on_host else 1  # batches read ahead of the one being computed
+        # depth batches loaded or loading, and one the caller has not yet copied to the GPU
+        ring = staging.PinnedRing(depth + 1, staging_bytes(batches)) if on_host else None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spectrum-fast-reader") as reader:
-            pending = deque(reader.submit(_load_batch, source, b, device, io_pool) for b in batches[:depth])
-            for i, batch in enumerate(batches):
-                buf, load_s = pending.popleft().result()
-                if i + depth < len(batches):
-                    pending.append(reader.submit(_load_batch, source, batches[i + depth], device, io_pool))
-                if isinstance(buf, torch.Tensor) and buf.is_cuda:
-                    # Allocated on the reader's stream, used on this one: keep the allocator from
-                    # handing its memory to the reader before this stream is done with it.
-                    buf.record_stream(torch.cuda.current_stream(device))
-                loaded = _Loaded(batch, buf, load_s, device)
-                del buf
-                yield loaded
+            pending = deque(reader.submit(_load_batch, source, b, device, io_pool, ring) for b in batches[:depth])
+            try:
+                for i, batch in enumerate(batches):
+                    buf, load_s = pending.popleft().result()
+                    if i + depth < len(batches):
+                        pending.append(reader.submit(_load_batch, source, batches[i + depth], device, io_pool, ring))
+                    if isinstance(buf, torch.Tensor) and buf.is_cuda:
+                        # Allocated on the reader's stream, used on this one: keep the allocator from
+                        # handing its memory to the reader before this stream is done with it.
+                        buf.record_stream(torch.cuda.current_stream(device))
+                    loaded = _Loaded(batch, buf, load_s, device, ring)
+                    del buf
+                    yield loaded
+            finally:  # the scan ended early: stop the reader before the pool waits for it
+                for f in pending:
+                    f.cancel()
+                if ring is not None:
+                    ring.close()  # a reader waiting for a buffer gets RingClosed instead of hanging
 
 
 # Elements per step of the finiteness check: torch.isfinite builds |x| and three boolean masks

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from spectrum_fast import engine, file_reader
+from spectrum_fast import engine, file_reader, staging
 from spectrum_fast.file_reader import ALIGN, FileReader
 from spectrum_fast.sources import open_source
 from spectrum_fast.targets import plan_tasks
@@ -144,7 +144,7 @@ def test_cached_share_sees_the_page_cache(data_file):
 
 @needs_direct
 def test_staging_views_take_each_matrix_at_its_file_phase(tmp_path, monkeypatch):
-    """The loader's per-matrix staging (_pinned_staging, here in plain memory) places every matrix
+    """The loader's per-matrix staging (staging.staged_views, here in plain memory) places every matrix
     at its file offset's phase, so the bodies are read direct, and _read_pieces fills it exactly,
     fused experts included."""
     g = torch.Generator().manual_seed(SEED)
@@ -170,8 +170,9 @@ def test_staging_views_take_each_matrix_at_its_file_phase(tmp_path, monkeypatch)
     phases = set()
     with engine.ThreadPoolExecutor(4) as pool:
         for batch in batches:
-            views = engine._pinned_staging(src, batch, torch.bfloat16, pin=False)
-            assert isinstance(views, list)
+            block = staging.PinnedRing(1, engine.staging_bytes([batch]), pin=False).acquire()
+            offsets = [src.file_offset(t.tensor) + (t.expert or 0) * batch.n * batch.m * 2 for t in batch.tasks]
+            views = staging.staged_views(block, offsets, batch.n, batch.m, torch.bfloat16)
             for v in views:
                 v.fill_(float("nan"))
             engine._read_pieces(src, batch, views, pool)
@@ -187,3 +188,37 @@ def test_staging_views_take_each_matrix_at_its_file_phase(tmp_path, monkeypatch)
     assert len(phases) > 1  # the test did cover differing phases
     if reader._direct_ok:  # else the file system refused O_DIRECT reads
         assert direct > 0.9 * sum(t.numel() * 2 for t in tensors.values())
+
+
+def test_staging_ring_reuses_buffers_and_close_wakes_a_waiting_reader():
+    import threading
+
+    ring = staging.PinnedRing(2, 1 << 12, pin=False)
+    a, b = ring.acquire(), ring.acquire()
+    assert a.numel() == 1 << 12 and a.data_ptr() != b.data_ptr()
+    ring.release(a, None)
+    assert ring.acquire().data_ptr() == a.data_ptr()  # reused, not allocated again
+    raised = []
+
+    def reader():  # both buffers are out: this waits until the scan closes the ring
+        try:
+            ring.acquire()
+        except staging.RingClosed:
+            raised.append(True)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    ring.close()
+    t.join(timeout=10)
+    assert not t.is_alive() and raised
+    with pytest.raises(staging.RingClosed):
+        ring.acquire()
+
+
+def test_staged_views_without_file_offsets_fill_slots_in_order():
+    block = torch.empty(3 * staging.slot_bytes(5, 7, torch.float32), dtype=torch.uint8)
+    views = staging.staged_views(block, [None, 3, None], 5, 7, torch.float32)  # 3: not a float32 phase
+    ptrs = [v.data_ptr() for v in views]
+    assert ptrs == sorted(ptrs) and all(v.shape == (5, 7) for v in views)
+    for v, w in zip(views, views[1:]):
+        assert v.data_ptr() + v.numel() * 4 <= w.data_ptr()  # no overlap
