@@ -160,9 +160,10 @@ def _load_batch(source: WeightSource, batch: Batch, device: torch.device, io_poo
         _read_pieces(source, batch, buf, io_pool)
         return buf, time.perf_counter() - start
     if on_host and PINNED_STAGING:
-        if ring is None:
-            ring = staging.PinnedRing(1, staging_bytes([batch]))
-        block = ring.acquire()
+        if ring is None:  # a one-off load (tests, benches): torch's pinned allocator will do
+            block = torch.empty(staging_bytes([batch]), dtype=torch.uint8, pin_memory=True)
+        else:
+            block = ring.acquire()
         matrix_bytes = batch.n * batch.m * dtype.itemsize
         offsets = [None if (o := source.file_offset(t.tensor)) is None else o + (t.expert or 0) * matrix_bytes
                    for t in batch.tasks]
@@ -231,10 +232,10 @@ class _Loaded:
         out = torch.empty((len(buf.views), *first.shape), dtype=first.dtype, device=self._device)
         for i, view in enumerate(buf.views):
             out[i].copy_(view, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
         if self._ring is not None:
-            self._ring.release(buf.block, event)
+            self._ring.release(buf.block, staging.copy_done_event())
+        else:  # a one-off buffer (no ring): keep it alive until the copies are done
+            staging.copy_done_event().synchronize()
         return out
 
 
@@ -253,25 +254,29 @@ def _prefetched(source: WeightSource, batches: list[Batch], device: torch.device
         depth = PREFETCH_BATCHES if on_host else 1  # batches read ahead of the one being computed
         # depth batches loaded or loading, and one the caller has not yet copied to the GPU
         ring = staging.PinnedRing(depth + 1, staging_bytes(batches)) if on_host else None
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spectrum-fast-reader") as reader:
-            pending = deque(reader.submit(_load_batch, source, b, device, io_pool, ring) for b in batches[:depth])
-            try:
-                for i, batch in enumerate(batches):
-                    buf, load_s = pending.popleft().result()
-                    if i + depth < len(batches):
-                        pending.append(reader.submit(_load_batch, source, batches[i + depth], device, io_pool, ring))
-                    if isinstance(buf, torch.Tensor) and buf.is_cuda:
-                        # Allocated on the reader's stream, used on this one: keep the allocator from
-                        # handing its memory to the reader before this stream is done with it.
-                        buf.record_stream(torch.cuda.current_stream(device))
-                    loaded = _Loaded(batch, buf, load_s, device, ring)
-                    del buf
-                    yield loaded
-            finally:  # the scan ended early: stop the reader before the pool waits for it
-                for f in pending:
-                    f.cancel()
-                if ring is not None:
-                    ring.close()  # a reader waiting for a buffer gets RingClosed instead of hanging
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spectrum-fast-reader") as reader:
+                pending = deque(reader.submit(_load_batch, source, b, device, io_pool, ring) for b in batches[:depth])
+                try:
+                    for i, batch in enumerate(batches):
+                        buf, load_s = pending.popleft().result()
+                        if i + depth < len(batches):
+                            pending.append(reader.submit(_load_batch, source, batches[i + depth], device, io_pool, ring))
+                        if isinstance(buf, torch.Tensor) and buf.is_cuda:
+                            # Allocated on the reader's stream, used on this one: keep the allocator
+                            # from handing its memory to the reader before this stream is done with it.
+                            buf.record_stream(torch.cuda.current_stream(device))
+                        loaded = _Loaded(batch, buf, load_s, device, ring)
+                        del buf
+                        yield loaded
+                finally:  # the scan ended early: stop the reader before the pool waits for it
+                    for f in pending:
+                        f.cancel()
+                    if ring is not None:
+                        ring.close()  # a reader waiting for a buffer gets RingClosed, not a hang
+        finally:
+            if ring is not None:
+                ring.free()  # the reader has stopped: wait for the last copies, unpin
 
 
 # Elements per step of the finiteness check: torch.isfinite builds |x| and three boolean masks

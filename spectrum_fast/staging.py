@@ -1,10 +1,13 @@
 """Pinned host memory where a GPU scan's batches wait between the disk and the GPU.
 
-A few buffers, each big enough for the largest batch, are page-locked once per scan and reused:
-page-locking on every batch (torch's pinned allocator rounds each request up to a power of two
-and caches it by size) made the first scan slower and left 5.4 GB of pinned blocks behind on
-the Llama-3-8B scan (H100, bench/results at 8d6966a). A buffer comes back to the ring once the
-host-to-device copy out of it has finished (a CUDA event), so no batch is overwritten early.
+A few buffers, each big enough for the largest batch, are page-locked once per scan
+(cudaHostRegister) and reused; a buffer comes back to the ring once the host-to-device copy out
+of it has finished (a CUDA event), so no batch is overwritten early. They are registered rather
+than taken from torch's pinned allocator because that allocator rounds each request up to a
+power of two: the Llama-3-8B scan's largest batch (64 k/v projections, 512 MiB plus the slack
+below) would have taken 1 GiB per buffer; pinned memory peaked at 5.2 GB on the H100 at f4f220c.
+The waits use blocking-sync events, so a waiting thread sleeps instead of spinning on a core
+that the host band solves need.
 
 Inside a buffer each matrix starts at an address with the phase of its bytes in its file modulo
 file_reader.ALIGN, so the reader can DMA uncached ranges straight into it (O_DIRECT).
@@ -45,16 +48,27 @@ class RingClosed(Exception):
     """The scan ended while the reader waited for a staging buffer."""
 
 
+def copy_done_event() -> torch.cuda.Event:
+    """An event recorded on the current stream that a host thread can wait on without spinning."""
+    event = torch.cuda.Event(blocking=True)
+    event.record()
+    return event
+
+
 class PinnedRing:
-    """``count`` pinned buffers of ``nbytes``, page-locked on first use. ``acquire()`` blocks until
+    """``count`` page-locked buffers of ``nbytes``, made on first use. ``acquire()`` blocks until
     one is free and the copy out of it has finished; ``release(buf, event)`` gives it back once
-    ``event`` (recorded after the copies that read it) has passed. ``pin=False`` is for tests."""
+    ``event`` (recorded after the copies that read it) has passed; ``close()`` wakes a waiting
+    reader; ``free()``, once the reader has stopped, waits for the last copies and unpins.
+    ``pin=False`` is for tests without a GPU."""
 
     def __init__(self, count: int, nbytes: int, pin: bool = True):
         self._free: queue.Queue = queue.Queue()
         for _ in range(count):
             self._free.put((None, None))
         self._nbytes, self._pin = nbytes, pin
+        self._made: list[torch.Tensor] = []
+        self._last_event: torch.cuda.Event | None = None  # copies run in order on one stream
 
     def acquire(self) -> torch.Tensor:
         buf, event = self._free.get()
@@ -62,14 +76,36 @@ class PinnedRing:
             self._free.put((RingClosed, None))  # wake the next waiter too
             raise RingClosed
         if event is not None:
-            event.synchronize()  # releases the GIL while the copy out of it finishes
+            event.synchronize()  # sleeps (blocking-sync event), GIL released
         if buf is None:
-            buf = torch.empty(self._nbytes, dtype=torch.uint8, pin_memory=self._pin)
+            buf = torch.empty(self._nbytes, dtype=torch.uint8)
+            if self._pin:
+                _check(torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), self._nbytes, 0), "cudaHostRegister")
+            self._made.append(buf)
         return buf
 
     def release(self, buf: torch.Tensor, event: torch.cuda.Event | None) -> None:
+        if event is not None:
+            self._last_event = event
         self._free.put((buf, event))
 
     def close(self) -> None:
         """Make every waiting and later acquire() raise RingClosed (the scan is over)."""
         self._free.put((RingClosed, None))
+
+    def free(self) -> None:
+        """Unpin every buffer; call once no thread reads into them. Copies still reading one are
+        waited for first."""
+        if self._last_event is not None:
+            self._last_event.synchronize()
+            self._last_event = None
+        if self._pin:
+            for buf in self._made:
+                _check(torch.cuda.cudart().cudaHostUnregister(buf.data_ptr()), "cudaHostUnregister")
+        self._made.clear()
+
+
+def _check(status, what: str) -> None:
+    code = getattr(status, "value", status)
+    if code != 0:
+        raise RuntimeError(f"{what} failed with CUDA error {code}: pinned staging memory is not available")

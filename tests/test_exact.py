@@ -217,6 +217,41 @@ def test_gpu_scan_of_files_read_direct_or_cached_matches_float64_svd(cached, tmp
         check_row(row, w.to(torch.bfloat16), (cached, row.name))
 
 
+@GPU
+@pytest.mark.gpu
+def test_gpu_scan_stopped_by_a_read_error_ends_cleanly_and_unpins(tmp_path):
+    """A read failing mid-scan, with the reader ahead and staging buffers in flight, must raise
+    the source's error (no hang on the staging ring) and leave no buffer registered."""
+    from spectrum_fast import staging
+    from spectrum_fast.errors import SourceError
+    from spectrum_fast.sources import DictSource
+
+    weights = {f"model.layers.{i}.mlp.p.weight": spiked(96, 200, 7300 + i) for i in range(12)}
+
+    class FailingSource(DictSource):
+        read_piece_bytes = 1 << 12  # pieces on the IO threads, as files are read
+
+        def read_into(self, info, out, first=0):
+            if info.name == "model.layers.7.mlp.p.weight":
+                raise SourceError("model.layers.7: cannot read (test)")
+            super().read_into(info, out, first)
+
+    made = []
+    real_init = staging.PinnedRing.__init__
+
+    def tracking_init(self, *a, **k):
+        real_init(self, *a, **k)
+        made.append(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(staging.PinnedRing, "__init__", tracking_init)
+        with pytest.raises(SourceError, match="layers.7"):
+            spectrum_fast.scan(FailingSource(weights), device="cuda", progress=False, max_batch_bytes=60_000)
+    assert made and all(not ring._made for ring in made)  # free() ran: nothing left pinned
+    result = spectrum_fast.scan(weights, device="cuda", progress=False, max_batch_bytes=60_000)
+    assert len(result.rows) == len(weights)
+
+
 def test_finite_and_nonzero_check_in_slices(monkeypatch):
     """The per-matrix finiteness / nonzero check works in column slices; a NaN, an inf or a lone
     nonzero in any slice, first or last, must still be seen."""

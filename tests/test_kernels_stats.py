@@ -181,7 +181,9 @@ def test_value_exactly_at_threshold_is_noise(device, seed):
     for row, tau in zip(singular_values_ieee(eig), want[:, 2]):
         assert (row == tau).any(), f"[seed={seed}] construction failed: no value equal to tau"
     got = kernel_stats.snr_statistics_triton(eig.to(device), n, m)
-    assert_matches_torch(got, eig.to(device), n, m, f"[seed={seed}] {device} value at tau")
+    # Against the IEEE reference only: torch's own CUDA threshold can sit 1-2 ulp off (see
+    # TWO_ULP), and a value placed exactly at tau then flips sides there (device run of f4f220c).
+    assert_columns_match(got.cpu(), want, f"[seed={seed}] {device} value at tau")
     n_above = (singular_values_ieee(eig) > want[:, 2:3]).sum(-1).to(torch.float64)
     assert torch.equal(got[:, 5].cpu(), n_above), f"[seed={seed}] tie counted as signal"
 
