@@ -9,7 +9,6 @@ and reduces them to bands, and host threads solve the bands of earlier batches.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterator

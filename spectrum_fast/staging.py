@@ -48,9 +48,19 @@ class RingClosed(Exception):
     """The scan ended while the reader waited for a staging buffer."""
 
 
+# Events that host threads wait on: blocking-sync (the waiting thread sleeps) or the CUDA default
+# (it spins on a core). bench/probes/cold_overlap.py compares the two.
+BLOCKING_SYNC = True
+
+
+def host_wait_event() -> torch.cuda.Event:
+    """A CUDA event for a host thread to wait on (see BLOCKING_SYNC); record it yourself."""
+    return torch.cuda.Event(blocking=BLOCKING_SYNC)
+
+
 def copy_done_event() -> torch.cuda.Event:
-    """An event recorded on the current stream that a host thread can wait on without spinning."""
-    event = torch.cuda.Event(blocking=True)
+    """An event recorded on the current stream, after the copies out of a staging buffer."""
+    event = host_wait_event()
     event.record()
     return event
 

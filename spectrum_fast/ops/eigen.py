@@ -21,6 +21,7 @@ from concurrent.futures import Future
 import numpy as np
 import torch
 
+from .. import staging
 from . import band, band_eigen
 
 # Smallest matrix the two-stage route takes on each device type. On the H100 it wins from 1024 up
@@ -119,7 +120,7 @@ def _syevd_on_side_stream(g: torch.Tensor) -> PendingEigenvalues:
         values = _syevd(g).to(torch.float64)
         host = torch.empty(values.shape, dtype=torch.float64, pin_memory=True)
         host.copy_(values, non_blocking=True)
-        event = torch.cuda.Event(blocking=True)  # the thread that waits sleeps, not spins
+        event = staging.host_wait_event()
         event.record(stream)
     # g was made on the current stream and is read on the side stream: keep the allocator from
     # giving its memory to new work on the current stream before the solve has finished.
@@ -151,9 +152,9 @@ def eigvalsh_deferred(g: torch.Tensor, route: str = "auto") -> PendingEigenvalue
     if bands.device.type == "cuda":
         host = torch.empty(bands.shape, dtype=bands.dtype, pin_memory=True)
         host.copy_(bands, non_blocking=True)
-        # Blocking sync: the host workers that wait on it sleep instead of spinning on cores that
-        # the band solves of earlier batches need.
-        event = torch.cuda.Event(blocking=True)
+        # The host workers that wait on it should sleep, not spin on cores that the band solves of
+        # earlier batches need (staging.BLOCKING_SYNC).
+        event = staging.host_wait_event()
         event.record()
     else:
         host = bands.contiguous()
