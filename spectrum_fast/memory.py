@@ -30,7 +30,7 @@ def pinned_host_bytes() -> int:
 
 class PeakTracker:
     """Samples host memory between batches (anonymous RSS, plus pinned buffers on a GPU scan);
-    reads the CUDA allocator's own peak."""
+    reads the CUDA allocator's own peak, less what was allocated when the scan began."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -49,6 +49,8 @@ class PeakTracker:
 
     @property
     def gpu_peak(self) -> int | None:
+        """GPU bytes the scan itself took at its peak: what was allocated before it (a model on
+        the GPU, the weights of a resident source) is not counted."""
         if self.device.type != "cuda":
             return None
-        return torch.cuda.max_memory_allocated(self.device)
+        return torch.cuda.max_memory_allocated(self.device) - self._gpu_base
