@@ -147,7 +147,7 @@ def main() -> None:
               flush=True)
 
     # The host side (band solves on 16 cores) varies by up to 25% from one scan to the next on this
-    # machine (bench/results/cold_overlap_h100_712be1f.log): repeat, interleaved, and take medians.
+    # machine (bench/probes/cold_overlap_h100_712be1f.log): repeat, interleaved, and take medians.
     runs: dict = {}
     res["read_alone_cold_all_s"], res["read_alone_warm_all_s"] = [], []
     for _ in range(args.repeats):

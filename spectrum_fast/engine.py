@@ -48,7 +48,8 @@ def matrix_device_bytes(n: int, m: int, dtype: str) -> int:
 # Order in which batches run: "shape" (every batch of one shape, then the next shape: what the H100
 # figures in bench/RESULTS.md were measured with) or "model" (by each batch's first matrix in model
 # order, so read-heavy MLP batches alternate with compute-heavy attention batches and files are
-# read front to back; bench/probes/cold_overlap.py compares the two on a cold disk).
+# read front to back). On a cold disk the two were within the run-to-run spread: 12.4-13.6 s
+# against 12.3-14.0 s (H100, bench/probes/cold_overlap_h100_eb543d5.log and _8d6966a.log).
 BATCH_ORDER = "shape"
 
 

@@ -2,16 +2,18 @@
 already cached, otherwise with O_DIRECT, the drive writing into the caller's buffer by DMA.
 
 Why: a cold read through the page cache costs the kernel a page-cache insert and a memory copy
-per byte, on the CPUs the scan's host band solves need. On the H100 machine (16 cores) reading
+per byte, on the CPUs the scan's host band solves need. On the H100 machine (16 cores), reading
 the Llama-3-8B checkpoint cold took 6.4 s of system CPU at 2.3 GB/s through the page cache and
-0.5 s with O_DIRECT at the same speed, and a cold scan ran 13.6 s against 11.4 s with the weights
-already on the GPU (bench/probes/cold_overlap.log). A range whose pages are cached is still read
-through the cache, so a second scan of the same files runs at memory speed.
+0.5 s with O_DIRECT at the same speed; a cold scan's system CPU fell from 4-5 s to 2 s, its time
+moving within the spread of repeated runs (bench/probes/cold_overlap_h100_eb543d5.log,
+_8d6966a.log). Ranges already cached are read through the cache (memory speed). A range read
+directly stays uncached: a second scan of the same files reads the disk again, and the scan
+does not evict what else the page cache holds.
 
 O_DIRECT wants the file offset, the length and the buffer address aligned (to the drive's
 logical block; ALIGN covers 512 and 4096). A range is read directly only where the buffer and
 the file offset have the same phase modulo ALIGN (the loader lays out its staging buffers so:
-engine._aligned_staging); its unaligned head and tail, and everything on file systems or
+staging.staged_views); its unaligned head and tail, and everything on file systems or
 platforms without O_DIRECT, go through the page cache.
 """
 

@@ -49,7 +49,9 @@ class RingClosed(Exception):
 
 
 # Events that host threads wait on: blocking-sync (the waiting thread sleeps) or the CUDA default
-# (it spins on a core). bench/probes/cold_overlap.py compares the two.
+# (it spins on a core). Alternated on the 8B scan the two were within the spread of identical
+# runs (11.8-14.7 s with the weights on the GPU; bench/probes/cold_overlap_h100_712be1f.log);
+# sleeping is kept because it takes no core from the host band solves.
 BLOCKING_SYNC = True
 
 

@@ -1,6 +1,6 @@
 """Probe (device tool): why a cold-cache scan takes longer than max(read alone, compute alone).
 Earlier versions varied the host band-solve threads, IO threads, read-ahead, batch order, syevd
-on a side stream and O_DIRECT (results in bench/results/cold_overlap_h100_*.log); this one
+on a side stream and O_DIRECT (results in bench/probes/cold_overlap_h100_*.log); this one
 compares blocking-sync against spinning CUDA events for the host threads' waits
 (staging.BLOCKING_SYNC), alternating, on the Llama-3-8B-shaped checkpoint: weights on the GPU,
 cold page cache, warm page cache.

@@ -104,9 +104,10 @@ class PendingEigenvalues:
 # Run the syevd route on a side stream, its result copied to pinned host memory asynchronously,
 # instead of on the current stream with a blocking copy. Both syevd and the two-stage route's
 # panel factorizations are latency-bound on the H100 (one kernel at a time, the GPU mostly idle),
-# so overlapping them may pay; it also keeps the Python thread free to queue the next batch. The
-# planner then sizes batches for two in flight (engine.gpu_batch_plan). Off until measured
-# (bench/probes/cold_overlap.py and the 8B bench compare).
+# so overlapping them might have paid; it also keeps the Python thread free to queue the next
+# batch. The planner then sizes batches for two in flight (engine.gpu_batch_plan). Measured, it
+# lost: the 8B scan with the weights on the GPU took 19.9 s against 11.4 s without, and 20.5-21.9 s
+# against 12.4-13.6 s from a cold disk (H100, bench/probes/cold_overlap_h100_eb543d5.log), so off.
 SYEVD_SIDE_STREAM = False
 _side_streams: dict[torch.device, torch.cuda.Stream] = {}
 
