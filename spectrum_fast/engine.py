@@ -122,6 +122,10 @@ PINNED_STAGING = True
 # bank the slow batches' time for the fast ones.
 PREFETCH_BATCHES = 3
 
+# Copy staged batches to the GPU on a stream of their own, one batch ahead of the compute (see
+# run_batches); off, on the compute stream just before the batch's kernels.
+COPY_STREAM = True
+
 # Threads that read pieces of a batch's tensors at once (SafetensorsSource.read_into): one thread
 # cannot keep an NVMe drive busy, and reads from the page cache are memory copies that scale too.
 IO_THREADS = 8
@@ -222,20 +226,27 @@ class _Loaded:
                  ring: staging.PinnedRing | None = None):
         self.batch, self.seconds, self._buf, self._device, self._ring = batch, seconds, buf, device, ring
 
-    def take(self) -> torch.Tensor:
+    def take(self, stream: torch.cuda.Stream | None = None) -> torch.Tensor:
+        """The batch on the device. A staged batch is copied on ``stream`` (default: the current
+        one); the caller makes its own stream wait for ``stream`` before using the result."""
         buf, self._buf = self._buf, None
         if isinstance(buf, torch.Tensor):  # a CPU scan's batch, or one read onto the GPU
             return buf
-        # Pinned host -> device, asynchronous on the current stream (so ordered before the batch's
-        # kernels), one copy per matrix; the buffer goes back to the ring once they are done.
-        first = buf.views[0]
-        out = torch.empty((len(buf.views), *first.shape), dtype=first.dtype, device=self._device)
-        for i, view in enumerate(buf.views):
-            out[i].copy_(view, non_blocking=True)
+        # Pinned host -> device, asynchronous, one copy per matrix; the buffer goes back to the
+        # ring once they are done.
+        consumer = torch.cuda.current_stream(self._device)
+        with torch.cuda.stream(stream or consumer):
+            first = buf.views[0]
+            out = torch.empty((len(buf.views), *first.shape), dtype=first.dtype, device=self._device)
+            for i, view in enumerate(buf.views):
+                out[i].copy_(view, non_blocking=True)
+            done = staging.copy_done_event()
+        if stream is not None:
+            out.record_stream(consumer)  # made on ``stream``, freed after the consumer's kernels
         if self._ring is not None:
-            self._ring.release(buf.block, staging.copy_done_event())
+            self._ring.release(buf.block, done)
         else:  # a one-off buffer (no ring): keep it alive until the copies are done
-            staging.copy_done_event().synchronize()
+            done.synchronize()
         return out
 
 
@@ -364,26 +375,37 @@ def run_batches(
         if on_batch is not None:
             on_batch(item.batch)
 
+    # Host-to-device copies run on their own stream, the next batch's issued as soon as this
+    # batch's eigen stage is queued, so the copy engine moves batch i+1 while the GPU reduces batch i.
+    copy_stream = torch.cuda.Stream(device) if device.type == "cuda" and COPY_STREAM else None
     loads = _prefetched(source, batches, device)
-    while True:
+
+    def fetch() -> tuple[_Loaded, torch.Tensor] | None:
         asked = time.perf_counter()
         loaded = next(loads, None)
         if timings is not None:
             timings["wait_s"] = timings.get("wait_s", 0.0) + time.perf_counter() - asked
-        if loaded is None:
-            break
+        return None if loaded is None else (loaded, loaded.take(copy_stream))
+
+    upcoming = fetch()
+    while upcoming is not None:
+        loaded, w = upcoming
         batch, load_s = loaded.batch, loaded.seconds
         started = time.perf_counter()
-        w = loaded.take()
+        if copy_stream is not None:
+            torch.cuda.current_stream(device).wait_stream(copy_stream)  # this batch's copies are done
         flat = w.reshape(len(batch.tasks), -1)
         finite, nonzero = _finite_and_nonzero(flat)
         # A non-finite matrix would poison nothing else, but LAPACK may refuse it: zero it first.
         w.masked_fill_(~finite.view(-1, 1, 1), 0)
         g = ops.gram(w, precision)
-        del w, flat
+        del w, flat, upcoming
         pending = ops.eigvalsh_deferred(g, eigen_route if batch.eigen_route == "auto" else batch.eigen_route)
         del g
         in_flight.append(_InFlight(batch, pending, finite, nonzero, started, load_s))
+        # After the eigen stage is queued (a reader that lags must not hold it back): batch i+1's
+        # copy then runs beside batch i's band reduction.
+        upcoming = fetch()
         waiting += len(batch.tasks)
         if timings is not None:
             timings["read_s"] = timings.get("read_s", 0.0) + load_s

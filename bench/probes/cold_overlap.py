@@ -1,11 +1,13 @@
 """Probe (device tool): why a cold-cache scan takes longer than max(read alone, compute alone).
 Earlier versions varied the host band-solve threads, IO threads, read-ahead, batch order, syevd
 on a side stream and O_DIRECT (results in bench/probes/cold_overlap_h100_*.log); this one
-compares blocking-sync against spinning CUDA events for the host threads' waits
-(staging.BLOCKING_SYNC), alternating, on the Llama-3-8B-shaped checkpoint: weights on the GPU,
-cold page cache, warm page cache.
+compares one switch on and off, alternating (--switch: blocking-sync against spinning CUDA events
+for the host threads' waits, or host-to-device copies on their own stream one batch ahead against
+on the compute stream), on the Llama-3-8B-shaped checkpoint: weights on the GPU, cold page cache,
+warm page cache.
 
-    python bench/probes/cold_overlap.py --folder /tmp/llama3-8b   (writes the folder if missing)
+    python bench/probes/cold_overlap.py --folder /tmp/llama3-8b [--switch copy_stream|blocking_sync]
+    (writes the folder if missing)
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import spectrum_fast  # noqa: E402
 from gpu_scan_vs_spectrum import drop_page_cache, read_alone, warm_page_cache  # noqa: E402
-from spectrum_fast import staging  # noqa: E402
+from spectrum_fast import engine, staging  # noqa: E402
 from workloads import write_llama3_8b  # noqa: E402
 
 def cpu_seconds() -> tuple[float, float]:
@@ -33,54 +35,60 @@ def cpu_seconds() -> tuple[float, float]:
     return r.ru_utime, r.ru_stime
 
 
-def timed_scan(source, label: str) -> None:
+SWITCHES = {  # --switch NAME: the setting compared, on and off, alternating
+    "blocking_sync": (staging, "BLOCKING_SYNC"),  # host threads sleep (True) or spin on CUDA events
+    "copy_stream": (engine, "COPY_STREAM"),  # host-to-device copies on their own stream, one batch ahead
+}
+
+
+def timed_scan(source, label: str, setting: str) -> None:
     torch.cuda.synchronize()
     u0, s0 = cpu_seconds()
     t = time.perf_counter()
     r = spectrum_fast.scan(source, device="cuda", progress=False)
     torch.cuda.synchronize()
     u1, s1 = cpu_seconds()
-    print(f"| {label} | {staging.BLOCKING_SYNC} | {time.perf_counter() - t:.1f} | {r.read_seconds:.1f} | "
+    print(f"| {label} | {setting} | {time.perf_counter() - t:.1f} | {r.read_seconds:.1f} | "
           f"{r.read_wait_seconds:.1f} | {u1 - u0:.0f} | {s1 - s0:.0f} | {r.peak_host_bytes / 2**20:.0f} |", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--folder", default="/tmp/llama3-8b")
-    folder = Path(ap.parse_args().folder)
+    ap.add_argument("--switch", choices=sorted(SWITCHES), default="copy_stream")
+    ap.add_argument("--resident", type=int, default=4, help="scans with the weights on the GPU")
+    ap.add_argument("--cold", type=int, default=4, help="scans from a cold page cache")
+    ap.add_argument("--warm", type=int, default=2, help="scans from a warm page cache")
+    args = ap.parse_args()
+    folder = Path(args.folder)
     if not (folder / "model.safetensors.index.json").exists():
         write_llama3_8b(folder)
     print(torch.cuda.get_device_name(), torch.__version__, os.cpu_count(), "cores", flush=True)
     from safetensors.torch import load_file
 
-    t = time.perf_counter()
-    ring = staging.PinnedRing(4, 512 << 20)
-    for _ in range(4):
-        ring.acquire()
-    print(f"page-locking 4 x 512 MiB (cudaHostRegister): {time.perf_counter() - t:.2f} s", flush=True)
-    ring.free()
+    module, name = SWITCHES[args.switch]
     resident = {}
     for shard in sorted(folder.glob("*.safetensors")):
         resident.update(load_file(str(shard), device="cuda"))
     t = time.perf_counter()
     spectrum_fast.scan(resident, device="cuda", progress=False)  # warm-up (CUDA, cuSOLVER, Triton)
     print(f"first scan in the process (weights on the GPU): {time.perf_counter() - t:.1f} s", flush=True)
-    print("| scan | blocking-sync events | s | reader s | waited for reader s | user CPU s | system CPU s | peak host MiB |")
+    print(f"| scan | {args.switch} | s | reader s | waited for reader s | user CPU s | system CPU s | peak host MiB |")
     print("|---|---|---|---|---|---|---|---|")
-    for blocking in (True, False, True, False):
-        staging.BLOCKING_SYNC = blocking
-        timed_scan(resident, "compute alone (weights on the GPU)")
+    for i in range(args.resident):
+        setattr(module, name, i % 2 == 0)
+        timed_scan(resident, "compute alone (weights on the GPU)", str(getattr(module, name)))
     del resident
     torch.cuda.empty_cache()
-    for blocking in (True, False, True, False):
-        staging.BLOCKING_SYNC = blocking
+    for i in range(args.cold):
+        setattr(module, name, i % 2 == 0)
         drop_page_cache()
-        timed_scan(folder, "cold")
-    for blocking in (True, False):
-        staging.BLOCKING_SYNC = blocking
+        timed_scan(folder, "cold", str(getattr(module, name)))
+    for i in range(args.warm):
+        setattr(module, name, i % 2 == 0)
         warm_page_cache(folder)
-        timed_scan(folder, "warm")
-    staging.BLOCKING_SYNC = True
+        timed_scan(folder, "warm", str(getattr(module, name)))
+    setattr(module, name, True)
     drop_page_cache()
     u0, s0 = cpu_seconds()
     took = read_alone(folder)
