@@ -199,14 +199,17 @@ def test_gpu_scan_loading_paths_match_float64_svd(placement, monkeypatch):
 
 @GPU
 @pytest.mark.gpu
+@pytest.mark.parametrize("copy_stream", [True, False])
 @pytest.mark.parametrize("cached", [False, True])
-def test_gpu_scan_of_files_read_direct_or_cached_matches_float64_svd(cached, tmp_path, monkeypatch):
+def test_gpu_scan_of_files_read_direct_or_cached_matches_float64_svd(cached, copy_stream, tmp_path, monkeypatch):
     """Files read into per-matrix pinned views (direct reads where uncached, file_reader) and
-    copied to the GPU one view at a time, over many small batches read ahead of the solves."""
+    copied to the GPU one view at a time, on a copy stream one batch ahead or on the compute
+    stream, over many small batches read ahead of the solves."""
     from safetensors.torch import save_file
 
-    from spectrum_fast import file_reader
+    from spectrum_fast import engine, file_reader
 
+    monkeypatch.setattr(engine, "COPY_STREAM", copy_stream)
     monkeypatch.setattr(file_reader.FileReader, "_cached_share", lambda self, a, b: float(cached))
     monkeypatch.setattr(file_reader, "MIN_DIRECT_BYTES", 4096)
     weights = {f"model.layers.{i}.mlp.p.weight": spiked(96 + 8 * (i % 3), 200 + i, 7100 + i) for i in range(12)}
