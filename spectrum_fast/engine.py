@@ -123,8 +123,12 @@ PINNED_STAGING = True
 PREFETCH_BATCHES = 3
 
 # Copy staged batches to the GPU on a stream of their own, one batch ahead of the compute (see
-# run_batches); off, on the compute stream just before the batch's kernels.
-COPY_STREAM = True
+# run_batches); off, on the compute stream just before the batch's kernels. Measured on the 8B
+# scan it gained nothing: cold 14.4 and 14.4 s on against 13.7 and 13.6 s off, warm 13.6 against
+# 12.9 s, with a like gap between scans of weights already on the GPU, which copy nothing (H100,
+# bench/probes/cold_overlap_h100_c37eecb.log). The copies (14 GB at the 54 GB/s pinned rate of
+# DESIGN.md: ~0.3 s) are not where the time goes. Off, as in the figures of bench/RESULTS.md.
+COPY_STREAM = False
 
 # Threads that read pieces of a batch's tensors at once (SafetensorsSource.read_into): one thread
 # cannot keep an NVMe drive busy, and reads from the page cache are memory copies that scale too.
