@@ -1,0 +1,143 @@
+"""Micro benchmark of stage 2 of the exact eigen route, on a CUDA GPU: the bands that stage 1
+(ops.band.reduce_to_band_) leaves, taken to eigenvalues by
+- ``bulge_gpu``: the Triton bulge-chasing kernel (spectrum_fast.kernels.bulge, one program per
+  matrix, all the batch at once) to tridiagonal, then LAPACK dsterf on the host threads;
+- ``dsbev_host``: what the scan does today (ops.band_eigen: LAPACK dsbev on the host threads);
+- ``syevd``: cuSOLVER on the dense Gram (torch.linalg.eigvalsh), for scale (on up to 8 of them).
+Same bands, same run; time per matrix = wall time of the batch / batch, device synchronized,
+median of --repeats after a warm-up (which compiles the kernel). The kernel's part is also timed
+alone. Eigenvalues are compared with dsbev's (largest |difference| / largest eigenvalue).
+
+    python bench/kernels_bulge.py --out $OUT [--cases 1024:32:64 4096:16:32 ...]
+
+Cases are n:bandwidth:batch. Writes kernels_bulge.json into --out.
+(SPECTRUM_FAST_COMMIT names the commit when the checkout has no .git, as on the device tool.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from spectrum_fast.kernels import bulge  # noqa: E402
+from spectrum_fast.ops import band, band_eigen  # noqa: E402
+from run_info import git_commit  # noqa: E402
+
+DEVICE = "cuda"  # --device cpu runs it under TRITON_INTERPRET=1 on tiny cases, to check the script
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+CASES = ("1024:32:64", "1536:32:32", "2048:32:32", "4096:16:8", "4096:16:32", "4096:16:132")
+
+
+def grams(batch: int, n: int, seed: int) -> torch.Tensor:
+    """[batch, n, n] float64 Grams of trained-looking weights (noise plus n/16 spikes), made 8
+    at a time so the weights never all sit on the GPU."""
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    out = torch.empty(batch, n, n, device=DEVICE, dtype=torch.float64)
+    r = max(1, n // 16)
+    s = 8.0 * torch.arange(1, r + 1, device=DEVICE, dtype=torch.float64) ** -0.7
+    for k in range(0, batch, 8):
+        m = min(8, batch - k)
+        w = torch.randn(m, n, 2 * n, generator=g, device=DEVICE, dtype=torch.float64) / (2 * n) ** 0.5
+        u = torch.linalg.qr(torch.randn(m, n, r, generator=g, device=DEVICE, dtype=torch.float64))[0]
+        w[..., :r] += u * s
+        torch.matmul(w, w.mT, out=out[k : k + m])
+    return out
+
+
+def timed(fn, repeats: int) -> float:
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def dsterf_all(d: np.ndarray, e: np.ndarray, pool: ThreadPoolExecutor) -> np.ndarray:
+    from scipy.linalg import lapack
+
+    def one(k):
+        w, info = lapack.dsterf(d[k].copy(), e[k].copy())
+        if info != 0:
+            raise RuntimeError(f"dsterf info={info}")
+        return w
+
+    return np.stack(list(pool.map(one, range(d.shape[0]))))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", nargs="+", default=list(CASES), help="n:bandwidth:batch")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    res = {"date": time.strftime("%Y-%m-%d"),
+           "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (Triton interpreter)", "torch": torch.__version__,
+           "commit": os.environ.get("SPECTRUM_FAST_COMMIT") or git_commit(), "command": " ".join(sys.argv),
+           "host_workers": band_eigen.host_workers(), "rows": []}
+    print(res["gpu"], res["torch"], "host workers", res["host_workers"], flush=True)
+    pool = ThreadPoolExecutor(band_eigen.host_workers())
+    print("| n | band | batch | bulge kernel ms/matrix | + dsterf (host) ms/matrix | dsbev host ms/matrix | "
+          "syevd ms/matrix | max eig diff vs dsbev |")
+    print("|---|---|---|---|---|---|---|---|")
+    for case in args.cases:
+        n, b, batch = map(int, case.split(":"))
+        g = grams(batch, n, seed=n + batch)
+        bands = band.reduce_to_band_(g.clone(), b)
+        rows = band.lower_band(bands, b).cpu().numpy()
+
+        kernel_s = timed(lambda: bulge.band_to_tridiagonal_(bands.clone(), b), args.repeats)
+
+        def bulge_route():
+            d, e = bulge.band_to_tridiagonal_(bands.clone(), b)
+            return dsterf_all(d.cpu().numpy(), e.cpu().numpy(), pool)
+
+        def dsbev_route():
+            return np.stack(list(pool.map(lambda k: band_eigen.band_eigvalsh(rows[k].copy()), range(batch))))
+
+        bulge_s = timed(bulge_route, args.repeats)
+        dsbev_s = timed(dsbev_route, args.repeats)
+        few = min(batch, 8)  # syevd for scale only: a few matrices are enough
+        syevd_s = timed(lambda: torch.linalg.eigvalsh(g[:few]), args.repeats) * batch / few
+        ours, theirs = np.sort(bulge_route(), axis=-1), dsbev_route()
+        diff = float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+        row = {"n": n, "bandwidth": b, "batch": batch, "kernel_ms": 1e3 * kernel_s / batch,
+               "bulge_dsterf_ms": 1e3 * bulge_s / batch, "dsbev_host_ms": 1e3 * dsbev_s / batch,
+               "syevd_ms": 1e3 * syevd_s / batch, "max_eig_diff": diff}
+        res["rows"].append(row)
+        print(f"| {n} | {b} | {batch} | {row['kernel_ms']:.2f} | {row['bulge_dsterf_ms']:.2f} | "
+              f"{row['dsbev_host_ms']:.2f} | {row['syevd_ms']:.2f} | {diff:.1e} |", flush=True)
+        del g, bands
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "kernels_bulge.json").write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
