@@ -2,10 +2,14 @@
 matrix it leaves is tridiagonal, similar to the band it was given (same eigenvalues), on fresh
 random bands every run: random, spiked, clustered, with zero columns; widths 2 to 32 and sizes
 that are not multiples of the width; batches of mixed content. On the CPU it runs under Triton's
-interpreter (slow: small sizes), on CUDA compiled (marked gpu)."""
+interpreter (slow: small sizes), on CUDA compiled (marked gpu).
+
+triton is imported when a test runs, not when this module is collected: tests/test_kernels_gram.py
+needs to import it first, with TRITON_INTERPRET set (see its docstring)."""
 
 from __future__ import annotations
 
+import importlib.util
 import random
 
 import numpy as np
@@ -13,12 +17,17 @@ import pytest
 import scipy.linalg
 import torch
 
-pytest.importorskip("triton", reason="the Triton kernels need triton (pip install triton)")
+from bulge_chasing_reference import band_to_tridiagonal
+from test_bulge_chasing import band_matrix
 
-from bulge_chasing_reference import band_to_tridiagonal  # noqa: E402
-from test_bulge_chasing import band_matrix  # noqa: E402
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("the Triton kernels need triton (pip install triton)", allow_module_level=True)
 
-from spectrum_fast.kernels import bulge  # noqa: E402
+
+def band_to_tridiagonal_(a, b):
+    from spectrum_fast.kernels import bulge  # imported at run time: see the module docstring
+
+    return bulge.band_to_tridiagonal_(a, b)
 
 SEED = random.SystemRandom().randrange(2**31)
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -36,7 +45,7 @@ def device(request, monkeypatch) -> str:
 
 def check(bands: np.ndarray, b: int, device: str, context: str) -> None:
     a = torch.from_numpy(bands.copy()).to(device)
-    d, e = bulge.band_to_tridiagonal_(a, b)
+    d, e = band_to_tridiagonal_(a, b)
     t = a.cpu().numpy()
     n = bands.shape[-1]
     rows, cols = np.indices((n, n))
@@ -62,7 +71,7 @@ def test_matches_the_numpy_reference(device):
     rng = np.random.default_rng([SEED, 1])
     n, b = 29, 6
     a = band_matrix(n, b, "random", rng)
-    d, e = bulge.band_to_tridiagonal_(torch.from_numpy(a.copy()).unsqueeze(0).to(device), b)
+    d, e = band_to_tridiagonal_(torch.from_numpy(a.copy()).unsqueeze(0).to(device), b)
     d_ref, e_ref = band_to_tridiagonal(a, b)
     scale = np.abs(a).max()
     assert np.abs(d[0].cpu().numpy() - d_ref).max() <= 1e-12 * scale, f"[seed={SEED}]"
@@ -73,12 +82,12 @@ def test_trivial_sizes_and_bad_input(device):
     for n in (1, 2):
         a = torch.rand(2, n, n, dtype=torch.float64, device=device)
         a = a + a.mT
-        d, e = bulge.band_to_tridiagonal_(a.clone(), 1)
+        d, e = band_to_tridiagonal_(a.clone(), 1)
         assert torch.equal(d, a.diagonal(dim1=-2, dim2=-1)) and e.shape == (2, n - 1)
     with pytest.raises(ValueError, match="float64"):
-        bulge.band_to_tridiagonal_(torch.zeros(1, 4, 4, device=device), 2)
+        band_to_tridiagonal_(torch.zeros(1, 4, 4, device=device), 2)
     with pytest.raises(ValueError, match="bandwidth"):
-        bulge.band_to_tridiagonal_(torch.zeros(1, 4, 4, dtype=torch.float64, device=device), 0)
+        band_to_tridiagonal_(torch.zeros(1, 4, 4, dtype=torch.float64, device=device), 0)
 
 
 @pytest.mark.gpu
