@@ -2,13 +2,14 @@
 (ops.band.reduce_to_band_) leaves, taken to eigenvalues by
 - ``bulge_gpu``: the Triton bulge-chasing kernel (spectrum_fast.kernels.bulge, one program per
   matrix, all the batch at once) to tridiagonal, then LAPACK dsterf on the host threads;
+- ``all_gpu``: the same chase, then bisection on the GPU (spectrum_fast.kernels.tridiagonal);
 - ``dsbev_host``: what the scan does today (ops.band_eigen: LAPACK dsbev on the host threads);
 - ``syevd``: cuSOLVER on the dense Gram (torch.linalg.eigvalsh), for scale (on up to 8 of them).
 Same bands, same run; time per matrix = wall time of the batch / batch, device synchronized,
 median of --repeats after a warm-up (which compiles the kernel). The kernel's part is also timed
 alone. Eigenvalues are compared with dsbev's (largest |difference| / largest eigenvalue).
 
-    python bench/kernels_bulge.py --out $OUT [--cases 1024:32:64 4096:16:32 ...]
+    python bench/kernels_bulge.py --out $OUT [--cases 1024:32:64 4096:16:32 ...] [--repeats 3]
 
 Cases are n:bandwidth:batch. Writes kernels_bulge.json into --out.
 (SPECTRUM_FAST_COMMIT names the commit when the checkout has no .git, as on the device tool.)
@@ -31,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spectrum_fast.kernels import bulge  # noqa: E402
+from spectrum_fast.kernels import bulge, tridiagonal  # noqa: E402
 from spectrum_fast.ops import band, band_eigen  # noqa: E402
 from run_info import git_commit  # noqa: E402
 
@@ -102,9 +103,9 @@ def main() -> None:
            "host_workers": band_eigen.host_workers(), "rows": []}
     print(res["gpu"], res["torch"], "host workers", res["host_workers"], flush=True)
     pool = ThreadPoolExecutor(band_eigen.host_workers())
-    print("| n | band | batch | bulge kernel ms/matrix | + dsterf (host) ms/matrix | dsbev host ms/matrix | "
-          "syevd ms/matrix | max eig diff vs dsbev |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| n | band | batch | bulge kernel ms/matrix | + dsterf (host) ms/matrix | + bisection (GPU) ms/matrix | "
+          "dsbev host ms/matrix | syevd ms/matrix | max eig diff vs dsbev: dsterf / bisection |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for case in args.cases:
         n, b, batch = map(int, case.split(":"))
         g = grams(batch, n, seed=n + batch)
@@ -120,18 +121,26 @@ def main() -> None:
         def dsbev_route():
             return np.stack(list(pool.map(lambda k: band_eigen.band_eigvalsh(rows[k].copy()), range(batch))))
 
+        def all_gpu_route():
+            d, e = bulge.band_to_tridiagonal_(bands.clone(), b)
+            return tridiagonal.tridiagonal_eigvalsh(d, e)
+
         bulge_s = timed(bulge_route, args.repeats)
+        all_gpu_s = timed(all_gpu_route, args.repeats)
         dsbev_s = timed(dsbev_route, args.repeats)
         few = min(batch, 8)  # syevd for scale only: a few matrices are enough
         syevd_s = timed(lambda: torch.linalg.eigvalsh(g[:few]), args.repeats) * batch / few
         ours, theirs = np.sort(bulge_route(), axis=-1), dsbev_route()
         diff = float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+        all_gpu = all_gpu_route().cpu().numpy()
+        diff_all_gpu = float(np.abs(all_gpu - theirs).max() / np.abs(theirs).max())
         row = {"n": n, "bandwidth": b, "batch": batch, "kernel_ms": 1e3 * kernel_s / batch,
                "bulge_dsterf_ms": 1e3 * bulge_s / batch, "dsbev_host_ms": 1e3 * dsbev_s / batch,
-               "syevd_ms": 1e3 * syevd_s / batch, "max_eig_diff": diff}
+               "all_gpu_ms": 1e3 * all_gpu_s / batch, "syevd_ms": 1e3 * syevd_s / batch,
+               "max_eig_diff": diff, "max_eig_diff_all_gpu": diff_all_gpu}
         res["rows"].append(row)
-        print(f"| {n} | {b} | {batch} | {row['kernel_ms']:.2f} | {row['bulge_dsterf_ms']:.2f} | "
-              f"{row['dsbev_host_ms']:.2f} | {row['syevd_ms']:.2f} | {diff:.1e} |", flush=True)
+        print(f"| {n} | {b} | {batch} | {row['kernel_ms']:.2f} | {row['bulge_dsterf_ms']:.2f} | {row['all_gpu_ms']:.2f} | "
+              f"{row['dsbev_host_ms']:.2f} | {row['syevd_ms']:.2f} | {diff:.1e} / {diff_all_gpu:.1e} |", flush=True)
         del g, bands
         if DEVICE == "cuda":
             torch.cuda.empty_cache()
