@@ -20,6 +20,22 @@ BUNDLED_REFERENCE = Path(__file__).resolve().parent / "data" / "spectrum_referen
 RTOL = 1e-5
 
 
+# -- where a Triton kernel runs ------------------------------------------------------------------
+_NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, _NEEDS_CUDA])])
+def device(request, monkeypatch) -> str:
+    """The CPU under Triton's interpreter (TRITON_INTERPRET=1, for that test only), or CUDA compiled
+    (marked gpu, skipped without CUDA). The kernels that take it are built per mode at launch
+    (spectrum_fast/kernels/stats.py), so setting the variable here is enough."""
+    if request.param == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    else:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    return request.param
+
+
 # -- randomness ---------------------------------------------------------------------------------
 @pytest.fixture
 def seed() -> int:

@@ -34,15 +34,6 @@ NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 KINDS = ["random", "spiked", "clustered", "zero_columns"]
 
 
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, NEEDS_CUDA])])
-def device(request, monkeypatch) -> str:
-    if request.param == "cpu":
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    else:
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    return request.param
-
-
 def check(bands: np.ndarray, b: int, device: str, context: str) -> None:
     a = torch.from_numpy(bands.copy()).to(device)
     d, e = band_to_tridiagonal_(a, b)

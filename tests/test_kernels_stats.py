@@ -51,16 +51,6 @@ K_VALUES = [1, 2, 3, 5, 7, 64, 100, 1000, 4097]
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, NEEDS_CUDA])])
-def device(request, monkeypatch) -> str:
-    """Where the kernel runs: the CPU under the interpreter, or CUDA compiled."""
-    if request.param == "cpu":
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    else:
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    return request.param
-
-
 def batch_for(device: str, cpu: int, cuda: int) -> int:
     return cpu if device == "cpu" else cuda
 

@@ -23,15 +23,6 @@ NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 KINDS = ["random", "graded", "clustered", "split", "wilkinson", "equal"]
 
 
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, NEEDS_CUDA])])
-def device(request, monkeypatch) -> str:
-    if request.param == "cpu":
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    else:
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    return request.param
-
-
 def tridiagonal_eigvalsh(d, e):
     from spectrum_fast.kernels import tridiagonal  # imported at run time: see the module docstring
 

@@ -20,7 +20,8 @@ Status: correct on the CPU under TRITON_INTERPRET (tests/test_kernels_bulge.py);
 a GPU, so nothing calls it outside its tests and benches.
 
 Built at first launch, once per mode (compiled or interpreted), as kernels/stats.py explains; so,
-again, the body calls no jit helper of ours and reduces with tl.standard._sum_combine.
+again, the body calls no jit function (tl.sum and tl.zeros are ones) and reduces with
+tl.standard._sum_combine.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ pivot never divides.
 Status: correct on the CPU under TRITON_INTERPRET (tests/test_kernels_tridiagonal.py); not yet
 timed on a GPU, so the scan does not use it yet.
 
-Built at first launch, once per mode (compiled or interpreted), as kernels/stats.py explains.
+Built at first launch, once per mode (compiled or interpreted), as kernels/stats.py explains; so
+the body calls no jit function (tl.zeros is one: tl.full instead).
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def _bisect(d_ptr, e_ptr, out_ptr, lower_ptr, upper_ptr, n, pivmin_ptr, ITERATIO
     d_row = d_ptr + matrix * n
     e_row = e_ptr + matrix * (n - 1)
     pivmin = tl.load(pivmin_ptr + matrix)
-    lo = tl.zeros([BLOCK], tl.float64) + tl.load(lower_ptr + matrix)
-    hi = tl.zeros([BLOCK], tl.float64) + tl.load(upper_ptr + matrix)
+    lo = tl.full([BLOCK], 0.0, tl.float64) + tl.load(lower_ptr + matrix)
+    hi = tl.full([BLOCK], 0.0, tl.float64) + tl.load(upper_ptr + matrix)
     step = 0
     while step < ITERATIONS:
         mid = 0.5 * (lo + hi)
