@@ -11,7 +11,9 @@ alone. Eigenvalues are compared with dsbev's (largest |difference| / largest eig
 
     python bench/kernels_bulge.py --out $OUT [--cases 1024:32:64 4096:16:32 ...] [--repeats 3]
 
-Cases are n:bandwidth:batch. Writes kernels_bulge.json into --out.
+Cases are n:bandwidth:batch. The chase takes about n^2 / (2b) sequential steps of b x b work each,
+so on the GPU a wider band may pay where on the host (dsbev, ~n^2 b) it costs: the 4096 cases try
+16, 32 and 64. Writes kernels_bulge.json into --out after each case (a run cut short keeps them).
 (SPECTRUM_FAST_COMMIT names the commit when the checkout has no .git, as on the device tool.)
 """
 
@@ -44,7 +46,7 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-CASES = ("1024:32:64", "1536:32:32", "2048:32:32", "4096:16:8", "4096:16:32", "4096:16:132")
+CASES = ("1024:32:64", "1536:32:32", "2048:32:32", "4096:16:8", "4096:16:32", "4096:32:32", "4096:64:32", "4096:16:132")
 
 
 def grams(batch: int, n: int, seed: int) -> torch.Tensor:
