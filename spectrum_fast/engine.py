@@ -93,7 +93,7 @@ def gpu_batch_plan(max_gpu_memory: int, precision: str = "float64", eigen_route:
         fixed = _CHUNK_BYTES if precision == "float64" else 0
         itemsize = 8 if precision == "float64" else 4
         route = eigen_route
-        if route != "two_stage":
+        if route not in ("two_stage", "two_stage_gpu"):  # both work in place on the Gram
             syevd = eigen.syevd_extra_bytes(k, itemsize)
             fits = fixed + syevd + matrix_device_bytes(n, m, dtype) <= max_gpu_memory
             if route == "auto" and not fits and precision == "float64" and band_eigen.available():

@@ -229,3 +229,33 @@ def test_syevd_on_a_side_stream_matches_the_plain_route(monkeypatch):
     assert [r.snr for r in streamed.rows] == [r.snr for r in plain.rows]
     for row, w in zip(streamed.rows, weights.values()):
         check_row(row, w, ("side stream", row.name))
+
+
+def test_gpu_stage_two_route_matches_syevd(device):
+    """eigen_route "two_stage_gpu": stage 1, the Triton bulge chase and bisection (compiled on
+    CUDA, interpreted on the CPU with small sizes), against syevd, in batches."""
+    n, batch = (40, 3) if device == "cpu" else (1024, 4)
+    g = random_gram(batch, n, 11, "spiked", device=device)
+    truth = torch.linalg.eigvalsh(g).cpu()
+    pending = eigen.eigvalsh_deferred(g.clone(), route="two_stage_gpu")
+    got = pending.result()
+    assert got.shape == (batch, n) and got.dtype == torch.float64 and got.device.type == "cpu"
+    assert ((got - truth).abs().max() / truth.abs().max()).item() < 1e-12, f"[seed={SEED}]"
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_scan_gpu_stage_two_route_matches_float64_svd(kind, device):
+    shapes = [(24, 60), (40, 33), (17, 17)] if device == "cpu" else [(256, 1024), (1024, 1024), (1536, 640)]
+    weights = {f"model.layers.{i}.mlp.p{n}x{m}.weight": KINDS[kind](n, m, 300 + i) for i, (n, m) in enumerate(shapes)}
+    result = spectrum_fast.scan(weights, device=device, progress=False, eigen_route="two_stage_gpu")
+    for row, w in zip(result.rows, weights.values()):
+        check_row(row, w, (kind, device, row.name))
+
+
+def test_gpu_stage_two_route_without_its_kernels_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from spectrum_fast.kernels import bulge
+
+    monkeypatch.setattr(bulge, "available", lambda device: False)
+    with pytest.raises(ValueError, match="two_stage_gpu.*triton"):
+        eigen.eigvalsh_deferred(random_gram(1, 8, 1), route="two_stage_gpu")

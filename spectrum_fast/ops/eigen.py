@@ -1,4 +1,4 @@
-"""All eigenvalues (ascending) of a batch of symmetric matrices: one function, two routes.
+"""All eigenvalues (ascending) of a batch of symmetric matrices: one function, three routes.
 
 - "syevd": torch.linalg.eigvalsh (cuSOLVER syevd on CUDA, LAPACK on CPU): one-stage
   tridiagonalization, bound by memory and launch latency on the GPU (H100, float64: 4096 in
@@ -6,6 +6,9 @@
 - "two_stage": dense -> band on the matrix's device with batched GEMMs (ops.band), then the band's
   eigenvalues by LAPACK dsbev on a pool of host threads (ops.band_eigen). The GPU moves on to the
   next batch while the host solves this one's bands.
+- "two_stage_gpu": both stages on the device: stage 1 as above, then Triton kernels for the band's
+  bulge chase to tridiagonal (kernels.bulge) and the tridiagonal's eigenvalues by bisection
+  (kernels.tridiagonal). Opt-in only: not yet timed on a GPU (bench/kernels_bulge.py will).
 Which route wins is measured (bench/probes/two_stage.log, H100 + 16 cores, float64): at n = 4096
 syevd takes 117 ms per matrix, the two-stage pipeline 74 ms, bound by the host (15 threads of
 dsbev, 70 ms per matrix) while the GPU stage takes 42 ms; at n = 1024, 10.2 against 5.1 ms. So
@@ -37,7 +40,7 @@ def bandwidth_for(n: int) -> int:
     return 32 if n <= 1536 else 16
 
 
-ROUTES = ("auto", "syevd", "two_stage")
+ROUTES = ("auto", "syevd", "two_stage", "two_stage_gpu")
 
 # torch.linalg.eigvalsh copies its whole input batch before solving; solving at most this many
 # bytes of matrices per call bounds that copy. A batched syevd call is no faster than a loop on
@@ -135,6 +138,28 @@ def _solve_band_after(event: torch.cuda.Event | None, rows: np.ndarray) -> np.nd
     return band_eigen.band_eigvalsh(rows)
 
 
+def _two_stage_gpu(g: torch.Tensor) -> PendingEigenvalues:
+    """Both stages on g's device: dense -> band (ops.band), band -> tridiagonal by bulge chasing
+    (kernels.bulge), tridiagonal eigenvalues by bisection (kernels.tridiagonal); only the
+    eigenvalues come to the host. Opt-in (eigen_route="two_stage_gpu") until bench/kernels_bulge.py
+    has timed it on a GPU; "auto" does not pick it. Same band width as the host route for now."""
+    from ..kernels import bulge, tridiagonal
+
+    if not (bulge.available(g.device) and tridiagonal.available(g.device)):
+        raise ValueError(f"the two_stage_gpu eigen route needs triton and a CUDA device, not {g.device}")
+    k = g.shape[-1]
+    width = min(bandwidth_for(k), max(1, k - 1))
+    g = band.reduce_to_band_(g.contiguous(), width)
+    values = tridiagonal.tridiagonal_eigvalsh(*bulge.band_to_tridiagonal_(g, width))
+    if not values.is_cuda:  # the CPU under the interpreter (tests)
+        return PendingEigenvalues(ready=values)
+    host = torch.empty(values.shape, dtype=torch.float64, pin_memory=True)
+    host.copy_(values, non_blocking=True)
+    event = staging.host_wait_event()
+    event.record()
+    return PendingEigenvalues(ready=host, event=event)
+
+
 def eigvalsh_deferred(g: torch.Tensor, route: str = "auto") -> PendingEigenvalues:
     """Start the eigen solve of symmetric ``g`` ([B, k, k]); may overwrite ``g``."""
     if route == "auto":
@@ -143,10 +168,12 @@ def eigvalsh_deferred(g: torch.Tensor, route: str = "auto") -> PendingEigenvalue
         if SYEVD_SIDE_STREAM and g.is_cuda:
             return _syevd_on_side_stream(g)
         return PendingEigenvalues(ready=_syevd(g).to("cpu", torch.float64))
-    if route != "two_stage":
+    if route not in ("two_stage", "two_stage_gpu"):
         raise ValueError(f"unknown eigen route {route!r}: use one of {ROUTES}")
     if g.dtype != torch.float64:
-        raise ValueError("the two-stage route runs in float64 only")
+        raise ValueError(f"the {route} route runs in float64 only")
+    if route == "two_stage_gpu":
+        return _two_stage_gpu(g)
     width = min(bandwidth_for(g.shape[-1]), max(1, g.shape[-1] - 1))
     bands = band.lower_band(band.reduce_to_band_(g, width), width)
     event = None
