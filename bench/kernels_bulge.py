@@ -111,20 +111,22 @@ def main() -> None:
     for case in args.cases:
         n, b, batch = map(int, case.split(":"))
         g = grams(batch, n, seed=n + batch)
-        bands = band.reduce_to_band_(g.clone(), b)
-        rows = band.lower_band(bands, b).cpu().numpy()
+        dense_band = band.reduce_to_band_(g.clone(), b)
+        rows = band.lower_band(dense_band, b).cpu().numpy()
+        bands = band.lower_band(dense_band, 2 * b)  # with room for the bulges
+        del dense_band
 
-        kernel_s = timed(lambda: bulge.band_to_tridiagonal_(bands.clone(), b), args.repeats)
+        kernel_s = timed(lambda: bulge.band_to_tridiagonal(bands.clone(), b), args.repeats)
 
         def bulge_route():
-            d, e = bulge.band_to_tridiagonal_(bands.clone(), b)
+            d, e = bulge.band_to_tridiagonal(bands.clone(), b)
             return dsterf_all(d.cpu().numpy(), e.cpu().numpy(), pool)
 
         def dsbev_route():
             return np.stack(list(pool.map(lambda k: band_eigen.band_eigvalsh(rows[k].copy()), range(batch))))
 
         def all_gpu_route():
-            d, e = bulge.band_to_tridiagonal_(bands.clone(), b)
+            d, e = bulge.band_to_tridiagonal(bands.clone(), b)
             return tridiagonal.tridiagonal_eigvalsh(d, e)
 
         bulge_s = timed(bulge_route, args.repeats)

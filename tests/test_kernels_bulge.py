@@ -24,27 +24,30 @@ if importlib.util.find_spec("triton") is None:
     pytest.skip("the Triton kernels need triton (pip install triton)", allow_module_level=True)
 
 
-def band_to_tridiagonal_(a, b):
+def band_to_tridiagonal_(a, b, width=None):
+    """The kernel on dense [B, n, n] band matrices: put into lower band storage with room for the
+    bulges (``width`` diagonals, default 2b + 1), reduced; -> (d, e, the storage after)."""
     from spectrum_fast.kernels import bulge  # imported at run time: see the module docstring
+    from spectrum_fast.ops.band import lower_band
 
-    return bulge.band_to_tridiagonal_(a, b)
+    bands = lower_band(a, (2 * b if width is None else width - 1))
+    d, e = bulge.band_to_tridiagonal(bands, b)
+    return d, e, bands
 
 SEED = random.SystemRandom().randrange(2**31)
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 KINDS = ["random", "spiked", "clustered", "zero_columns"]
 
 
-def check(bands: np.ndarray, b: int, device: str, context: str) -> None:
-    a = torch.from_numpy(bands.copy()).to(device)
-    d, e = band_to_tridiagonal_(a, b)
-    t = a.cpu().numpy()
-    n = bands.shape[-1]
-    rows, cols = np.indices((n, n))
-    for k in range(bands.shape[0]):
-        scale = np.abs(bands[k]).max()
-        off = np.abs(t[k][np.abs(rows - cols) > 1]).max(initial=0.0)
+def check(dense: np.ndarray, b: int, device: str, context: str) -> None:
+    d, e, after = band_to_tridiagonal_(torch.from_numpy(dense.copy()).to(device), b)
+    after = after.cpu().numpy()
+    n = dense.shape[-1]
+    for k in range(dense.shape[0]):
+        scale = np.abs(dense[k]).max()
+        off = np.abs(after[k][:, 2:]).max(initial=0.0)  # every diagonal past the first subdiagonal
         assert off <= 1e-13 * scale, f"[seed={SEED}] {context} matrix {k}: not tridiagonal ({off:.1e})"
-        want = np.linalg.eigvalsh(bands[k])
+        want = np.linalg.eigvalsh(dense[k])
         got = np.sort(scipy.linalg.eigvalsh_tridiagonal(d[k].cpu().numpy(), e[k].cpu().numpy())) if n > 1 \
             else d[k].cpu().numpy()
         err = np.abs(got - want).max() / max(np.abs(want).max(), 1e-300)
@@ -54,15 +57,16 @@ def check(bands: np.ndarray, b: int, device: str, context: str) -> None:
 @pytest.mark.parametrize("n,b", [(3, 2), (17, 4), (24, 8), (37, 16), (20, 32)])
 def test_batch_of_mixed_bands_reduces_exactly(device, n, b):
     rng = np.random.default_rng([SEED, n, b])
-    bands = np.stack([band_matrix(n, b, kind, rng) for kind in KINDS])
-    check(bands, b, device, f"n={n} b={b}")
+    dense = np.stack([band_matrix(n, b, kind, rng) for kind in KINDS])
+    check(dense, b, device, f"n={n} b={b}")
 
 
 def test_matches_the_numpy_reference(device):
     rng = np.random.default_rng([SEED, 1])
     n, b = 29, 6
     a = band_matrix(n, b, "random", rng)
-    d, e = band_to_tridiagonal_(torch.from_numpy(a.copy()).unsqueeze(0).to(device), b)
+    # the least storage the kernel accepts: 2b diagonals
+    d, e, _ = band_to_tridiagonal_(torch.from_numpy(a.copy()).unsqueeze(0).to(device), b, width=2 * b)
     d_ref, e_ref = band_to_tridiagonal(a, b)
     scale = np.abs(a).max()
     assert np.abs(d[0].cpu().numpy() - d_ref).max() <= 1e-12 * scale, f"[seed={SEED}]"
@@ -70,15 +74,20 @@ def test_matches_the_numpy_reference(device):
 
 
 def test_trivial_sizes_and_bad_input(device):
+    from spectrum_fast.kernels import bulge
+
     for n in (1, 2):
         a = torch.rand(2, n, n, dtype=torch.float64, device=device)
         a = a + a.mT
-        d, e = band_to_tridiagonal_(a.clone(), 1)
+        d, e, _ = band_to_tridiagonal_(a.clone(), 1)
         assert torch.equal(d, a.diagonal(dim1=-2, dim2=-1)) and e.shape == (2, n - 1)
+        assert torch.equal(e, a.diagonal(offset=-1, dim1=-2, dim2=-1))
     with pytest.raises(ValueError, match="float64"):
-        band_to_tridiagonal_(torch.zeros(1, 4, 4, device=device), 2)
+        bulge.band_to_tridiagonal(torch.zeros(1, 8, 9, device=device), 4)
     with pytest.raises(ValueError, match="bandwidth"):
-        band_to_tridiagonal_(torch.zeros(1, 4, 4, dtype=torch.float64, device=device), 0)
+        bulge.band_to_tridiagonal(torch.zeros(1, 8, 9, dtype=torch.float64, device=device), 0)
+    with pytest.raises(ValueError, match="room for the bulges"):
+        bulge.band_to_tridiagonal(torch.zeros(1, 8, 5, dtype=torch.float64, device=device), 4)
 
 
 @pytest.mark.gpu

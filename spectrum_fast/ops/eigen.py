@@ -149,8 +149,8 @@ def _two_stage_gpu(g: torch.Tensor) -> PendingEigenvalues:
         raise ValueError(f"the two_stage_gpu eigen route needs triton and a CUDA device, not {g.device}")
     k = g.shape[-1]
     width = min(bandwidth_for(k), max(1, k - 1))
-    g = band.reduce_to_band_(g.contiguous(), width)
-    values = tridiagonal.tridiagonal_eigvalsh(*bulge.band_to_tridiagonal_(g, width))
+    bands = band.lower_band(band.reduce_to_band_(g.contiguous(), width), 2 * width)  # room for the bulges
+    values = tridiagonal.tridiagonal_eigvalsh(*bulge.band_to_tridiagonal(bands, width))
     if not values.is_cuda:  # the CPU under the interpreter (tests)
         return PendingEigenvalues(ready=values)
     host = torch.empty(values.shape, dtype=torch.float64, pin_memory=True)
