@@ -138,11 +138,27 @@ def _solve_band_after(event: torch.cuda.Event | None, rows: np.ndarray) -> np.nd
     return band_eigen.band_eigvalsh(rows)
 
 
+# The GPU stage 2 kernels run one program per matrix, so one batch's launch fills a few SMs for a
+# long time: batches go round-robin to this many side streams, whose launches then run side by
+# side, while the current stream goes on with the next batches' Grams and band reductions.
+GPU_STAGE2_STREAMS = 8
+_stage2_streams: dict[torch.device, list] = {}
+
+
+def _next_stage2_stream(device: torch.device) -> torch.cuda.Stream:
+    pool = _stage2_streams.get(device)
+    if pool is None:
+        pool = _stage2_streams.setdefault(device, [0, [torch.cuda.Stream(device) for _ in range(GPU_STAGE2_STREAMS)]])
+    pool[0] = (pool[0] + 1) % len(pool[1])
+    return pool[1][pool[0]]
+
+
 def _two_stage_gpu(g: torch.Tensor) -> PendingEigenvalues:
     """Both stages on g's device: dense -> band (ops.band), band -> tridiagonal by bulge chasing
-    (kernels.bulge), tridiagonal eigenvalues by bisection (kernels.tridiagonal); only the
-    eigenvalues come to the host. Opt-in (eigen_route="two_stage_gpu") until bench/kernels_bulge.py
-    has timed it on a GPU; "auto" does not pick it. Same band width as the host route for now."""
+    (kernels.bulge) and the tridiagonal's eigenvalues by bisection (kernels.tridiagonal), those two
+    on a side stream (GPU_STAGE2_STREAMS); only the eigenvalues come to the host. Opt-in
+    (eigen_route="two_stage_gpu") until bench/kernels_bulge.py has timed it on a GPU: "auto" does
+    not pick it. Same band width as the host route for now."""
     from ..kernels import bulge, tridiagonal
 
     if not (bulge.available(g.device) and tridiagonal.available(g.device)):
@@ -150,13 +166,17 @@ def _two_stage_gpu(g: torch.Tensor) -> PendingEigenvalues:
     k = g.shape[-1]
     width = min(bandwidth_for(k), max(1, k - 1))
     bands = band.lower_band(band.reduce_to_band_(g.contiguous(), width), 2 * width)  # room for the bulges
-    values = tridiagonal.tridiagonal_eigvalsh(*bulge.band_to_tridiagonal(bands, width))
-    if not values.is_cuda:  # the CPU under the interpreter (tests)
-        return PendingEigenvalues(ready=values)
-    host = torch.empty(values.shape, dtype=torch.float64, pin_memory=True)
-    host.copy_(values, non_blocking=True)
-    event = staging.host_wait_event()
-    event.record()
+    if not bands.is_cuda:  # the CPU under the interpreter (tests)
+        return PendingEigenvalues(ready=tridiagonal.tridiagonal_eigvalsh(*bulge.band_to_tridiagonal(bands, width)))
+    stream = _next_stage2_stream(bands.device)
+    stream.wait_stream(torch.cuda.current_stream(bands.device))  # the bands are complete
+    with torch.cuda.stream(stream):
+        values = tridiagonal.tridiagonal_eigvalsh(*bulge.band_to_tridiagonal(bands, width))
+        host = torch.empty(values.shape, dtype=torch.float64, pin_memory=True)
+        host.copy_(values, non_blocking=True)
+        event = staging.host_wait_event()
+        event.record(stream)
+    bands.record_stream(stream)  # made on the current stream, read on the side stream
     return PendingEigenvalues(ready=host, event=event)
 
 
