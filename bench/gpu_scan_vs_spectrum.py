@@ -94,6 +94,7 @@ def main() -> None:
     ap.add_argument("--reference-layers", type=int, default=LLAMA3_8B_LAYERS,
                     help="layers timed for Spectrum's computation (all by default)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the read, scan and compute timings")
+    ap.add_argument("--extra-routes", nargs="*", default=[], help="eigen routes also timed once, warm (two_stage_gpu)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     folder = Path(args.folder)
@@ -166,6 +167,8 @@ def main() -> None:
     warm_page_cache(folder)
     one_scan("exact_syevd_warm", folder, route="syevd")
     one_scan("float32_warm", folder, precision="float32")
+    for route in args.extra_routes:  # e.g. two_stage_gpu, not yet in "auto"
+        one_scan(f"exact_{route}_warm", folder, route=route)
     torch.cuda.empty_cache()
     res["scan"] = runs
 
@@ -201,7 +204,8 @@ def main() -> None:
             w = f.get_tensor(mod + ".weight")
         truth = truth_snr(w)
         row = {"matrix": mod, "truth": truth}
-        for label in ("exact_cold", "exact_warm", "exact_syevd_warm", "exact_gpu_resident", "float32_warm"):
+        for label in ("exact_cold", "exact_warm", "exact_syevd_warm", "exact_gpu_resident", "float32_warm",
+                      *(f"exact_{route}_warm" for route in args.extra_routes)):
             row[label] = abs(runs[label]["snr"][mod] - truth) / truth
         if mod in ref_snr:
             row["spectrum_fp32_svdvals"] = abs(ref_snr[mod] - truth) / truth
