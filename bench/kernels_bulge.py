@@ -7,7 +7,8 @@
 - ``syevd``: cuSOLVER on the dense Gram (torch.linalg.eigvalsh), for scale (on up to 8 of them).
 Same bands, same run; time per matrix = wall time of the batch / batch, device synchronized,
 median of --repeats after a warm-up (which compiles the kernel). The kernel's part is also timed
-alone. Eigenvalues are compared with dsbev's (largest |difference| / largest eigenvalue).
+alone, and once per --num-warps value (warps per program). A case can take long if the kernel
+is slow: give the command a timeout; the JSON is rewritten after each case. Eigenvalues are compared with dsbev's (largest |difference| / largest eigenvalue).
 
     python bench/kernels_bulge.py --out $OUT [--cases 1024:32:64 4096:16:32 ...] [--repeats 3]
 
@@ -95,6 +96,8 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=list(CASES), help="n:bandwidth:batch")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--num-warps", nargs="*", type=int, default=[1, 2, 4],
+                    help="warps per program to compare for the chase kernel (CUDA only)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     global DEVICE
@@ -117,6 +120,11 @@ def main() -> None:
         del dense_band
 
         kernel_s = timed(lambda: bulge.band_to_tridiagonal(bands.clone(), b), args.repeats)
+        by_warps = {w: 1e3 * timed(lambda: bulge.band_to_tridiagonal(bands.clone(), b, num_warps=w), 1) / batch
+                    for w in args.num_warps} if DEVICE == "cuda" else {}
+        if by_warps:
+            print(f"  n={n} b={b} batch={batch}: kernel ms/matrix by warps per program "
+                  + ", ".join(f"{w}: {t:.2f}" for w, t in by_warps.items()), flush=True)
 
         def bulge_route():
             d, e = bulge.band_to_tridiagonal(bands.clone(), b)
@@ -140,7 +148,7 @@ def main() -> None:
         diff_all_gpu = float(np.abs(all_gpu - theirs).max() / np.abs(theirs).max())
         row = {"n": n, "bandwidth": b, "batch": batch, "kernel_ms": 1e3 * kernel_s / batch,
                "bulge_dsterf_ms": 1e3 * bulge_s / batch, "dsbev_host_ms": 1e3 * dsbev_s / batch,
-               "all_gpu_ms": 1e3 * all_gpu_s / batch, "syevd_ms": 1e3 * syevd_s / batch,
+               "kernel_ms_by_num_warps": by_warps, "all_gpu_ms": 1e3 * all_gpu_s / batch, "syevd_ms": 1e3 * syevd_s / batch,
                "max_eig_diff": diff, "max_eig_diff_all_gpu": diff_all_gpu}
         res["rows"].append(row)
         print(f"| {n} | {b} | {batch} | {row['kernel_ms']:.2f} | {row['bulge_dsterf_ms']:.2f} | {row['all_gpu_ms']:.2f} | "

@@ -133,11 +133,21 @@ def available(device: torch.device | str) -> bool:
     return device.type == "cpu" and _interpreting()
 
 
-def band_to_tridiagonal(bands: torch.Tensor, bandwidth: int) -> tuple[torch.Tensor, torch.Tensor]:
+def default_num_warps(block: int) -> int:
+    """Warps per program. A step is a chain of small reductions over one BLOCK x BLOCK tile: within
+    one warp they are register shuffles, across warps they go through shared memory and a barrier
+    each, and fewer warps per program let more programs (matrices) share an SM. A guess until
+    bench/kernels_bulge.py --num-warps has measured it."""
+    return 1 if block <= 32 else 2
+
+
+def band_to_tridiagonal(bands: torch.Tensor, bandwidth: int,
+                        num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Reduce symmetric band matrices given in lower band storage, ``bands`` [B, n, width] float64
     with bands[:, c, d] = A[c + d, c] (ops.band.lower_band's layout) and width >= 2 * bandwidth
     (room for the bulges; the diagonals past ``bandwidth`` zero), in place to similar tridiagonal
-    matrices. -> (diagonals [B, n], subdiagonals [B, n - 1])."""
+    matrices. -> (diagonals [B, n], subdiagonals [B, n - 1]). ``num_warps``: per program, on CUDA
+    (default_num_warps)."""
     if not available(bands.device):
         raise RuntimeError(f"band_to_tridiagonal: the Triton kernel can't run on {bands.device} "
                            "(needs triton, and CUDA, or TRITON_INTERPRET=1 on the CPU)")
@@ -156,7 +166,7 @@ def band_to_tridiagonal(bands: torch.Tensor, bandwidth: int) -> tuple[torch.Tens
         launch = _kernel(_interpreting())[(batch,)]
         if bands.device.type == "cuda" and not _interpreting():
             with torch.cuda.device(bands.device):
-                launch(bands, n, bandwidth, width, BLOCK=block, num_warps=4)
+                launch(bands, n, bandwidth, width, BLOCK=block, num_warps=num_warps or default_num_warps(block))
         else:
             launch(bands, n, bandwidth, width, BLOCK=block)
     return bands[:, :, 0].clone(), bands[:, : n - 1, 1].clone() if width > 1 else bands.new_zeros(batch, max(n - 1, 0))
