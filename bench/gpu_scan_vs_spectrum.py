@@ -173,9 +173,6 @@ def main() -> None:
     res["scan"] = runs
 
     # Spectrum's computation: fp32 weights already on the GPU, svdvals per matrix.
-    from safetensors import safe_open
-
-    index = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
     ref_snr, ref_time, per_shape = {}, 0.0, {}
     for layer in range(args.reference_layers):
         names = [f"model.layers.{layer}.{suffix}.weight" for suffix, _, _ in LLAMA3_8B]

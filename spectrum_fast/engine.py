@@ -141,6 +141,14 @@ def staging_bytes(batches: list[Batch]) -> int:
                for b in batches)
 
 
+def file_offsets(source: WeightSource, batch: Batch, dtype: torch.dtype) -> list[int | None]:
+    """Where each matrix of the batch starts in its file (an expert inside its fused tensor), or
+    None for a source that does not read files as stored."""
+    matrix_bytes = batch.n * batch.m * dtype.itemsize
+    return [None if (o := source.file_offset(t.tensor)) is None else o + (t.expert or 0) * matrix_bytes
+            for t in batch.tasks]
+
+
 @dataclass
 class _Staged:
     """A batch in a pinned staging buffer: one [n, m] view per matrix (staging.staged_views)."""
@@ -172,10 +180,8 @@ def _load_batch(source: WeightSource, batch: Batch, device: torch.device, io_poo
             block = torch.empty(staging_bytes([batch]), dtype=torch.uint8, pin_memory=True)
         else:
             block = ring.acquire()
-        matrix_bytes = batch.n * batch.m * dtype.itemsize
-        offsets = [None if (o := source.file_offset(t.tensor)) is None else o + (t.expert or 0) * matrix_bytes
-                   for t in batch.tasks]
-        staged = _Staged(block, staging.staged_views(block, offsets, batch.n, batch.m, dtype))
+        views = staging.staged_views(block, file_offsets(source, batch, dtype), batch.n, batch.m, dtype)
+        staged = _Staged(block, views)
         _read_pieces(source, batch, staged.views, io_pool)
         return staged, time.perf_counter() - start
     stream = torch.cuda.Stream(device)
@@ -244,7 +250,7 @@ class _Loaded:
             out = torch.empty((len(buf.views), *first.shape), dtype=first.dtype, device=self._device)
             for i, view in enumerate(buf.views):
                 out[i].copy_(view, non_blocking=True)
-            done = staging.copy_done_event()
+            done = staging.host_wait_event()
         if stream is not None:
             out.record_stream(consumer)  # made on ``stream``, freed after the consumer's kernels
         if self._ring is not None:

@@ -18,8 +18,10 @@ def host_anon_bytes() -> int | None:
 
 
 def pinned_host_bytes() -> int:
-    """Page-locked host memory held by torch's pinned allocator (the GPU scan's staging buffers,
-    cached blocks included). It is not in RssAnon: the CUDA driver maps it."""
+    """Page-locked host memory held by torch's pinned allocator (the eigen stage's device-to-host
+    copies, cached blocks included). It is not in RssAnon: the CUDA driver maps it. The staging
+    ring's buffers (staging.PinnedRing) are ordinary memory page-locked in place, so RssAnon
+    counts them already."""
     try:
         stats = torch.cuda.host_memory_stats()
     except (AttributeError, RuntimeError, AssertionError):  # older torch, or no CUDA

@@ -56,13 +56,10 @@ BLOCKING_SYNC = True
 
 
 def host_wait_event() -> torch.cuda.Event:
-    """A CUDA event for a host thread to wait on (see BLOCKING_SYNC); record it yourself."""
-    return torch.cuda.Event(blocking=BLOCKING_SYNC)
-
-
-def copy_done_event() -> torch.cuda.Event:
-    """An event recorded on the current stream, after the copies out of a staging buffer."""
-    event = host_wait_event()
+    """A CUDA event recorded now on the current stream, for a host thread to wait on (see
+    BLOCKING_SYNC): it passes once the work queued so far (copies out of a staging buffer, a
+    device-to-host copy) is done."""
+    event = torch.cuda.Event(blocking=BLOCKING_SYNC)
     event.record()
     return event
 

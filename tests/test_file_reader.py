@@ -50,36 +50,52 @@ def _read_all(reader, data, rng):
         assert np.array_equal(view.numpy(), data[offset : offset + n]), f"[seed={SEED}] bytes {offset}+{n}"
 
 
-def _count_direct_reads(monkeypatch, reader):
-    calls = {"direct": 0, "cached": 0}
+def _count_reads(monkeypatch) -> dict[int, int]:
+    """Bytes read per file descriptor from now on (direct and cached descriptors differ)."""
+    read_bytes: dict[int, int] = {}
     real = file_reader._pread_all
 
     def counting(fd, view, offset):
-        calls["direct" if fd == reader._direct_fd else "cached"] += len(view)
+        read_bytes[fd] = read_bytes.get(fd, 0) + len(view)
         return real(fd, view, offset)
 
     monkeypatch.setattr(file_reader, "_pread_all", counting)
-    return calls
+    return read_bytes
 
 
-@needs_direct
-def test_uncached_ranges_are_read_direct_and_exact(data_file, monkeypatch):
+def _direct_and_cached(read_bytes: dict[int, int], reader: FileReader) -> tuple[int, int]:
+    direct = read_bytes.get(reader._direct_fd, 0)
+    return direct, sum(read_bytes.values()) - direct
+
+
+@pytest.fixture
+def cold_reader(data_file, monkeypatch):
+    """A reader of the data file that can read directly, every range seen as uncached (as after
+    a cold start); -> (reader, data). Skips where the file system refuses O_DIRECT."""
     path, data = data_file
     reader = FileReader(str(path))
     if reader._direct_fd is None:
+        reader.close()
         pytest.skip("this file system refuses O_DIRECT")
-    monkeypatch.setattr(FileReader, "_cached_share", lambda self, a, b: 0.0)  # as after a cold start
-    calls = _count_direct_reads(monkeypatch, reader)
+    monkeypatch.setattr(FileReader, "_cached_share", lambda self, a, b: 0.0)
+    return reader, data
+
+
+@needs_direct
+def test_uncached_ranges_are_read_direct_and_exact(cold_reader, monkeypatch):
+    reader, data = cold_reader
+    read_bytes = _count_reads(monkeypatch)
     _read_all(reader, data, np.random.default_rng(SEED))
+    direct, cached = _direct_and_cached(read_bytes, reader)
     reader.close()
-    assert calls["direct"] > calls["cached"] > 0, calls  # bodies direct, heads and tails cached
+    assert direct > cached > 0, (direct, cached)  # bodies direct, heads and tails cached
 
 
 def test_cached_ranges_and_misaligned_buffers_go_through_the_page_cache(data_file, monkeypatch):
     path, data = data_file
     reader = FileReader(str(path))
     monkeypatch.setattr(FileReader, "_cached_share", lambda self, a, b: 1.0)
-    calls = _count_direct_reads(monkeypatch, reader)
+    read_bytes = _count_reads(monkeypatch)
     _read_all(reader, data, np.random.default_rng(SEED + 1))
     # a buffer whose phase differs from the file offset's cannot take a direct read
     monkeypatch.setattr(FileReader, "_cached_share", lambda self, a, b: 0.0)
@@ -88,17 +104,14 @@ def test_cached_ranges_and_misaligned_buffers_go_through_the_page_cache(data_fil
     view = block[first : first + (3 << 20)]
     reader.read_into(memoryview(view.numpy()), view.data_ptr(), 0)
     assert np.array_equal(view.numpy(), data[: 3 << 20]), f"[seed={SEED}]"
+    direct, cached = _direct_and_cached(read_bytes, reader)
     reader.close()
-    assert calls["direct"] == 0 and calls["cached"] > 0
+    assert direct == 0 and cached > 0
 
 
 @needs_direct
-def test_a_refused_direct_read_falls_back_to_the_page_cache(data_file, monkeypatch):
-    path, data = data_file
-    reader = FileReader(str(path))
-    if reader._direct_fd is None:
-        pytest.skip("this file system refuses O_DIRECT")
-    monkeypatch.setattr(FileReader, "_cached_share", lambda self, a, b: 0.0)
+def test_a_refused_direct_read_falls_back_to_the_page_cache(cold_reader, monkeypatch):
+    reader, data = cold_reader
     real = file_reader._pread_all
 
     def refusing(fd, view, offset):
@@ -157,21 +170,14 @@ def test_staging_views_take_each_matrix_at_its_file_phase(tmp_path, monkeypatch)
     src = open_source(tmp_path)
     monkeypatch.setattr(FileReader, "_cached_share", lambda self, a, b: 0.0)
     monkeypatch.setattr(file_reader, "MIN_DIRECT_BYTES", 64 << 10)
-    read_bytes: dict[int, int] = {}
-    real = file_reader._pread_all
-
-    def counting(fd, view, offset):
-        read_bytes[fd] = read_bytes.get(fd, 0) + len(view)
-        return real(fd, view, offset)
-
-    monkeypatch.setattr(file_reader, "_pread_all", counting)
+    read_bytes = _count_reads(monkeypatch)
     tasks, _ = plan_tasks(src.tensors(), "auto", False)
     batches = engine.plan_batches(tasks, 1 << 40)
     phases = set()
     with engine.ThreadPoolExecutor(4) as pool:
         for batch in batches:
             block = staging.PinnedRing(1, engine.staging_bytes([batch]), pin=False).acquire()
-            offsets = [src.file_offset(t.tensor) + (t.expert or 0) * batch.n * batch.m * 2 for t in batch.tasks]
+            offsets = engine.file_offsets(src, batch, torch.bfloat16)
             views = staging.staged_views(block, offsets, batch.n, batch.m, torch.bfloat16)
             for v in views:
                 v.fill_(float("nan"))

@@ -20,18 +20,15 @@ a barrier between a step's stores and the next loads.
 Status: correct on the CPU under TRITON_INTERPRET (tests/test_kernels_bulge.py); not yet timed on
 a GPU, so nothing calls it outside its tests and benches.
 
-Built at first launch, once per mode (compiled or interpreted), as kernels/stats.py explains; so,
-again, the body calls no jit function (tl.sum and tl.zeros are ones) and reduces with
-tl.standard._sum_combine.
+Built at first launch, once per mode (compiled or interpreted): kernels/runtime.py; so the body
+calls no jit function (tl.sum and tl.zeros are ones) and reduces with tl.standard._sum_combine.
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from .stats import _interpreting
+from . import runtime
 
 try:
     import triton
@@ -43,7 +40,14 @@ except ImportError:
 def _bulge_chase(band_ptr, n, bandwidth, width, BLOCK: tl.constexpr):
     """One program = one matrix, in lower band storage: band[c, d] = A[c + d, c] for d < width
     (row-major [n, width], width >= 2 * bandwidth so the bulges fit). Element (r, c) of the
-    symmetric matrix lives at min(r, c) * width + |r - c|."""
+    symmetric matrix lives at min(r, c) * width + |r - c|.
+
+    Each step of a sweep takes the block of rows jr .. jr + rows_in - 1, columns jc .. jc +
+    cols_in - 1 (all below the diagonal), whose first column is to be annihilated below its top:
+    at the sweep's start that is column i alone (jc = i, jr = i + 1); down the chase it is the
+    fill of the block below the last diagonal block. One reflector does it, from the left; the
+    diagonal block at jr then gets it on both sides, and the block below that, from the right,
+    which makes the next step's fill."""
     band = band_ptr + tl.program_id(0).to(tl.int64) * n * width
     r = tl.arange(0, BLOCK)
     rows = r[:, None]
@@ -54,40 +58,16 @@ def _bulge_chase(band_ptr, n, bandwidth, width, BLOCK: tl.constexpr):
     lower_half = rows >= cols
     i = 0
     while i < n - 2:
-        j1 = i + 1
-        len1 = tl.minimum(bandwidth, n - j1)
-        # Reflector for column i, rows j1 .. j1 + len1 - 1: band[i, 1 + r] (dlarfg's formulas; no
-        # rescaling: Gram entries are far from float64's range limits).
-        x = tl.load(band + i * width + 1 + r, mask=r < len1, other=0.0)
-        alpha = tl.reduce(tl.where(r == 0, x, 0.0), 0, tl.standard._sum_combine)
-        sigma = tl.reduce(tl.where(r > 0, x * x, 0.0), 0, tl.standard._sum_combine)
-        norm = tl.sqrt(alpha * alpha + sigma)
-        beta = tl.where(alpha >= 0, -norm, norm)
-        trivial = sigma == 0.0
-        beta = tl.where(trivial, alpha, beta)
-        tau = tl.where(trivial, 0.0, (beta - alpha) / tl.where(trivial, 1.0, beta))
-        scale = tl.where(trivial, 0.0, 1.0 / tl.where(trivial, 1.0, alpha - beta))
-        v = tl.where(r == 0, 1.0, x * scale)
-        tl.store(band + i * width + 1 + r, tl.where(r == 0, beta, 0.0), mask=r < len1)
-        # Diagonal block: d <- H d H (lower triangle stored).
-        inside = (rows < len1) & (cols < len1)
-        d_ptrs = band + j1 * width + diag_offsets
-        d = tl.load(d_ptrs, mask=inside, other=0.0)
-        w = tau * tl.reduce(d * v[None, :], 1, tl.standard._sum_combine)
-        w -= (0.5 * tau * tl.reduce(v * w, 0, tl.standard._sum_combine)) * v
-        d -= v[:, None] * w[None, :] + w[:, None] * v[None, :]
-        tl.store(d_ptrs, d, mask=inside & lower_half)
-        tl.debug_barrier()
-        # The chase, block by block down the matrix.
-        while j1 + len1 < n:
-            j2 = j1 + len1
-            len2 = tl.minimum(bandwidth, n - j2)
-            below = (rows < len2) & (cols < len1)
-            # element (j2 + p, j1 + q): column j1 + q, diagonal len1 + p - q (1 .. 2b - 1)
-            b_ptrs = band + (j1 + cols) * width + (len1 + rows - cols)
-            blk = tl.load(b_ptrs, mask=below, other=0.0)
-            blk -= tl.reduce(blk * v[None, :], 1, tl.standard._sum_combine)[:, None] * (tau * v)[None, :]
-            # Reflector for the fill's first column (tau 0 when the block has one row).
+        jc = i
+        jr = i + 1
+        cols_in = 1
+        rows_in = tl.minimum(bandwidth, n - jr)
+        # element (jr + p, jc + q): column jc + q, diagonal jr - jc + p - q
+        b_ptrs = band + (jc + cols) * width + (jr - jc + rows - cols)
+        blk = tl.load(b_ptrs, mask=(rows < rows_in) & (cols < cols_in), other=0.0)
+        while jr < n:
+            # Reflector for the block's first column (dlarfg's formulas; no rescaling: Gram entries
+            # are far from float64's range limits; tau 0 when the block has one row).
             x = tl.reduce(tl.where(cols == 0, blk, 0.0), 1, tl.standard._sum_combine)
             alpha = tl.reduce(tl.where(r == 0, x, 0.0), 0, tl.standard._sum_combine)
             sigma = tl.reduce(tl.where(r > 0, x * x, 0.0), 0, tl.standard._sum_combine)
@@ -97,40 +77,33 @@ def _bulge_chase(band_ptr, n, bandwidth, width, BLOCK: tl.constexpr):
             beta = tl.where(trivial, alpha, beta)
             tau = tl.where(trivial, 0.0, (beta - alpha) / tl.where(trivial, 1.0, beta))
             scale = tl.where(trivial, 0.0, 1.0 / tl.where(trivial, 1.0, alpha - beta))
-            v = tl.where(r == 0, 1.0, tl.where(r < len2, x * scale, 0.0))
+            v = tl.where(r == 0, 1.0, x * scale)  # x is 0 past the block's rows
             blk -= (tau * v)[:, None] * tl.reduce(v[:, None] * blk, 0, tl.standard._sum_combine)[None, :]
             blk = tl.where(cols == 0, tl.where(rows == 0, beta, 0.0), blk)
-            tl.store(b_ptrs, blk, mask=below)
-            inside = (rows < len2) & (cols < len2)
-            d_ptrs = band + j2 * width + diag_offsets
+            tl.store(b_ptrs, blk, mask=(rows < rows_in) & (cols < cols_in))
+            # Diagonal block at jr: d <- H d H (lower triangle stored).
+            inside = (rows < rows_in) & (cols < rows_in)
+            d_ptrs = band + jr * width + diag_offsets
             d = tl.load(d_ptrs, mask=inside, other=0.0)
             w = tau * tl.reduce(d * v[None, :], 1, tl.standard._sum_combine)
             w -= (0.5 * tau * tl.reduce(v * w, 0, tl.standard._sum_combine)) * v
             d -= v[:, None] * w[None, :] + w[:, None] * v[None, :]
             tl.store(d_ptrs, d, mask=inside & lower_half)
             tl.debug_barrier()
-            j1 = j2
-            len1 = len2
+            # The block below it, from the right: the next step's fill (empty past the end).
+            jc = jr
+            cols_in = rows_in
+            jr = jr + rows_in
+            rows_in = tl.minimum(bandwidth, n - jr)
+            b_ptrs = band + (jc + cols) * width + (jr - jc + rows - cols)
+            blk = tl.load(b_ptrs, mask=(rows < rows_in) & (cols < cols_in), other=0.0)
+            blk -= tl.reduce(blk * v[None, :], 1, tl.standard._sum_combine)[:, None] * (tau * v)[None, :]
         i += 1
-
-
-@functools.lru_cache(maxsize=None)
-def _kernel(interpret: bool):
-    if interpret:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        return InterpretedFunction(_bulge_chase)
-    return triton.runtime.jit.JITFunction(_bulge_chase)
 
 
 def available(device: torch.device | str) -> bool:
     """triton importable, and a CUDA device, or the CPU under TRITON_INTERPRET=1 (tests)."""
-    if triton is None or not hasattr(getattr(tl, "standard", None), "_sum_combine"):
-        return False
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available()
-    return device.type == "cpu" and _interpreting()
+    return runtime.available(device, needs_sum_combine=True)
 
 
 def default_num_warps(block: int) -> int:
@@ -163,10 +136,6 @@ def band_to_tridiagonal(bands: torch.Tensor, bandwidth: int,
                          f"give at least {2 * bandwidth} diagonals")
     if batch and n > 2 and bandwidth > 1:
         block = max(16, triton.next_power_of_2(min(bandwidth, n)))
-        launch = _kernel(_interpreting())[(batch,)]
-        if bands.device.type == "cuda" and not _interpreting():
-            with torch.cuda.device(bands.device):
-                launch(bands, n, bandwidth, width, BLOCK=block, num_warps=num_warps or default_num_warps(block))
-        else:
-            launch(bands, n, bandwidth, width, BLOCK=block)
+        runtime.launch(runtime.build(_bulge_chase, runtime.interpreting()), (batch,), bands.device,
+                       (bands, n, bandwidth, width), BLOCK=block, num_warps=num_warps or default_num_warps(block))
     return bands[:, :, 0].clone(), bands[:, : n - 1, 1].clone() if width > 1 else bands.new_zeros(batch, max(n - 1, 0))

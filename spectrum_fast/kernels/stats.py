@@ -19,20 +19,18 @@ Exactness (tests/test_kernels_stats.py checks it against the torch reference):
   on AVX2/AVX-512 builds, is one ulp off for about 1 in 80 values); signal, noise and snr are sums
   in another order, equal to a few ulps.
 
-Compiled or interpreted: plain ``triton.jit`` decides when it decorates (at import), from
-TRITON_INTERPRET. This module builds the kernel at first launch instead, once per mode, and picks
-the mode at every launch, so TRITON_INTERPRET only has to be set when the kernel is launched, and
-CPU (interpreted) and CUDA (compiled) launches can share one process.
+Compiled or interpreted: built at first launch, once per mode, and the mode picked at every
+launch (kernels/runtime.py), so TRITON_INTERPRET only has to be set when the kernel is launched,
+and CPU (interpreted) and CUDA (compiled) launches can share one process.
 """
 
 # Annotations stay strings, so the kernel's ``tl.constexpr`` needs no triton at import time
 # (triton reads the string "tl.constexpr" as constexpr all the same).
 from __future__ import annotations
 
-import functools
-import os
-
 import torch
+
+from . import runtime
 
 try:
     import triton
@@ -115,9 +113,8 @@ def _snr_statistics_rows(eigvals_ptr, out_ptr, k, short_side, long_side, BLOCK: 
 _NOT_SPECIALIZED = ["short_side", "long_side"]
 
 
-@functools.lru_cache(maxsize=None)
 def _kernel(interpret: bool):
-    """The kernel for one mode, built on first use (see the module docstring for why).
+    """The kernel for one mode, built on first use (kernels/runtime.py says why).
 
     Triton 3.6 turns a kernel's callees into compiled or interpreted functions once, when they are
     decorated, and neither mode can call the other's. So the kernel body calls no jit function
@@ -127,29 +124,13 @@ def _kernel(interpret: bool):
     both modes work when triton is imported without TRITON_INTERPRET, as in a test session or a
     scan (a process started with TRITON_INTERPRET=1 interprets everything, CUDA included).
     """
-    if interpret:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        return InterpretedFunction(_snr_statistics_rows, do_not_specialize=_NOT_SPECIALIZED)
-    return triton.runtime.jit.JITFunction(_snr_statistics_rows, do_not_specialize=_NOT_SPECIALIZED)
-
-
-def _interpreting() -> bool:
-    knobs = getattr(triton, "knobs", None)
-    if knobs is not None:
-        return bool(knobs.runtime.interpret)
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    return runtime.build(_snr_statistics_rows, interpret, tuple(_NOT_SPECIALIZED))
 
 
 def available(device: torch.device | str) -> bool:
     """Whether the kernel can run on ``device``: triton importable, and a CUDA device, or the CPU
     with TRITON_INTERPRET=1 (Triton's interpreter, for tests)."""
-    if triton is None or not hasattr(getattr(tl, "standard", None), "_sum_combine"):
-        return False  # the kernel reduces with triton 3.6's tl.standard._sum_combine (see _kernel)
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available()
-    return device.type == "cpu" and _interpreting()
+    return runtime.available(device, needs_sum_combine=True)
 
 
 def _launch_shape(k: int) -> tuple[int, int]:
@@ -180,17 +161,9 @@ def snr_statistics_triton(eigvals: torch.Tensor, n: int, m: int) -> torch.Tensor
     if batch == 0:
         return out
     block, num_warps = _launch_shape(k)
-    launch = _kernel(_interpreting())[(batch,)]
     args = (eigvals, out, k, min(n, m), max(n, m))
-    options = dict(BLOCK=block, num_warps=num_warps, enable_fp_fusion=False)  # the interpreter ignores the last two
-    if eigvals.device.type == "cuda" and not _interpreting():
-        with torch.cuda.device(eigvals.device):  # Triton launches on the current device
-            launch(*args, **options)
-    else:
-        import numpy as np
-
-        # The interpreter computes with numpy, which warns where the GPU silently gives inf or NaN
-        # (signal / 0 noise, NaN rows), as torch does: results are the same, warnings are noise.
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            launch(*args, **options)
+    # The interpreter computes with numpy, which warns where the GPU silently gives inf or NaN
+    # (signal / 0 noise, NaN rows), as torch does: results are the same (runtime.launch quiets it).
+    runtime.launch(_kernel(runtime.interpreting()), (batch,), eigvals.device, args,
+                   BLOCK=block, num_warps=num_warps, enable_fp_fusion=False)  # the interpreter ignores the last two
     return out

@@ -17,17 +17,15 @@ pivot never divides.
 Status: correct on the CPU under TRITON_INTERPRET (tests/test_kernels_tridiagonal.py); not yet
 timed on a GPU, so the scan does not use it yet.
 
-Built at first launch, once per mode (compiled or interpreted), as kernels/stats.py explains; so
-the body calls no jit function (tl.zeros is one: tl.full instead).
+Built at first launch, once per mode (compiled or interpreted): kernels/runtime.py; so the body
+calls no jit function (tl.zeros is one: tl.full instead).
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from .stats import _interpreting
+from . import runtime
 
 try:
     import triton
@@ -73,23 +71,9 @@ def _bisect(d_ptr, e_ptr, out_ptr, lower_ptr, upper_ptr, n, pivmin_ptr, ITERATIO
     tl.store(out_ptr + matrix * n + k, 0.5 * (lo + hi), mask=valid)
 
 
-@functools.lru_cache(maxsize=None)
-def _kernel(interpret: bool):
-    if interpret:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        return InterpretedFunction(_bisect)
-    return triton.runtime.jit.JITFunction(_bisect)
-
-
 def available(device: torch.device | str) -> bool:
     """triton importable, and a CUDA device, or the CPU under TRITON_INTERPRET=1 (tests)."""
-    if triton is None:
-        return False
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available()
-    return device.type == "cpu" and _interpreting()
+    return runtime.available(device)
 
 
 def tridiagonal_eigvalsh(d: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -122,14 +106,7 @@ def tridiagonal_eigvalsh(d: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     pivmin = torch.finfo(torch.float64).tiny * torch.clamp(e2max, min=1.0)
     block = min(MAX_BLOCK, max(16, triton.next_power_of_2(n)))
     grid = (batch, triton.cdiv(n, block))
-    launch = _kernel(_interpreting())[grid]
     args = (d, e if n > 1 else d, out, lower.contiguous(), upper.contiguous(), n, pivmin.contiguous())
-    if d.device.type == "cuda" and not _interpreting():
-        with torch.cuda.device(d.device):
-            launch(*args, ITERATIONS=ITERATIONS, BLOCK=block, num_warps=4)
-    else:
-        import numpy as np
-
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            launch(*args, ITERATIONS=ITERATIONS, BLOCK=block)
+    runtime.launch(runtime.build(_bisect, runtime.interpreting()), grid, d.device, args,
+                   ITERATIONS=ITERATIONS, BLOCK=block, num_warps=4)
     return out

@@ -19,6 +19,7 @@ at hand.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
 
 import numpy as np
@@ -82,7 +83,7 @@ class PendingEigenvalues:
     """Eigenvalues being computed; ``result()`` -> [B, k] float64 on the host, ascending.
 
     Three kinds: ready (a tensor), host band solves (futures), or a copy from the GPU that lands
-    in ``ready`` once ``event`` has passed (syevd on a side stream)."""
+    in ``ready`` once ``event`` has passed (solves on a side stream)."""
 
     def __init__(self, ready: torch.Tensor | None = None, futures: list[Future] | None = None,
                  event: torch.cuda.Event | None = None):
@@ -112,23 +113,32 @@ class PendingEigenvalues:
 # lost: the 8B scan with the weights on the GPU took 19.9 s against 11.4 s without, and 20.5-21.9 s
 # against 12.4-13.6 s from a cold disk (H100, bench/probes/cold_overlap_h100_eb543d5.log), so off.
 SYEVD_SIDE_STREAM = False
-_side_streams: dict[torch.device, torch.cuda.Stream] = {}
+
+# Side streams per (device, pool size), taken round robin: [turn, streams].
+_side_streams: dict[tuple[torch.device, int], list] = {}
 
 
-def _syevd_on_side_stream(g: torch.Tensor) -> PendingEigenvalues:
-    stream = _side_streams.get(g.device)
-    if stream is None:
-        stream = _side_streams.setdefault(g.device, torch.cuda.Stream(g.device))
-    stream.wait_stream(torch.cuda.current_stream(g.device))  # g is complete before the solve reads it
+def _side_stream(device: torch.device, pool: int) -> torch.cuda.Stream:
+    entry = _side_streams.get((device, pool))
+    if entry is None:
+        entry = _side_streams.setdefault((device, pool), [0, [torch.cuda.Stream(device) for _ in range(pool)]])
+    entry[0] = (entry[0] + 1) % pool
+    return entry[1][entry[0]]
+
+
+def _solve_on_side_stream(inputs: torch.Tensor, pool: int, solve: Callable[[], torch.Tensor]) -> PendingEigenvalues:
+    """Run ``solve`` (which reads ``inputs``, made on the current stream) on one of ``pool`` side
+    streams; its eigenvalues come to pinned host memory asynchronously."""
+    stream = _side_stream(inputs.device, pool)
+    stream.wait_stream(torch.cuda.current_stream(inputs.device))  # the inputs are complete
     with torch.cuda.stream(stream):
-        values = _syevd(g).to(torch.float64)
+        values = solve().to(torch.float64)
         host = torch.empty(values.shape, dtype=torch.float64, pin_memory=True)
         host.copy_(values, non_blocking=True)
         event = staging.host_wait_event()
-        event.record(stream)
-    # g was made on the current stream and is read on the side stream: keep the allocator from
-    # giving its memory to new work on the current stream before the solve has finished.
-    g.record_stream(stream)
+    # Made on the current stream, read on the side stream: keep the allocator from giving their
+    # memory to new work on the current stream before the solve has finished.
+    inputs.record_stream(stream)
     return PendingEigenvalues(ready=host, event=event)
 
 
@@ -142,15 +152,6 @@ def _solve_band_after(event: torch.cuda.Event | None, rows: np.ndarray) -> np.nd
 # long time: batches go round-robin to this many side streams, whose launches then run side by
 # side, while the current stream goes on with the next batches' Grams and band reductions.
 GPU_STAGE2_STREAMS = 8
-_stage2_streams: dict[torch.device, list] = {}
-
-
-def _next_stage2_stream(device: torch.device) -> torch.cuda.Stream:
-    pool = _stage2_streams.get(device)
-    if pool is None:
-        pool = _stage2_streams.setdefault(device, [0, [torch.cuda.Stream(device) for _ in range(GPU_STAGE2_STREAMS)]])
-    pool[0] = (pool[0] + 1) % len(pool[1])
-    return pool[1][pool[0]]
 
 
 def _two_stage_gpu(g: torch.Tensor) -> PendingEigenvalues:
@@ -168,16 +169,8 @@ def _two_stage_gpu(g: torch.Tensor) -> PendingEigenvalues:
     bands = band.lower_band(band.reduce_to_band_(g.contiguous(), width), 2 * width)  # room for the bulges
     if not bands.is_cuda:  # the CPU under the interpreter (tests)
         return PendingEigenvalues(ready=tridiagonal.tridiagonal_eigvalsh(*bulge.band_to_tridiagonal(bands, width)))
-    stream = _next_stage2_stream(bands.device)
-    stream.wait_stream(torch.cuda.current_stream(bands.device))  # the bands are complete
-    with torch.cuda.stream(stream):
-        values = tridiagonal.tridiagonal_eigvalsh(*bulge.band_to_tridiagonal(bands, width))
-        host = torch.empty(values.shape, dtype=torch.float64, pin_memory=True)
-        host.copy_(values, non_blocking=True)
-        event = staging.host_wait_event()
-        event.record(stream)
-    bands.record_stream(stream)  # made on the current stream, read on the side stream
-    return PendingEigenvalues(ready=host, event=event)
+    return _solve_on_side_stream(bands, GPU_STAGE2_STREAMS,
+                                 lambda: tridiagonal.tridiagonal_eigvalsh(*bulge.band_to_tridiagonal(bands, width)))
 
 
 def eigvalsh_deferred(g: torch.Tensor, route: str = "auto") -> PendingEigenvalues:
@@ -186,7 +179,7 @@ def eigvalsh_deferred(g: torch.Tensor, route: str = "auto") -> PendingEigenvalue
         route = choose_route(g.shape[-1], g.device, g.dtype)
     if route == "syevd":
         if SYEVD_SIDE_STREAM and g.is_cuda:
-            return _syevd_on_side_stream(g)
+            return _solve_on_side_stream(g, 1, lambda: _syevd(g))
         return PendingEigenvalues(ready=_syevd(g).to("cpu", torch.float64))
     if route not in ("two_stage", "two_stage_gpu"):
         raise ValueError(f"unknown eigen route {route!r}: use one of {ROUTES}")
@@ -203,7 +196,6 @@ def eigvalsh_deferred(g: torch.Tensor, route: str = "auto") -> PendingEigenvalue
         # The host workers that wait on it should sleep, not spin on cores that the band solves of
         # earlier batches need (staging.BLOCKING_SYNC).
         event = staging.host_wait_event()
-        event.record()
     else:
         host = bands.contiguous()
     futures = [band_eigen.submit_call(_solve_band_after, event, host[i].numpy()) for i in range(host.shape[0])]
