@@ -108,10 +108,10 @@ def available(device: torch.device | str) -> bool:
 
 def default_num_warps(block: int) -> int:
     """Warps per program. A step is a chain of small reductions over one BLOCK x BLOCK tile: within
-    one warp they are register shuffles, across warps they go through shared memory and a barrier
-    each, and fewer warps per program let more programs (matrices) share an SM. A guess until
-    bench/kernels_bulge.py --num-warps has measured it."""
-    return 1 if block <= 32 else 2
+    one warp they are register shuffles, across warps they go through shared memory. Measured on
+    the H100 (bench/results/kernels_bulge_h100_7203162.log, n = 4096, 32 matrices, ms per matrix
+    at 1/2/4 warps): BLOCK 16: 22.8/23.7/24.6; BLOCK 32: 36.6/23.6/21.7; BLOCK 64: 254/88/29."""
+    return 1 if block <= 16 else 4
 
 
 def band_to_tridiagonal(bands: torch.Tensor, bandwidth: int,

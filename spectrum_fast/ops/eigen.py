@@ -33,12 +33,21 @@ from . import band, band_eigen
 TWO_STAGE_MIN_N = {"cuda": 512, "cpu": 1 << 30}
 
 
-def bandwidth_for(n: int) -> int:
-    """Stage-1 band width. Narrower bands make the host stage cheaper (dsbev ~ n^2 * width) and the
-    GPU stage longer (n / width panels, each a cuSOLVER geqrf). H100 + 16 cores, float64
-    (two_stage.log): n=4096 host 70/108/165 ms and GPU 42/33/28 ms per matrix (batch 5) at width
-    16/32/64, end to end 74/102/137 ms; n=1024 end to end 5.1/5.3/9.8 ms."""
+def bandwidth_for(n: int, route: str = "two_stage") -> int:
+    """Stage-1 band width for the route that takes the band.
+
+    Host (dsbev, ~n^2 * width): narrow. H100 + 16 cores, float64 (two_stage.log): n=4096 host
+    70/108/165 ms and GPU 42/33/28 ms per matrix (batch 5) at width 16/32/64, end to end
+    74/102/137 ms; n=1024 end to end 5.1/5.3/9.8 ms.
+    GPU (two_stage_gpu): the chase kernel costs about the same at 16 and 32 (n=4096, batch 32:
+    22.8 ms per matrix at 16 with one warp, 21.7 at 32 with four) and 29 ms at 64, while stage 1
+    gets cheaper as the band widens, so GPU_BANDWIDTH (bench/results/kernels_bulge_h100_*.log)."""
+    if route == "two_stage_gpu":
+        return GPU_BANDWIDTH
     return 32 if n <= 1536 else 16
+
+
+GPU_BANDWIDTH = 32
 
 
 ROUTES = ("auto", "syevd", "two_stage", "two_stage_gpu")
@@ -69,14 +78,32 @@ def _syevd(g: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.linalg.eigvalsh(g[i : i + per_call]) for i in range(0, g.shape[0], per_call)])
 
 
+# The routes "auto" tries for a float64 matrix of at least TWO_STAGE_MIN_N, in order: "two_stage"
+# only while a host thread is free to take its bands, "two_stage_gpu" where the Triton kernels can
+# run, "syevd" always.
+AUTO_ROUTES = ("two_stage", "two_stage_gpu", "syevd")
+
+
+def gpu_stage2_available(device: torch.device) -> bool:
+    """Whether the two_stage_gpu route's kernels can run on ``device`` (compiled, on CUDA)."""
+    from ..kernels import bulge, tridiagonal
+
+    return device.type == "cuda" and bulge.available(device) and tridiagonal.available(device)
+
+
 def choose_route(n: int, device: torch.device, dtype: torch.dtype) -> str:
-    """The route for the next batch of [*, n, n] matrices: two-stage where it is the faster one and
-    host threads are free to take its bands, else syevd (which keeps the GPU busy meanwhile)."""
-    if dtype != torch.float64 or not band_eigen.available():
+    """The route for the next batch of [*, n, n] matrices: the first of AUTO_ROUTES that can take
+    it now."""
+    if dtype != torch.float64 or n < TWO_STAGE_MIN_N.get(device.type, 1 << 30):
         return "syevd"
-    if n < TWO_STAGE_MIN_N.get(device.type, 1 << 30):
-        return "syevd"
-    return "two_stage" if band_eigen.backlog() < band_eigen.host_workers() else "syevd"
+    for route in AUTO_ROUTES:
+        if route == "two_stage" and band_eigen.available() and band_eigen.backlog() < band_eigen.host_workers():
+            return route
+        if route == "two_stage_gpu" and gpu_stage2_available(device):
+            return route
+        if route == "syevd":
+            return route
+    return "syevd"
 
 
 class PendingEigenvalues:
@@ -162,10 +189,10 @@ def _two_stage_gpu(g: torch.Tensor) -> PendingEigenvalues:
     not pick it. Same band width as the host route for now."""
     from ..kernels import bulge, tridiagonal
 
-    if not (bulge.available(g.device) and tridiagonal.available(g.device)):
+    if not (bulge.available(g.device) and tridiagonal.available(g.device)):  # the interpreter counts here
         raise ValueError(f"the two_stage_gpu eigen route needs triton and a CUDA device, not {g.device}")
     k = g.shape[-1]
-    width = min(bandwidth_for(k), max(1, k - 1))
+    width = min(bandwidth_for(k, "two_stage_gpu"), max(1, k - 1))
     bands = band.lower_band(band.reduce_to_band_(g.contiguous(), width), 2 * width)  # room for the bulges
     if not bands.is_cuda:  # the CPU under the interpreter (tests)
         return PendingEigenvalues(ready=tridiagonal.tridiagonal_eigvalsh(*bulge.band_to_tridiagonal(bands, width)))
