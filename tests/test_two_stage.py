@@ -127,18 +127,19 @@ def test_backlog_counts_band_solves_no_worker_has_started():
 def test_auto_route_balances_gpu_and_host(monkeypatch):
     cuda = torch.device("cuda")
     monkeypatch.setattr(band_eigen, "backlog", lambda: 0)
-    assert eigen.choose_route(4096, cuda, torch.float64) == "two_stage"
+    monkeypatch.setattr(eigen, "gpu_stage2_available", lambda device: True)
+    assert eigen.choose_route(4096, cuda, torch.float64) == "two_stage_gpu"  # the GPU kernels first
+    monkeypatch.setattr(eigen, "gpu_stage2_available", lambda device: False)
+    assert eigen.choose_route(4096, cuda, torch.float64) == "two_stage"  # no Triton: host bands
     assert eigen.choose_route(256, cuda, torch.float64) == "syevd"  # small: syevd is as fast
     assert eigen.choose_route(4096, cuda, torch.float32) == "syevd"  # two-stage is float64 only
     monkeypatch.setattr(band_eigen, "backlog", lambda: band_eigen.host_workers())
-    monkeypatch.setattr(eigen, "gpu_stage2_available", lambda device: True)
-    assert eigen.choose_route(4096, cuda, torch.float64) == "two_stage_gpu"  # host busy: GPU kernels
-    monkeypatch.setattr(eigen, "gpu_stage2_available", lambda device: False)
     assert eigen.choose_route(4096, cuda, torch.float64) == "syevd"  # host busy, no Triton: cuSOLVER
-    monkeypatch.setattr(eigen, "AUTO_ROUTES", ("two_stage_gpu", "two_stage", "syevd"))
+    monkeypatch.setattr(eigen, "AUTO_ROUTES", ("two_stage", "two_stage_gpu", "syevd"))
     monkeypatch.setattr(eigen, "gpu_stage2_available", lambda device: True)
+    assert eigen.choose_route(4096, cuda, torch.float64) == "two_stage_gpu"  # host busy: next in AUTO_ROUTES
     monkeypatch.setattr(band_eigen, "backlog", lambda: 0)
-    assert eigen.choose_route(4096, cuda, torch.float64) == "two_stage_gpu"  # the order is AUTO_ROUTES'
+    assert eigen.choose_route(4096, cuda, torch.float64) == "two_stage"  # the order is AUTO_ROUTES'
 
 
 def test_syevd_in_slices_matches_one_call(monkeypatch):

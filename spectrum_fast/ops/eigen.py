@@ -8,13 +8,16 @@
   next batch while the host solves this one's bands.
 - "two_stage_gpu": both stages on the device: stage 1 as above, then Triton kernels for the band's
   bulge chase to tridiagonal (kernels.bulge) and the tridiagonal's eigenvalues by bisection
-  (kernels.tridiagonal). Opt-in only: not yet timed on a GPU (bench/kernels_bulge.py will).
-Which route wins is measured (bench/probes/two_stage.log, H100 + 16 cores, float64): at n = 4096
-syevd takes 117 ms per matrix, the two-stage pipeline 74 ms, bound by the host (15 threads of
-dsbev, 70 ms per matrix) while the GPU stage takes 42 ms; at n = 1024, 10.2 against 5.1 ms. So
-"auto" runs both at once: a batch goes to the two-stage route while host threads are free, and to
-syevd on the GPU while they are all busy; the split balances itself to the speeds of the machine
-at hand.
+  (kernels.tridiagonal), on side streams; only eigenvalues come back to the host.
+Which route wins is measured. Alone (float64, H100 + 16 cores): at n = 4096 syevd takes 117 ms per
+matrix; the two-stage pipeline with host bands 74 ms, bound by the host (15 threads of dsbev,
+70 ms per matrix) while stage 1 takes 42 ms (bench/probes/two_stage.log); the GPU chase and
+bisection of a band 25 ms, in batches of 32 (bench/results/kernels_bulge_h100_7203162.log). In the
+8B scan with the weights on the GPU (H200, bench/probes/gpu_stage2_h200_331f29e.log): every band
+on the GPU 9.7 s; every band on the host 11.8 s; host bands while a thread is free, else syevd,
+12.1 s; else the GPU chase, 12.1 s (the host's narrow bands make stage 1 slower). So "auto" takes
+the first of AUTO_ROUTES that can run: the GPU kernels where Triton runs on the device, else host
+bands while a host thread is free, else syevd.
 """
 
 from __future__ import annotations
@@ -78,10 +81,10 @@ def _syevd(g: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.linalg.eigvalsh(g[i : i + per_call]) for i in range(0, g.shape[0], per_call)])
 
 
-# The routes "auto" tries for a float64 matrix of at least TWO_STAGE_MIN_N, in order: "two_stage"
-# only while a host thread is free to take its bands, "two_stage_gpu" where the Triton kernels can
-# run, "syevd" always.
-AUTO_ROUTES = ("two_stage", "two_stage_gpu", "syevd")
+# The routes "auto" tries for a float64 matrix of at least TWO_STAGE_MIN_N, in order (see the
+# module's docstring for the timings): "two_stage_gpu" where the Triton kernels run on the device,
+# "two_stage" while a host thread is free to take the bands, "syevd" always.
+AUTO_ROUTES = ("two_stage_gpu", "two_stage", "syevd")
 
 
 def gpu_stage2_available(device: torch.device) -> bool:
@@ -178,15 +181,15 @@ def _solve_band_after(event: torch.cuda.Event | None, rows: np.ndarray) -> np.nd
 # The GPU stage 2 kernels run one program per matrix, so one batch's launch fills a few SMs for a
 # long time: batches go round-robin to this many side streams, whose launches then run side by
 # side, while the current stream goes on with the next batches' Grams and band reductions.
+# 16 streams timed like 8 in the 8B scan (10.0 against 9.7 s, bench/probes/gpu_stage2_h200_331f29e.log).
 GPU_STAGE2_STREAMS = 8
 
 
 def _two_stage_gpu(g: torch.Tensor) -> PendingEigenvalues:
-    """Both stages on g's device: dense -> band (ops.band), band -> tridiagonal by bulge chasing
-    (kernels.bulge) and the tridiagonal's eigenvalues by bisection (kernels.tridiagonal), those two
-    on a side stream (GPU_STAGE2_STREAMS); only the eigenvalues come to the host. Opt-in
-    (eigen_route="two_stage_gpu") until bench/kernels_bulge.py has timed it on a GPU: "auto" does
-    not pick it. Same band width as the host route for now."""
+    """Both stages on g's device: dense -> band (ops.band) at GPU_BANDWIDTH, band -> tridiagonal by
+    bulge chasing (kernels.bulge) and the tridiagonal's eigenvalues by bisection
+    (kernels.tridiagonal), those two on a side stream (GPU_STAGE2_STREAMS); only the eigenvalues
+    come to the host."""
     from ..kernels import bulge, tridiagonal
 
     if not (bulge.available(g.device) and tridiagonal.available(g.device)):  # the interpreter counts here
