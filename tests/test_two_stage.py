@@ -129,6 +129,7 @@ def test_auto_route_balances_gpu_and_host(monkeypatch):
     monkeypatch.setattr(band_eigen, "backlog", lambda: 0)
     monkeypatch.setattr(eigen, "gpu_stage2_available", lambda device: True)
     assert eigen.choose_route(4096, cuda, torch.float64) == "two_stage_gpu"  # the GPU kernels first
+    assert eigen.choose_route(8192, cuda, torch.float64) == "two_stage"  # too long a chase per matrix
     monkeypatch.setattr(eigen, "gpu_stage2_available", lambda device: False)
     assert eigen.choose_route(4096, cuda, torch.float64) == "two_stage"  # no Triton: host bands
     assert eigen.choose_route(256, cuda, torch.float64) == "syevd"  # small: syevd is as fast

@@ -82,9 +82,17 @@ def _syevd(g: torch.Tensor) -> torch.Tensor:
 
 
 # The routes "auto" tries for a float64 matrix of at least TWO_STAGE_MIN_N, in order (see the
-# module's docstring for the timings): "two_stage_gpu" where the Triton kernels run on the device,
+# module's docstring for the timings): "two_stage_gpu" where the Triton kernels run on the device
+# and n <= GPU_STAGE2_MAX_N,
 # "two_stage" while a host thread is free to take the bands, "syevd" always.
 AUTO_ROUTES = ("two_stage_gpu", "two_stage", "syevd")
+
+# Largest n that "auto" gives the GPU chase. One program chases one matrix, about n^2 / b steps in
+# a row, so a matrix takes ~0.7 s at n = 4096 however many run beside it, and four times that at
+# 8192, where batches hold one matrix and GPU_STAGE2_STREAMS of them run at once: the 70B scan
+# (8 layers, H100) then took 513 ms per matrix against 329 ms with host bands and syevd
+# (bench/results/gpu_workloads_h100_b911384.log against _44cc8ac.log).
+GPU_STAGE2_MAX_N = 4096
 
 
 def gpu_stage2_available(device: torch.device) -> bool:
@@ -102,7 +110,7 @@ def choose_route(n: int, device: torch.device, dtype: torch.dtype) -> str:
     for route in AUTO_ROUTES:
         if route == "two_stage" and band_eigen.available() and band_eigen.backlog() < band_eigen.host_workers():
             return route
-        if route == "two_stage_gpu" and gpu_stage2_available(device):
+        if route == "two_stage_gpu" and n <= GPU_STAGE2_MAX_N and gpu_stage2_available(device):
             return route
         if route == "syevd":
             return route
