@@ -100,6 +100,14 @@ def main() -> None:
     res = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
            "commit": os.environ.get("SPECTRUM_FAST_COMMIT") or git_commit(), "command": " ".join(sys.argv)}
 
+    # One-time process start-up (CUDA context, cuBLAS/cuSOLVER handles, the Triton compiles of the
+    # GPU eigen route), paid by the first scan of a process: taken on two small matrices, apart.
+    t = time.perf_counter()
+    spectrum_fast.scan({f"model.layers.0.mlp.{p}.weight": torch.randn(1024, 4096, device="cuda", dtype=torch.bfloat16)
+                        for p in ("up_proj", "down_proj")}, device="cuda", progress=False)
+    res["process_warmup_s"] = time.perf_counter() - t
+    print(f"process warm-up: {res['process_warmup_s']:.1f} s", flush=True)
+
     llama = GeneratedSource(llama3_70b_layout(args.llama_layers), "synthetic/llama3-70b-shaped")
     layer0 = [i for i in llama.tensors() if i.name.startswith("model.layers.0.")]
     kv = [i for i in layer0 if "k_proj" in i.name or "v_proj" in i.name]
