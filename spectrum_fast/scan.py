@@ -69,8 +69,8 @@ def scan(
     eigen_route: "auto" (the measured faster one per size and device), "syevd"
         (torch.linalg.eigvalsh), "two_stage" (float64 dense -> band on the device, band
         eigenvalues by LAPACK on host threads) or "two_stage_gpu" (both stages on a CUDA device
-        with Triton kernels; not yet measured, so "auto" never picks it); all are exact to
-        float64 rounding.
+        with Triton kernels: what "auto" picks there up to n = 4096); all are exact to float64
+        rounding.
     """
     if precision not in ("float64", "float32"):
         raise SelectionError(f"precision {precision!r} is not known: use float64 (exact) or float32")

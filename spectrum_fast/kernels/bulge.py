@@ -17,8 +17,10 @@ n^2: the bands of many batches can wait on the GPU for one launch), a block of a
 BLOCK x BLOCK (b <= BLOCK) per step, a diagonal block read whole through its lower triangle, with
 a barrier between a step's stores and the next loads.
 
-Status: correct on the CPU under TRITON_INTERPRET (tests/test_kernels_bulge.py); not yet timed on
-a GPU, so nothing calls it outside its tests and benches.
+Checked against LAPACK under TRITON_INTERPRET on the CPU and natively on the GPU
+(tests/test_kernels_bulge.py); on the H100 a batch of 32 bands of n = 4096 takes 22 ms per matrix
+against 73 ms for dsbev on 15 host threads (bench/results/kernels_bulge_h100_7203162.log), so the
+exact route's "auto" uses it (ops.eigen).
 
 Built at first launch, once per mode (compiled or interpreted): kernels/runtime.py; so the body
 calls no jit function (tl.sum and tl.zeros are ones) and reduces with tl.standard._sum_combine.

@@ -16,8 +16,8 @@ bisection of a band 25 ms, in batches of 32 (bench/results/kernels_bulge_h100_72
 8B scan with the weights on the GPU (H200, bench/probes/gpu_stage2_h200_331f29e.log): every band
 on the GPU 9.7 s; every band on the host 11.8 s; host bands while a thread is free, else syevd,
 12.1 s; else the GPU chase, 12.1 s (the host's narrow bands make stage 1 slower). So "auto" takes
-the first of AUTO_ROUTES that can run: the GPU kernels where Triton runs on the device, else host
-bands while a host thread is free, else syevd.
+the first of AUTO_ROUTES that can run: the GPU kernels where Triton runs on the device (up to
+GPU_STAGE2_MAX_N), else host bands while a host thread is free, else syevd.
 """
 
 from __future__ import annotations
@@ -83,8 +83,7 @@ def _syevd(g: torch.Tensor) -> torch.Tensor:
 
 # The routes "auto" tries for a float64 matrix of at least TWO_STAGE_MIN_N, in order (see the
 # module's docstring for the timings): "two_stage_gpu" where the Triton kernels run on the device
-# and n <= GPU_STAGE2_MAX_N,
-# "two_stage" while a host thread is free to take the bands, "syevd" always.
+# and n <= GPU_STAGE2_MAX_N, "two_stage" while a host thread is free to take the bands, "syevd".
 AUTO_ROUTES = ("two_stage_gpu", "two_stage", "syevd")
 
 # Largest n that "auto" gives the GPU chase. One program chases one matrix, about n^2 / b steps in
