@@ -318,6 +318,13 @@ def _finite_and_nonzero(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return finite, nonzero
 
 
+# Matrices whose eigenvalues may be pending at once, whatever the host's core count. The GPU chase
+# (ops.eigen's two_stage_gpu route) takes ~0.7 s per 4096 matrix however many run beside it, so its
+# throughput is the number in flight over that: 60 in flight (the H100 host's 15 workers x 4) made
+# the 8B figures of bench/RESULTS.md. Each waits as a band on the GPU, 2 MiB at n = 4096.
+MIN_IN_FLIGHT = 64
+
+
 @dataclass
 class _InFlight:
     """A batch whose eigenvalues are still being computed (host band solves run behind the GPU)."""
@@ -365,14 +372,15 @@ def run_batches(
 ) -> Iterator[tuple[MatrixTask, MatrixRow]]:
     """Analyse each batch, yielding rows in batch order.
 
-    With the two-stage eigen route the host solves the bands of batch i while the device reduces
-    batch i+1; at most ``max_in_flight`` matrices (default: 4 per host worker) wait for the host.
+    With the two-stage eigen routes the host or the GPU's side streams solve the bands of batch i
+    while the device reduces batch i+1; at most ``max_in_flight`` matrices (default: 4 per host
+    worker, at least MIN_IN_FLIGHT) wait for their eigenvalues.
     ``timings`` (if given) accumulates "read_s" (reader thread, overlapped with everything),
     "wait_s" (time the analysis loop stood waiting for the reader: what reading adds to the scan)
     and "compute_s" (the wall time of the analysis loop).
     """
     if max_in_flight is None:
-        max_in_flight = 4 * ops.band_eigen.host_workers()
+        max_in_flight = max(MIN_IN_FLIGHT, 4 * ops.band_eigen.host_workers())
     in_flight: deque[_InFlight] = deque()
     waiting = 0
     loop_start = time.perf_counter()

@@ -268,3 +268,40 @@ def test_gpu_stage_two_route_without_its_kernels_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(bulge, "available", lambda device: False)
     with pytest.raises(ValueError, match="two_stage_gpu.*triton"):
         eigen.eigvalsh_deferred(random_gram(1, 8, 1), route="two_stage_gpu")
+
+
+def test_pending_matrices_do_not_depend_on_host_cores(monkeypatch):
+    """The scan keeps up to engine.MIN_IN_FLIGHT matrices waiting for their eigenvalues even with
+    one host worker (the GPU chase's throughput is the number in flight), and no more than that plus
+    one batch; the rows are the same as when each batch is solved at once."""
+    from spectrum_fast import engine, ops
+
+    weights = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(8, 16, dtype=torch.float64) + 0.1
+               for i in range(200)}
+    batch_bytes = 4 * engine.matrix_device_bytes(8, 16, "float64")  # batches of 4 matrices
+    eager = spectrum_fast.scan(weights, device="cpu", progress=False, max_batch_bytes=batch_bytes)
+
+    monkeypatch.setenv("SPECTRUM_FAST_HOST_WORKERS", "1")
+    solve = ops.eigvalsh_deferred
+    pending, peak = [0], [0]
+
+    class NeverDoneUntilAsked:  # what a slow device solve looks like to the engine
+        def __init__(self, g, route):
+            self.g, self.route, self.values = g.clone(), route, None
+            pending[0] += g.shape[0]
+            peak[0] = max(peak[0], pending[0])
+
+        def done(self):
+            return False
+
+        def result(self):
+            if self.values is None:
+                self.values = solve(self.g, self.route).result()
+                pending[0] -= self.g.shape[0]
+            return self.values
+
+    monkeypatch.setattr(ops, "eigvalsh_deferred", NeverDoneUntilAsked)
+    lazy = spectrum_fast.scan(weights, device="cpu", progress=False, max_batch_bytes=batch_bytes)
+    assert engine.MIN_IN_FLIGHT <= peak[0] <= engine.MIN_IN_FLIGHT + 4
+    assert pending[0] == 0
+    assert [(r.name, r.snr, r.n_signal) for r in lazy.rows] == [(r.name, r.snr, r.n_signal) for r in eager.rows]
