@@ -321,7 +321,9 @@ def _finite_and_nonzero(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 # Matrices whose eigenvalues may be pending at once, whatever the host's core count. The GPU chase
 # (ops.eigen's two_stage_gpu route) takes ~0.7 s per 4096 matrix however many run beside it, so its
 # throughput is the number in flight over that: 60 in flight (the H100 host's 15 workers x 4) made
-# the 8B figures of bench/RESULTS.md. Each waits as a band on the GPU, 2 MiB at n = 4096.
+# the 8B figures of bench/RESULTS.md; with 2 host workers, 8 in flight took 13.2 s against 10.5 s
+# for 64 (H100, bench/probes/gpu_stage2_inflight_h100_d4bf6e7.log). Each waits as a band on the
+# GPU, 2 MiB at n = 4096.
 MIN_IN_FLIGHT = 64
 
 
