@@ -2,28 +2,53 @@
 
 The package imports and works without it. The extension needs torch at build time, so build with
 ``pip install --no-build-isolation -e .`` after torch is installed (the README's commands do).
-SPECTRUM_FAST_NO_EXT=1 skips it.
+
+- torch with CUDA and nvcc found (torch's CUDA_HOME): the C++ and the CUDA sources, for the
+  architectures in SPECTRUM_FAST_CUDA_ARCH (default "90": the H100/H200; e.g. "80;90").
+- otherwise: the C++ sources alone (the CPU entry points).
+SPECTRUM_FAST_NO_EXT=1 skips the extension; SPECTRUM_FAST_NO_CUDA=1 builds the C++ part only.
 """
 
 import os
 import sys
+from pathlib import Path
 
 from setuptools import setup
+
+CPP_SOURCES = ["csrc/module.cpp", "csrc/snr_statistics.cpp"]
+CUDA_SOURCES = ["csrc/householder_panels.cu"]
+
+
+def cuda_arch_flags() -> list[str]:
+    archs = [a.strip() for a in os.environ.get("SPECTRUM_FAST_CUDA_ARCH", "90").replace(",", ";").split(";") if a.strip()]
+    return [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
 
 
 def extensions():
     if os.environ.get("SPECTRUM_FAST_NO_EXT") == "1":
         return [], {}
     try:
-        from torch.utils.cpp_extension import BuildExtension, CppExtension
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
     except ImportError:
         print("spectrum_fast: torch not importable at build time: skipping the _C extension", file=sys.stderr)
         return [], {}
-    ext = CppExtension(
-        name="spectrum_fast._C",
-        sources=["csrc/snr_statistics.cpp"],
-        extra_compile_args=["-O3"],
-    )
+    include = [str(Path(__file__).resolve().parent / "csrc")]
+    with_cuda = (torch.version.cuda is not None and CUDA_HOME is not None
+                 and os.environ.get("SPECTRUM_FAST_NO_CUDA") != "1")
+    if with_cuda:
+        ext = CUDAExtension(
+            name="spectrum_fast._C",
+            sources=CPP_SOURCES + CUDA_SOURCES,
+            include_dirs=include,
+            define_macros=[("SPECTRUM_FAST_WITH_CUDA", None)],
+            extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo", *cuda_arch_flags()]},
+        )
+    else:
+        if torch.version.cuda is not None:
+            print("spectrum_fast: nvcc not found (CUDA_HOME) or SPECTRUM_FAST_NO_CUDA=1: building the C++ part only",
+                  file=sys.stderr)
+        ext = CppExtension(name="spectrum_fast._C", sources=CPP_SOURCES, include_dirs=include, extra_compile_args=["-O3"])
     return [ext], {"build_ext": BuildExtension}
 
 

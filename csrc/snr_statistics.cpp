@@ -2,9 +2,13 @@
 // Mirrors spectrum_fast/ops/stats.py::snr_statistics_torch (the tests compare the two against a
 // float64 SVD); it exists so that many small matrices (MoE experts on a CPU scan) cost one call
 // instead of a dozen torch ops each.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
+
+#include "spectrum_fast.h"
 
 namespace {
 
@@ -24,15 +28,15 @@ inline double quantile_sorted(const double* s, int64_t k, double q) {
 
 // eigvals: [B, k] float64, ascending per row. Returns [B, 7]:
 // sigma_max, sigma, threshold, signal, noise, n_signal, snr.
-torch::Tensor snr_statistics(const torch::Tensor& eigvals, int64_t n, int64_t m) {
+at::Tensor snr_statistics(const at::Tensor& eigvals, int64_t n, int64_t m) {
   TORCH_CHECK(eigvals.device().is_cpu(), "snr_statistics: eigvals must be on the CPU");
-  TORCH_CHECK(eigvals.scalar_type() == torch::kFloat64, "snr_statistics: eigvals must be float64");
+  TORCH_CHECK(eigvals.scalar_type() == at::kDouble, "snr_statistics: eigvals must be float64");
   TORCH_CHECK(eigvals.dim() == 2, "snr_statistics: eigvals must be [B, k]");
   TORCH_CHECK(n > 0 && m > 0, "snr_statistics: n and m must be positive");
   const auto ev = eigvals.contiguous();
   const int64_t batch = ev.size(0), k = ev.size(1);
   TORCH_CHECK(k > 0, "snr_statistics: need at least one eigenvalue per row");
-  auto out = torch::empty({batch, 7}, ev.options());
+  auto out = at::empty({batch, 7}, ev.options());
   const double beta = static_cast<double>(std::min(n, m)) / static_cast<double>(std::max(n, m));
   const double* src = ev.data_ptr<double>();
   double* dst = out.data_ptr<double>();
@@ -64,10 +68,4 @@ torch::Tensor snr_statistics(const torch::Tensor& eigvals, int64_t n, int64_t m)
     o[6] = sigma_max > 0.0 ? signal / noise / sigma_max : 0.0;
   }
   return out;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
-  mod.doc() = "spectrum_fast compiled kernels";
-  mod.def("snr_statistics", &snr_statistics, "Spectrum statistics from ascending Gram eigenvalues [B, k] -> [B, 7]",
-          pybind11::arg("eigvals"), pybind11::arg("n"), pybind11::arg("m"));
 }

@@ -15,7 +15,21 @@ def load() -> ModuleType | None:
     return _C
 
 
-def kernels_available() -> dict[str, bool]:
-    """What is built: {"_C": bool, "_C.snr_statistics": bool}."""
+def cuda_ops() -> ModuleType | None:
+    """The extension when it was built with its CUDA kernels (setup.py, where nvcc and a CUDA
+    torch exist), else None."""
     ext = load()
-    return {"_C": ext is not None, "_C.snr_statistics": ext is not None and hasattr(ext, "snr_statistics")}
+    return ext if ext is not None and getattr(ext, "with_cuda", False) else None
+
+
+def kernels_available() -> dict[str, bool]:
+    """What is built: {"_C": the extension, "_C.snr_statistics": its CPU statistics, "_C.cuda": its
+    CUDA part, "_C.householder_panels": the batched panel QR of the eigen route's stage 1}.
+    ``spectrum-fast doctor`` says what each operation will use."""
+    ext, cuda = load(), cuda_ops()
+    return {
+        "_C": ext is not None,
+        "_C.snr_statistics": ext is not None and hasattr(ext, "snr_statistics"),
+        "_C.cuda": cuda is not None,
+        "_C.householder_panels": cuda is not None and hasattr(cuda, "householder_panels_"),
+    }

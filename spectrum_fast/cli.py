@@ -1,4 +1,4 @@
-"""The ``spectrum-fast`` command: scan, types, yaml.
+"""The ``spectrum-fast`` command: scan, types, yaml, doctor.
 
 Errors in the user's input print one line (``spectrum-fast: error: ...``) and exit 2; nothing is
 half-written, since every file goes to a temporary name first.
@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("json", help="snr_results_<model>.json")
     p.add_argument("--top-percent", type=float, nargs="+", required=True, metavar="P")
     p.add_argument("--out", default=".", help="output folder (default: here)")
+
+    p = sub.add_parser("doctor", help="what is installed and built, and what each operation will use")
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: what a scan would pick)")
     return parser
 
 
@@ -143,10 +146,17 @@ def _cmd_yaml(args) -> int:
     return 0
 
 
+def _cmd_doctor(args) -> int:
+    from .doctor import report
+
+    print("\n".join(report(args.device)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"scan": _cmd_scan, "types": _cmd_types, "yaml": _cmd_yaml}[args.command](args)
+        return {"scan": _cmd_scan, "types": _cmd_types, "yaml": _cmd_yaml, "doctor": _cmd_doctor}[args.command](args)
     except SpectrumFastError as e:
         print(f"spectrum-fast: error: {_one_line(e)}", file=sys.stderr)
         return 2

@@ -14,10 +14,27 @@ from __future__ import annotations
 import torch
 
 
+# Factor the panels of a batch with the compiled kernel (csrc/householder_panels.cu: one launch for
+# all of them) where it is built and applies, instead of torch.geqrf (one cuSOLVER call per matrix).
+# Off until timed on a GPU (bench/probes/panel_qr.py); the tests run both.
+PANEL_KERNEL = False
+
+
+def panel_geqrf(panel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.geqrf(panel) for a batch [B, m, w]: (qr, tau) in LAPACK's layout, ``panel`` untouched."""
+    from .. import _extension
+
+    ext = _extension.cuda_ops() if PANEL_KERNEL and panel.is_cuda and panel.dtype == torch.float64 else None
+    if ext is not None and panel.shape[-1] <= ext.householder_panels_max_columns():
+        qr = panel.clone(memory_format=torch.contiguous_format)
+        return qr, ext.householder_panels_(qr)
+    return torch.geqrf(panel)
+
+
 def _panel_reflectors(panel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Householder QR of a batch of tall panels [B, m, w] -> (R [B, r, w], V [B, m, r], T [B, r, r])
     with Q = I - V T V^T (the "UT" compact form) and Q^T panel = [R; 0], r = min(m, w)."""
-    qr, tau = torch.geqrf(panel)
+    qr, tau = panel_geqrf(panel)
     r = tau.shape[-1]
     v = torch.tril(qr[..., :r], -1)
     v.diagonal(dim1=-2, dim2=-1).fill_(1)

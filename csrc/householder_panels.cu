@@ -1,0 +1,182 @@
+// Householder QR of many tall, narrow float64 panels in one launch: the panel factorization of
+// stage 1 of the exact eigen route (spectrum_fast/ops/band.py, dense -> band).
+//
+// Why: stage 1 factors one m x b panel per b columns of every matrix (n / b panels, b = 16..32),
+// and torch.geqrf on a batch of panels loops over the matrices with one cuSOLVER call each, every
+// call a chain of column-by-column kernels. On the H100 that loop, not the GEMMs of the trailing
+// update, set stage 1's time (31-41 ms per 4096 matrix against a memory floor near 6 ms;
+// csrc/NOTES.md has the numbers). Here one thread block factors one panel, all panels at once.
+//
+// Output: LAPACK geqrf's layout, as torch.geqrf returns it: R on and above the diagonal, the
+// reflectors' vectors below it (unit first element implied), tau[j] per reflector, with
+// H_j = I - tau_j v_j v_j^T and Q = H_0 H_1 ... H_{b-1}. dlarfg's formulas without its rescaling
+// loop (Gram entries are far from float64's range limits); tau = 0 where the column below the
+// diagonal is already zero.
+//
+// How: column by column. For column j, every thread takes rows j+1+tid, j+1+tid+THREADS, ...:
+// one pass scales them into v and accumulates v_i * P[i][c] for the columns c > j (registers,
+// compile-time indices: BW columns at most); a block reduction gives w = tau (P[j][:] + v^T P);
+// a second pass applies P[i][c] -= v_i w_c and, on the way, sums the squares of column j+1 for
+// the next reflector. The panel stays in global memory (L2): m x b doubles do not fit in shared
+// memory for the sizes that matter (4096 x 32 is 1 MiB).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cmath>
+
+#include "spectrum_fast.h"
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+
+__device__ __forceinline__ double warp_sum(double x) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_down_sync(0xffffffffu, x, offset);
+  return x;  // complete in lane 0
+}
+
+// Sum of ``x`` over the block, returned to every thread. ``scratch`` holds kWarps doubles.
+__device__ __forceinline__ double block_sum(double x, double* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  x = warp_sum(x);
+  if (lane == 0) scratch[warp] = x;
+  __syncthreads();
+  double total = 0.0;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) total += scratch[w];
+  __syncthreads();  // scratch is reused by the next call
+  return total;
+}
+
+// One block per panel. Panel p's element (i, c) sits at a[p * batch_stride + i * row_stride + c],
+// 0 <= i < rows, 0 <= c < cols <= BW.
+template <int BW>
+__global__ void __launch_bounds__(kThreads) householder_panels_kernel(
+    double* __restrict__ a, int64_t batch_stride, int64_t row_stride, int rows, int cols,
+    double* __restrict__ tau_out) {
+  double* p = a + static_cast<int64_t>(blockIdx.x) * batch_stride;
+  double* tau_row = tau_out + static_cast<int64_t>(blockIdx.x) * min(rows, cols);
+  __shared__ double scratch[kWarps];
+  __shared__ double partial[kWarps][BW];
+  __shared__ double w[BW];
+  __shared__ double reflector[2];  // tau, scale
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int steps = min(rows, cols);
+
+  // Squares of column 0 below the diagonal; later columns' come out of the update pass.
+  double sigma_part = 0.0;
+  for (int i = 1 + tid; i < rows; i += kThreads) {
+    const double x = p[i * row_stride];
+    sigma_part += x * x;
+  }
+
+  for (int j = 0; j < steps; ++j) {
+    const double sigma = block_sum(sigma_part, scratch);
+    if (tid == 0) {
+      const double alpha = p[j * row_stride + j];
+      double tau = 0.0, scale = 0.0, beta = alpha;
+      if (sigma != 0.0) {
+        const double norm = sqrt(alpha * alpha + sigma);
+        beta = alpha >= 0.0 ? -norm : norm;
+        tau = (beta - alpha) / beta;
+        scale = 1.0 / (alpha - beta);
+      }
+      p[j * row_stride + j] = beta;
+      tau_row[j] = tau;
+      reflector[0] = tau;
+      reflector[1] = scale;
+    }
+    __syncthreads();
+    const double tau = reflector[0], scale = reflector[1];
+    if (j + 1 >= cols) {  // the last column: its vector to scale, no columns to its right
+      for (int i = j + 1 + tid; i < rows; i += kThreads) p[i * row_stride + j] *= scale;
+      break;
+    }
+
+    // Pass 1: v below the diagonal (in place), and v^T P[:, c] for c > j.
+    double acc[BW];
+#pragma unroll
+    for (int c = 0; c < BW; ++c) acc[c] = 0.0;
+    for (int i = j + 1 + tid; i < rows; i += kThreads) {
+      double* row = p + i * row_stride;
+      const double v = row[j] * scale;
+      row[j] = v;
+#pragma unroll
+      for (int c = 0; c < BW; ++c)
+        if (c > j && c < cols) acc[c] += v * row[c];
+    }
+#pragma unroll
+    for (int c = 0; c < BW; ++c) {
+      if (c > j && c < cols) {  // uniform across the block: every thread takes the same branches
+        const double s = warp_sum(acc[c]);
+        if (lane == 0) partial[warp][c] = s;
+      }
+    }
+    __syncthreads();
+    if (tid > j && tid < cols) {  // w_c = tau (P[j][c] + sum_i v_i P[i][c]), v_j = 1
+      double s = p[j * row_stride + tid];
+#pragma unroll
+      for (int k = 0; k < kWarps; ++k) s += partial[k][tid];
+      w[tid] = tau * s;
+    }
+    __syncthreads();
+
+    // Pass 2: P -= v w^T on the columns right of j; row j has v_j = 1. Squares of the updated
+    // column j+1 below its diagonal (rows > j+1) for the next reflector.
+    if (tid > j && tid < cols) p[j * row_stride + tid] -= w[tid];
+    sigma_part = 0.0;
+    for (int i = j + 1 + tid; i < rows; i += kThreads) {
+      double* row = p + i * row_stride;
+      const double v = row[j];
+#pragma unroll
+      for (int c = 0; c < BW; ++c) {
+        if (c > j && c < cols) {
+          const double x = row[c] - v * w[c];
+          row[c] = x;
+          if (c == j + 1 && i > j + 1) sigma_part += x * x;
+        }
+      }
+    }
+    __syncthreads();  // row j+1's new diagonal element is read by thread 0 next
+  }
+}
+
+template <int BW>
+void launch(at::Tensor& panels, at::Tensor& tau) {
+  const int64_t batch = panels.size(0);
+  const int rows = static_cast<int>(panels.size(1)), cols = static_cast<int>(panels.size(2));
+  auto stream = c10::cuda::getCurrentCUDAStream(panels.device().index());
+  householder_panels_kernel<BW><<<static_cast<unsigned>(batch), kThreads, 0, stream>>>(
+      panels.data_ptr<double>(), panels.stride(0), panels.stride(1), rows, cols, tau.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+int64_t householder_panels_max_columns() { return 32; }
+
+at::Tensor householder_panels_(at::Tensor panels) {
+  TORCH_CHECK(panels.is_cuda(), "householder_panels_: needs a CUDA tensor, got ", panels.device());
+  TORCH_CHECK(panels.scalar_type() == at::kDouble, "householder_panels_: needs float64, got ", panels.scalar_type());
+  TORCH_CHECK(panels.dim() == 3, "householder_panels_: needs [B, m, b], got ", panels.sizes());
+  TORCH_CHECK(panels.stride(2) == 1, "householder_panels_: each panel row must be contiguous (stride 1 along b)");
+  TORCH_CHECK(panels.size(2) <= householder_panels_max_columns(), "householder_panels_: at most ",
+              householder_panels_max_columns(), " columns, got ", panels.size(2));
+  TORCH_CHECK(panels.size(0) <= 2147483647LL, "householder_panels_: too many panels for one launch");
+  TORCH_CHECK(panels.size(1) <= 2147483647LL / 2, "householder_panels_: too many rows");
+  const c10::cuda::CUDAGuard guard(panels.device());
+  const int64_t steps = std::min(panels.size(1), panels.size(2));
+  // Poisoned: a reflector the kernel failed to write shows up as NaN, never as a plausible value.
+  at::Tensor tau = at::full({panels.size(0), steps}, NAN, panels.options());
+  if (panels.size(0) == 0 || steps == 0) return tau;
+  if (panels.size(2) <= 16) {
+    launch<16>(panels, tau);
+  } else {
+    launch<32>(panels, tau);
+  }
+  return tau;
+}

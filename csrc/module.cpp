@@ -1,0 +1,22 @@
+// spectrum_fast._C: binds the entry points declared in spectrum_fast.h. The CUDA ones exist only
+// in a build with CUDA (setup.py defines SPECTRUM_FAST_WITH_CUDA there); spectrum_fast/_extension.py
+// asks the module what it has.
+#include <torch/extension.h>
+
+#include "spectrum_fast.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
+  mod.doc() = "spectrum_fast compiled kernels";
+  mod.def("snr_statistics", &snr_statistics, "Spectrum statistics from ascending Gram eigenvalues [B, k] -> [B, 7]",
+          pybind11::arg("eigvals"), pybind11::arg("n"), pybind11::arg("m"));
+#ifdef SPECTRUM_FAST_WITH_CUDA
+  mod.def("householder_panels_", &householder_panels_,
+          "Householder QR of float64 panels [B, m, b] (b <= householder_panels_max_columns()) on the "
+          "current CUDA stream, in place, LAPACK geqrf layout; returns tau [B, min(m, b)]",
+          pybind11::arg("panels"));
+  mod.def("householder_panels_max_columns", &householder_panels_max_columns);
+  mod.attr("with_cuda") = true;
+#else
+  mod.attr("with_cuda") = false;
+#endif
+}

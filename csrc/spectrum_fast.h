@@ -1,0 +1,16 @@
+// The entry points of spectrum_fast._C, one per operation; csrc/module.cpp binds them.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+// Spectrum's statistics from ascending Gram eigenvalues [B, k] float64 (CPU) -> [B, 7].
+at::Tensor snr_statistics(const at::Tensor& eigvals, int64_t n, int64_t m);
+
+#ifdef SPECTRUM_FAST_WITH_CUDA
+// Householder QR of B panels [B, m, b] float64 on a CUDA device (rows contiguous, any row and
+// batch stride), in place on the current stream, in LAPACK geqrf's layout; returns tau [B, min(m, b)].
+at::Tensor householder_panels_(at::Tensor panels);
+int64_t householder_panels_max_columns();
+#endif

@@ -1,0 +1,101 @@
+"""The compiled batched panel QR (csrc/householder_panels.cu, spectrum_fast._C.householder_panels_)
+against LAPACK's definition: Q R = panel with Q orthogonal, R upper triangular, in geqrf's layout
+(so torch.householder_product rebuilds Q), and against torch.geqrf itself; then stage 1 of the
+eigen route with it, against float64 LAPACK eigenvalues. Needs the extension built with CUDA
+(the device; `pip install --no-build-isolation -e .` there); skipped elsewhere."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spectrum_fast import _extension
+from spectrum_fast.ops import band
+
+CUDA_OPS = _extension.cuda_ops()
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(CUDA_OPS is None, reason="spectrum_fast._C was not built with its CUDA kernels"),
+]
+
+
+def panels(batch, m, b, kind, gen):
+    p = torch.randn(batch, m, b, generator=gen, dtype=torch.float64)
+    if kind == "scaled":  # columns of very different size, as in a Gram with spikes
+        p *= torch.logspace(3, -3, b, dtype=torch.float64)
+    elif kind == "rank_deficient" and b > 1:
+        p[..., b // 2 :] = p[..., : b - b // 2]
+    elif kind == "zero_column":
+        p[..., 0] = 0.0
+    elif kind == "zero_below":  # column 0 already upper triangular: tau must be 0, not NaN
+        p[:, 1:, 0] = 0.0
+    return p.cuda()
+
+
+def check_factorization(panel, qr, tau):
+    m, b = panel.shape[-2:]
+    r = min(m, b)
+    assert torch.isfinite(tau).all() and torch.isfinite(qr).all()
+    q = torch.linalg.householder_product(qr[..., :r], tau)  # [B, m, r]
+    upper = torch.triu(qr[..., :r, :])
+    scale = panel.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-300)
+    assert ((q @ upper - panel).abs() / scale).max().item() < 1e-13
+    eye = torch.eye(r, dtype=torch.float64, device=panel.device)
+    assert (q.mT @ q - eye).abs().max().item() < 1e-13
+
+
+@pytest.mark.parametrize("m,b", [(1, 1), (5, 3), (3, 5), (31, 16), (33, 17), (64, 32), (1000, 32), (4064, 32), (517, 7)])
+@pytest.mark.parametrize("kind", ["random", "scaled", "rank_deficient", "zero_column", "zero_below"])
+def test_panel_qr_is_a_householder_qr(m, b, kind, seed):
+    gen = torch.Generator().manual_seed(seed)
+    p = panels(3, m, b, kind, gen)
+    qr = p.clone()
+    tau = CUDA_OPS.householder_panels_(qr)
+    check_factorization(p, qr, tau)
+    ref_qr, ref_tau = torch.geqrf(p)  # the same reflectors: LAPACK's dlarfg conventions on both sides
+    scale = p.abs().amax().item()
+    assert (qr - ref_qr).abs().max().item() < 1e-11 * max(scale, 1.0), f"seed={seed}"
+    assert (tau - ref_tau).abs().max().item() < 1e-11, f"seed={seed}"
+    if kind == "zero_below":
+        assert (tau[:, 0] == 0).all()
+
+
+def test_panel_qr_works_on_a_view_of_the_matrix(seed):
+    """Stage 1 hands it panels that are views (row stride n) of bigger matrices: the rest of each
+    matrix must stay untouched."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(4, 300, 300, generator=gen, dtype=torch.float64).cuda()
+    before = a.clone()
+    view = a[:, 40:, 8:40]
+    expected = view.clone()
+    tau = CUDA_OPS.householder_panels_(view)
+    check_factorization(expected, view, tau)
+    outside = torch.ones_like(a, dtype=torch.bool)
+    outside[:, 40:, 8:40] = False
+    assert torch.equal(a[outside], before[outside])
+
+
+def test_panel_qr_refuses_what_it_cannot_do():
+    with pytest.raises(RuntimeError, match="float64"):
+        CUDA_OPS.householder_panels_(torch.randn(2, 8, 4, device="cuda"))
+    with pytest.raises(RuntimeError, match="at most"):
+        CUDA_OPS.householder_panels_(torch.randn(2, 80, 33, device="cuda", dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="CUDA"):
+        CUDA_OPS.householder_panels_(torch.randn(2, 8, 4, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="contiguous"):
+        CUDA_OPS.householder_panels_(torch.randn(2, 4, 8, device="cuda", dtype=torch.float64).mT)
+
+
+@pytest.mark.parametrize("n,width", [(520, 32), (1024, 32), (700, 16), (333, 32)])
+def test_band_reduction_with_the_kernel_keeps_the_eigenvalues(n, width, seed, monkeypatch):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(3, n, n + 5, generator=gen, dtype=torch.float64)
+    w[:, : max(1, n // 10)] *= 300.0
+    g = (w @ w.mT).cuda()
+    truth = torch.linalg.eigvalsh(g.cpu())
+    monkeypatch.setattr(band, "PANEL_KERNEL", True)
+    banded = band.reduce_to_band_(g.clone(), width)
+    got = torch.linalg.eigvalsh(banded.cpu())
+    assert ((got - truth).abs().max() / truth.abs().max()).item() < 1e-13, f"seed={seed}"
+    outside = torch.ones(n, n, dtype=torch.bool).triu(width + 1)
+    assert (banded.cpu()[:, outside] == 0).all()
