@@ -7,9 +7,13 @@ warm-up, device synchronized:
 - stage 1 (dense -> band) with each (ops.band.PANEL_KERNEL off / on);
 - the whole two_stage_gpu route with each, and torch.linalg.eigvalsh (cuSOLVER syevd) for scale;
 - the largest eigenvalue difference against syevd's, relative to the largest eigenvalue.
+With --scan-moe-layers / --scan-llama-layers: whole scans (DeepSeek-V2 MoE layers generated as a
+checkpoint's tensors; Llama-3-8B layers already on the GPU), PANEL_KERNEL off and on alternating,
+--rounds times, after a warm-up of each.
 Needs the extension built with CUDA first: `pip install --no-build-isolation -e .`.
 
     python bench/probes/panel_qr.py [--cases 1024:32:64 4096:32:8 ...] [--repeats 3]
+    python bench/probes/panel_qr.py --cases --scan-moe-layers 4 --scan-llama-layers 8
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from spectrum_fast import _extension  # noqa: E402
@@ -51,8 +56,11 @@ def timed(fn, repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", nargs="+", default=list(CASES))
+    ap.add_argument("--cases", nargs="*", default=list(CASES))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--scan-moe-layers", type=int, default=0)
+    ap.add_argument("--scan-llama-layers", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     ext = _extension.cuda_ops()
     if ext is None:
@@ -80,8 +88,39 @@ def main() -> None:
         print(f"| {n} | {width} | {batch} | {qr_torch * 1e3:.2f} / {qr_kernel * 1e3:.2f} | "
               f"{stage1[False] * 1e3:.2f} / {stage1[True] * 1e3:.2f} | {route[False] * 1e3:.2f} / {route[True] * 1e3:.2f} | "
               f"{syevd * 1e3:.2f} | {diff:.1e} |", flush=True)
-        del g, truth, panel
+        g = truth = panel = None  # freed before the next case allocates
         torch.cuda.empty_cache()
+    scans(args)
+
+
+def scans(args) -> None:
+    import spectrum_fast
+    from workloads import GeneratedSource, deepseek_v2_moe_layout, llama3_8b_layer
+
+    sources = {}
+    if args.scan_moe_layers:
+        sources["deepseek-v2-moe"] = lambda: GeneratedSource(deepseek_v2_moe_layout(args.scan_moe_layers), "moe")
+    if args.scan_llama_layers:
+        resident = {}
+        for layer in range(args.scan_llama_layers):
+            resident.update(llama3_8b_layer(layer))
+        sources["llama3-8b on the GPU"] = lambda: resident
+    for label, make in sources.items():
+        times: dict[bool, list[float]] = {False: [], True: []}
+        snr: dict[bool, dict[str, float]] = {}
+        for r in range(args.rounds + 1):  # round 0 warms up
+            for on in (False, True):
+                band.PANEL_KERNEL = on
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                result = spectrum_fast.scan(make(), device="cuda", progress=False)
+                seconds = time.perf_counter() - t
+                if r:
+                    times[on].append(seconds)
+                snr[on] = {row.name: row.snr for row in result.rows}
+        diff = max(abs(snr[True][k] - v) / abs(v) for k, v in snr[False].items())
+        print(f"{label}, {len(snr[False])} matrices: PANEL_KERNEL off {', '.join(f'{t:.2f}' for t in times[False])} s, "
+              f"on {', '.join(f'{t:.2f}' for t in times[True])} s; max rel SNR diff {diff:.1e}", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,26 @@ from __future__ import annotations
 import torch
 
 
-# Factor the panels of a batch with the compiled kernel (csrc/householder_panels.cu: one launch for
-# all of them) where it is built and applies, instead of torch.geqrf (one cuSOLVER call per matrix).
-# Off until timed on a GPU (bench/probes/panel_qr.py); the tests run both.
-PANEL_KERNEL = False
+# Factor a batch's panels with the compiled kernel (csrc/householder_panels.cu: one launch, one
+# block per panel) where it is built and pays, instead of torch.geqrf (one cuSOLVER call per
+# matrix). The kernel's time is one panel's latency whatever the batch, torch's grows with it; on
+# the H100 (bench/probes/panel_qr_h100_955f669.log, width 32): kernel 1.2 / 2.3 / 4.4-5.2 ms for
+# panels of 992 / 2016 / 4064 rows, torch.geqrf 0.15-0.21 ms per matrix, so the kernel wins from
+# about m / 170 panels in a batch; it takes them from m / PANEL_KERNEL_ROWS_PER_PANEL. Stage 1 per
+# matrix: n = 1024 x 64: 3.19 -> 0.54 ms; 2048 x 32: 9.50 -> 3.73 ms; 4096 x 32: 28.8 -> 18.1 ms;
+# 4096 x 8: 30.8 -> 46.1 ms (the case the rule leaves to torch).
+PANEL_KERNEL = True
+PANEL_KERNEL_ROWS_PER_PANEL = 128
 
 
 def panel_geqrf(panel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """torch.geqrf(panel) for a batch [B, m, w]: (qr, tau) in LAPACK's layout, ``panel`` untouched."""
     from .. import _extension
 
-    ext = _extension.cuda_ops() if PANEL_KERNEL and panel.is_cuda and panel.dtype == torch.float64 else None
-    if ext is not None and panel.shape[-1] <= ext.householder_panels_max_columns():
+    batch, m, w = panel.shape
+    wanted = PANEL_KERNEL and panel.is_cuda and panel.dtype == torch.float64 and batch * PANEL_KERNEL_ROWS_PER_PANEL >= m
+    ext = _extension.cuda_ops() if wanted else None
+    if ext is not None and w <= ext.householder_panels_max_columns():
         qr = panel.clone(memory_format=torch.contiguous_format)
         return qr, ext.householder_panels_(qr)
     return torch.geqrf(panel)
