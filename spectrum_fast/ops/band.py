@@ -18,12 +18,17 @@ import torch
 # block per panel) where it is built and pays, instead of torch.geqrf (one cuSOLVER call per
 # matrix). The kernel's time is one panel's latency whatever the batch, torch's grows with it; on
 # the H100 (bench/probes/panel_qr_h100_955f669.log, width 32): kernel 1.2 / 2.3 / 4.4-5.2 ms for
-# panels of 992 / 2016 / 4064 rows, torch.geqrf 0.15-0.21 ms per matrix, so the kernel wins from
-# about m / 170 panels in a batch; it takes them from m / PANEL_KERNEL_ROWS_PER_PANEL. Stage 1 per
-# matrix: n = 1024 x 64: 3.19 -> 0.54 ms; 2048 x 32: 9.50 -> 3.73 ms; 4096 x 32: 28.8 -> 18.1 ms;
-# 4096 x 8: 30.8 -> 46.1 ms (the case the rule leaves to torch).
-PANEL_KERNEL = True
+# panels of 992 / 2016 / 4064 rows, torch.geqrf 0.15-0.21 ms per matrix. Stage 1 per matrix:
+# n = 1024 x 64: 3.19 -> 0.54 ms; 2048 x 32: 9.50 -> 3.73 ms; 4096 x 32: 28.8 -> 18.1 ms; but
+# 4096 x 8: 30.8 -> 46.1 ms. Whole scans (bench/probes/panel_qr_scans_h100_b692914.log), with the
+# kernel for batches of at least m / 128 panels: 4 DeepSeek-V2 MoE layers 15.9 -> 7.5 s; 8
+# Llama-3-8B layers on the GPU 2.78 -> 3.10 s (small batches lost). So batches also need
+# PANEL_KERNEL_MIN_BATCH panels. Off by default: the GPU test run at b692914, with it on, ended in
+# a crash whose cause its log cut off (bench/results/gpu_tests_h100_b692914_crashed.log); on
+# again once a GPU run is clean.
+PANEL_KERNEL = False
 PANEL_KERNEL_ROWS_PER_PANEL = 128
+PANEL_KERNEL_MIN_BATCH = 32
 
 
 def panel_geqrf(panel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,7 +36,8 @@ def panel_geqrf(panel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     from .. import _extension
 
     batch, m, w = panel.shape
-    wanted = PANEL_KERNEL and panel.is_cuda and panel.dtype == torch.float64 and batch * PANEL_KERNEL_ROWS_PER_PANEL >= m
+    wanted = (PANEL_KERNEL and panel.is_cuda and panel.dtype == torch.float64 and batch >= PANEL_KERNEL_MIN_BATCH
+              and batch * PANEL_KERNEL_ROWS_PER_PANEL >= m)
     ext = _extension.cuda_ops() if wanted else None
     if ext is not None and w <= ext.householder_panels_max_columns():
         qr = panel.clone(memory_format=torch.contiguous_format)
