@@ -13,12 +13,15 @@
 // loop (Gram entries are far from float64's range limits); tau = 0 where the column below the
 // diagonal is already zero.
 //
-// How: column by column. For column j, every thread takes rows j+1+tid, j+1+tid+THREADS, ...:
-// one pass scales them into v and accumulates v_i * P[i][c] for the columns c > j (registers,
-// compile-time indices: BW columns at most); a block reduction gives w = tau (P[j][:] + v^T P);
-// a second pass applies P[i][c] -= v_i w_c and, on the way, sums the squares of column j+1 for
-// the next reflector. The panel stays in global memory (L2): m x b doubles do not fit in shared
-// memory for the sizes that matter (4096 x 32 is 1 MiB).
+// How: one block of 1024 threads per panel, column by column, the panel in global memory (L2:
+// m x b doubles do not fit in shared memory for the sizes that matter, 4096 x 32 is 1 MiB). Lanes
+// run over columns: BW lanes read one row of the panel in one coalesced access (32 / BW rows per
+// warp), each lane keeps one column's running sum, and a row's v_i comes from its column-j lane by
+// shuffle. For column j, pass 1 scales column j into v and sums v_i P[i][c] per column c > j; a
+// block reduction gives w = tau (P[j][:] + v^T P); pass 2 applies P[i][c] -= v_i w_c and, on the
+// way, sums the squares of column j+1 for the next reflector. Each pass issues UNROLL rows per
+// lane before using them, to keep loads in flight. (The first version gave each thread whole rows:
+// its warps' loads touched 32 rows each and one 4064 x 32 panel took 4.4 ms; csrc/NOTES.md.)
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -30,12 +33,14 @@
 
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
+constexpr int kUnroll = 4;
+constexpr unsigned kFull = 0xffffffffu;
 
 __device__ __forceinline__ double warp_sum(double x) {
 #pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_down_sync(0xffffffffu, x, offset);
+  for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_down_sync(kFull, x, offset);
   return x;  // complete in lane 0
 }
 
@@ -47,36 +52,43 @@ __device__ __forceinline__ double block_sum(double x, double* scratch) {
   __syncthreads();
   double total = 0.0;
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) total += scratch[w];
+  for (int k = 0; k < kWarps; ++k) total += scratch[k];
   __syncthreads();  // scratch is reused by the next call
   return total;
 }
 
 // One block per panel. Panel p's element (i, c) sits at a[p * batch_stride + i * row_stride + c],
-// 0 <= i < rows, 0 <= c < cols <= BW.
+// 0 <= i < rows, 0 <= c < cols <= BW; BW divides 32.
 template <int BW>
 __global__ void __launch_bounds__(kThreads) householder_panels_kernel(
     double* __restrict__ a, int64_t batch_stride, int64_t row_stride, int rows, int cols,
     double* __restrict__ tau_out) {
+  constexpr int kRowsPerWarp = 32 / BW;
+  constexpr int kRowStep = kWarps * kRowsPerWarp;  // rows the block covers per step
   double* p = a + static_cast<int64_t>(blockIdx.x) * batch_stride;
   double* tau_row = tau_out + static_cast<int64_t>(blockIdx.x) * min(rows, cols);
   __shared__ double scratch[kWarps];
   __shared__ double partial[kWarps][BW];
   __shared__ double w[BW];
   __shared__ double reflector[2];  // tau, scale
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int c = lane % BW;    // this lane's column
+  const int sub = lane / BW;  // which of its warp's rows
+  const int first = warp * kRowsPerWarp + sub;
+  const bool in_cols = c < cols;
   const int steps = min(rows, cols);
 
-  // Squares of column 0 below the diagonal; later columns' come out of the update pass.
+  // Squares of column 0 below the diagonal; later columns' come out of pass 2.
   double sigma_part = 0.0;
-  for (int i = 1 + tid; i < rows; i += kThreads) {
-    const double x = p[i * row_stride];
-    sigma_part += x * x;
-  }
+  if (c == 0)
+    for (int i = 1 + first; i < rows; i += kRowStep) {
+      const double x = p[i * row_stride];
+      sigma_part += x * x;
+    }
 
   for (int j = 0; j < steps; ++j) {
     const double sigma = block_sum(sigma_part, scratch);
-    if (tid == 0) {
+    if (threadIdx.x == 0) {
       const double alpha = p[j * row_stride + j];
       double tau = 0.0, scale = 0.0, beta = alpha;
       if (sigma != 0.0) {
@@ -92,52 +104,64 @@ __global__ void __launch_bounds__(kThreads) householder_panels_kernel(
     }
     __syncthreads();
     const double tau = reflector[0], scale = reflector[1];
+    const int source = sub * BW + j;  // the lane holding column j of this lane's row
     if (j + 1 >= cols) {  // the last column: its vector to scale, no columns to its right
-      for (int i = j + 1 + tid; i < rows; i += kThreads) p[i * row_stride + j] *= scale;
+      if (c == j)
+        for (int i = j + 1 + first; i < rows; i += kRowStep) p[i * row_stride + j] *= scale;
       break;
     }
+    const bool needed = in_cols && c >= j;  // columns left of j are done
 
-    // Pass 1: v below the diagonal (in place), and v^T P[:, c] for c > j.
-    double acc[BW];
+    // Pass 1: v into column j, and the sums v_i P[i][c] for c > j. The loop bounds are the same
+    // for every lane (shuffles need the whole warp); rows past the end read as 0.
+    double acc = 0.0;
+    for (int base = j + 1 + first; base - first < rows; base += kUnroll * kRowStep) {
+      double x[kUnroll];
 #pragma unroll
-    for (int c = 0; c < BW; ++c) acc[c] = 0.0;
-    for (int i = j + 1 + tid; i < rows; i += kThreads) {
-      double* row = p + i * row_stride;
-      const double v = row[j] * scale;
-      row[j] = v;
+      for (int u = 0; u < kUnroll; ++u) {
+        const int i = base + u * kRowStep;
+        x[u] = (needed && i < rows) ? p[i * row_stride + c] : 0.0;
+      }
 #pragma unroll
-      for (int c = 0; c < BW; ++c)
-        if (c > j && c < cols) acc[c] += v * row[c];
-    }
-#pragma unroll
-    for (int c = 0; c < BW; ++c) {
-      if (c > j && c < cols) {  // uniform across the block: every thread takes the same branches
-        const double s = warp_sum(acc[c]);
-        if (lane == 0) partial[warp][c] = s;
+      for (int u = 0; u < kUnroll; ++u) {
+        const int i = base + u * kRowStep;
+        const double v = __shfl_sync(kFull, x[u], source) * scale;
+        if (c == j && i < rows) p[i * row_stride + j] = v;
+        if (c > j) acc += v * x[u];
       }
     }
-    __syncthreads();
-    if (tid > j && tid < cols) {  // w_c = tau (P[j][c] + sum_i v_i P[i][c]), v_j = 1
-      double s = p[j * row_stride + tid];
 #pragma unroll
-      for (int k = 0; k < kWarps; ++k) s += partial[k][tid];
-      w[tid] = tau * s;
+    for (int offset = BW; offset < 32; offset <<= 1) acc += __shfl_down_sync(kFull, acc, offset);
+    if (sub == 0) partial[warp][c] = acc;  // the warp's sums, per column
+    __syncthreads();
+    if (threadIdx.x > j && threadIdx.x < cols) {  // w_c = tau (P[j][c] + sum_i v_i P[i][c]), v_j = 1
+      double s = p[j * row_stride + threadIdx.x];
+#pragma unroll 8
+      for (int k = 0; k < kWarps; ++k) s += partial[k][threadIdx.x];
+      w[threadIdx.x] = tau * s;
     }
     __syncthreads();
 
-    // Pass 2: P -= v w^T on the columns right of j; row j has v_j = 1. Squares of the updated
-    // column j+1 below its diagonal (rows > j+1) for the next reflector.
-    if (tid > j && tid < cols) p[j * row_stride + tid] -= w[tid];
+    // Pass 2: P -= v w^T right of column j (row j has v_j = 1), and the squares of the new column
+    // j+1 below its diagonal for the next reflector.
+    if (threadIdx.x > j && threadIdx.x < cols) p[j * row_stride + threadIdx.x] -= w[threadIdx.x];
+    const double wc = (in_cols && c > j) ? w[c] : 0.0;
     sigma_part = 0.0;
-    for (int i = j + 1 + tid; i < rows; i += kThreads) {
-      double* row = p + i * row_stride;
-      const double v = row[j];
+    for (int base = j + 1 + first; base - first < rows; base += kUnroll * kRowStep) {
+      double x[kUnroll];
 #pragma unroll
-      for (int c = 0; c < BW; ++c) {
-        if (c > j && c < cols) {
-          const double x = row[c] - v * w[c];
-          row[c] = x;
-          if (c == j + 1 && i > j + 1) sigma_part += x * x;
+      for (int u = 0; u < kUnroll; ++u) {
+        const int i = base + u * kRowStep;
+        x[u] = (needed && i < rows) ? p[i * row_stride + c] : 0.0;
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int i = base + u * kRowStep;
+        const double v = __shfl_sync(kFull, x[u], source);  // column j now holds v
+        if (c > j && in_cols && i < rows) {
+          const double y = x[u] - v * wc;
+          p[i * row_stride + c] = y;
+          if (c == j + 1 && i > j + 1) sigma_part += y * y;
         }
       }
     }
