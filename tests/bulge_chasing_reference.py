@@ -76,3 +76,63 @@ def reduce_dense(a: np.ndarray, b: int) -> np.ndarray:
             _two_sided(a[j2 : j2 + len2, j2 : j2 + len2], v2, tau2)
             j1, len1, v, tau = j2, len2, v2, tau2
     return a
+
+
+def _sweep(a: np.ndarray, i: int, b: int):
+    """Sweep i of reduce_dense as a generator: each ``yield`` ends one step. Step 0 annihilates
+    column i and updates the diagonal block at i + 1; step k >= 1 chases the bulge one block down.
+    Step k reads and writes only rows and columns in [i + 1 + (k - 1) b, i + 1 + (k + 1) b) (step
+    0: column i and [i + 1, i + 1 + b))."""
+    n = a.shape[0]
+    j1 = i + 1
+    len1 = min(b, n - j1)
+    if len1 < 2:
+        return
+    v, tau, beta = householder(a[j1 : j1 + len1, i])
+    a[j1, i] = a[i, j1] = beta
+    a[j1 + 1 : j1 + len1, i] = a[i, j1 + 1 : j1 + len1] = 0.0
+    _two_sided(a[j1 : j1 + len1, j1 : j1 + len1], v, tau)
+    yield
+    while True:
+        j2 = j1 + len1
+        if j2 >= n:
+            return
+        len2 = min(b, n - j2)
+        blk = a[j2 : j2 + len2, j1 : j1 + len1]
+        blk -= np.outer(blk @ v, tau * v)
+        if len2 < 2:
+            a[j1 : j1 + len1, j2 : j2 + len2] = blk.T
+            return
+        v2, tau2, beta2 = householder(blk[:, 0])
+        blk -= np.outer(tau2 * v2, v2 @ blk)
+        blk[0, 0], blk[1:, 0] = beta2, 0.0
+        a[j1 : j1 + len1, j2 : j2 + len2] = blk.T
+        _two_sided(a[j2 : j2 + len2, j2 : j2 + len2], v2, tau2)
+        j1, len1, v, tau = j2, len2, v2, tau2
+        yield
+
+
+def reduce_dense_pipelined(a: np.ndarray, b: int, lag: int = 3, newest_first: bool = False) -> np.ndarray:
+    """reduce_dense with the sweeps overlapped as a GPU kernel runs them: at time t, sweep i does
+    its step t - lag * i, all active sweeps side by side. Sweep i + 1's step k touches rows and
+    columns below i + 2 + (k + 1) b, and sweep i's steps from k + lag on touch none of them when
+    lag >= 3, while the steps of sweep i that do (up to k + 2) are done: the result is the
+    sequential one, bit for bit, in whatever order one time step's steps run (``newest_first``
+    reverses it, as a race on the GPU could). With a smaller lag, one time step's steps overlap."""
+    a = np.array(a, dtype=np.float64)
+    n = a.shape[0]
+    sweeps = {}
+    t = 0
+    while True:
+        started = t // lag if t % lag == 0 and t // lag < n - 2 else None
+        if started is not None:
+            sweeps[started] = _sweep(a, started, b)
+        if not sweeps:
+            if t // lag >= n - 2:
+                return a
+            t += 1
+            continue
+        for i in sorted(sweeps, reverse=newest_first):
+            if next(sweeps[i], "done") == "done":
+                del sweeps[i]
+        t += 1

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from bulge_chasing_reference import band_to_tridiagonal, reduce_dense
+from bulge_chasing_reference import band_to_tridiagonal, reduce_dense, reduce_dense_pipelined
 
 SEED = random.SystemRandom().randrange(2**31)
 
@@ -73,3 +73,22 @@ def test_agrees_with_lapack_dsbev_on_a_gram_band():
     d, e = band_to_tridiagonal(a, b)
     got = np.sort(scipy.linalg.eigvalsh_tridiagonal(d, e))
     assert np.abs(got - want).max() <= 1e-13 * want.max(), f"[seed={SEED}]"
+
+
+@pytest.mark.parametrize("kind", ["random", "spiked", "zero_columns"])
+@pytest.mark.parametrize("n,b", [(3, 2), (17, 4), (40, 8), (67, 16), (130, 32), (33, 40)])
+def test_sweeps_three_steps_apart_give_the_sequential_result(n, b, kind):
+    """The schedule a pipelined chase kernel runs (sweep i at step t - 3 i at time t, one time
+    step's steps side by side) gives the sequential reduction bit for bit, whichever of a time
+    step's steps runs first: they touch disjoint rows and columns."""
+    a = band_matrix(n, b, kind, np.random.default_rng(SEED + 7 * n + b))
+    sequential = reduce_dense(a, b)
+    for newest_first in (False, True):
+        assert np.array_equal(reduce_dense_pipelined(a, b, 3, newest_first), sequential), f"seed={SEED}"
+
+
+def test_sweeps_one_step_apart_collide():
+    """The check above can fail: one step apart, a time step's steps overlap and their order
+    changes the result."""
+    a = band_matrix(64, 8, "random", np.random.default_rng(SEED))
+    assert not np.array_equal(reduce_dense_pipelined(a, 8, 1, newest_first=True), reduce_dense(a, 8)), f"seed={SEED}"

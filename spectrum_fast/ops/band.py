@@ -17,7 +17,7 @@ import torch
 # Factor a batch's panels with the compiled kernel (csrc/householder_panels.cu: one launch, one
 # block per panel) where it is built and pays, instead of torch.geqrf (one cuSOLVER call per
 # matrix). The kernel's time is one panel's latency whatever the batch, torch's grows with it; on
-# the H100 (bench/probes/panel_qr_h100_955f669.log, width 32): kernel 1.2 / 2.3 / 4.4-5.2 ms for
+# the H100 (the first version of the kernel, bench/probes/panel_qr_h100_955f669.log, width 32): kernel 1.2 / 2.3 / 4.4-5.2 ms for
 # panels of 992 / 2016 / 4064 rows, torch.geqrf 0.15-0.21 ms per matrix. Stage 1 per matrix:
 # n = 1024 x 64: 3.19 -> 0.54 ms; 2048 x 32: 9.50 -> 3.73 ms; 4096 x 32: 28.8 -> 18.1 ms; but
 # 4096 x 8: 30.8 -> 46.1 ms. Whole scans (bench/probes/panel_qr_scans_h100_b692914.log), with the
