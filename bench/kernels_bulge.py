@@ -4,7 +4,9 @@
   matrix, all the batch at once) to tridiagonal, then LAPACK dsterf on the host threads;
 - ``all_gpu``: the same chase, then bisection on the GPU (spectrum_fast.kernels.tridiagonal);
 - ``dsbev_host``: what the scan does today (ops.band_eigen: LAPACK dsbev on the host threads);
-- ``syevd``: cuSOLVER on the dense Gram (torch.linalg.eigvalsh), for scale (on up to 8 of them).
+- ``syevd``: cuSOLVER on the dense Gram (torch.linalg.eigvalsh), for scale (on up to 8 of them);
+- where spectrum_fast._C has its CUDA kernels: the compiled chase with the sweeps pipelined
+  (csrc/bulge_chase.cu), alone and with the GPU bisection, printed under each case's row.
 Same bands, same run; time per matrix = wall time of the batch / batch, device synchronized,
 median of --repeats after a warm-up (which compiles the kernel). The kernel's part is also timed
 alone, and once per --num-warps value (warps per program). A case can take long if the kernel
@@ -35,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from spectrum_fast import _extension  # noqa: E402
 from spectrum_fast.kernels import bulge, tridiagonal  # noqa: E402
 from spectrum_fast.ops import band, band_eigen  # noqa: E402
 from run_info import git_commit  # noqa: E402
@@ -136,6 +139,20 @@ def main() -> None:
         def all_gpu_route():
             d, e = bulge.band_to_tridiagonal(bands.clone(), b)
             return tridiagonal.tridiagonal_eigvalsh(d, e)
+
+        compiled = _extension.cuda_ops() if DEVICE == "cuda" else None
+        if compiled is not None and b <= compiled.bulge_chase_max_bandwidth():  # csrc/bulge_chase.cu, sweeps pipelined
+            def compiled_route():
+                return tridiagonal.tridiagonal_eigvalsh(*compiled.band_to_tridiagonal_(bands.clone(), b))
+
+            chase_ms = 1e3 * timed(lambda: compiled.band_to_tridiagonal_(bands.clone(), b), args.repeats) / batch
+            route_ms = 1e3 * timed(compiled_route, args.repeats) / batch
+            reference = np.sort(dsbev_route(), axis=-1)
+            compiled_diff = float(np.abs(compiled_route().cpu().numpy() - reference).max() / np.abs(reference).max())
+            res.setdefault("compiled_chase", []).append({"n": n, "bandwidth": b, "batch": batch, "chase_ms": chase_ms,
+                                                         "all_gpu_ms": route_ms, "max_eig_diff": compiled_diff})
+            print(f"  n={n} b={b} batch={batch}: compiled pipelined chase {chase_ms:.2f} ms/matrix, + bisection "
+                  f"{route_ms:.2f} ms/matrix, max eig diff vs dsbev {compiled_diff:.1e}", flush=True)
 
         bulge_s = timed(bulge_route, args.repeats)
         all_gpu_s = timed(all_gpu_route, args.repeats)

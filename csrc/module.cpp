@@ -15,6 +15,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
           "current CUDA stream, in place, LAPACK geqrf layout; returns tau [B, min(m, b)]",
           pybind11::arg("panels"));
   mod.def("householder_panels_max_columns", &householder_panels_max_columns);
+  mod.def("band_to_tridiagonal_", &band_to_tridiagonal_,
+          "Band -> tridiagonal by pipelined bulge chasing, in place on float64 bands [B, n, width] (lower "
+          "band storage, width >= 2 * bandwidth, bandwidth <= bulge_chase_max_bandwidth()) on the current "
+          "CUDA stream; returns (diagonals [B, n], subdiagonals [B, n - 1])",
+          pybind11::arg("bands"), pybind11::arg("bandwidth"));
+  mod.def("bulge_chase_max_bandwidth", &bulge_chase_max_bandwidth);
   mod.attr("with_cuda") = true;
 #else
   mod.attr("with_cuda") = false;

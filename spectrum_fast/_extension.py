@@ -24,7 +24,8 @@ def cuda_ops() -> ModuleType | None:
 
 def kernels_available() -> dict[str, bool]:
     """What is built: {"_C": the extension, "_C.snr_statistics": its CPU statistics, "_C.cuda": its
-    CUDA part, "_C.householder_panels": the batched panel QR of the eigen route's stage 1}.
+    CUDA part, "_C.householder_panels": the batched panel QR of the eigen route's stage 1,
+    "_C.bulge_chase": its pipelined band-to-tridiagonal chase}.
     ``spectrum-fast doctor`` says what each operation will use."""
     ext, cuda = load(), cuda_ops()
     return {
@@ -32,4 +33,5 @@ def kernels_available() -> dict[str, bool]:
         "_C.snr_statistics": ext is not None and hasattr(ext, "snr_statistics"),
         "_C.cuda": cuda is not None,
         "_C.householder_panels": cuda is not None and hasattr(cuda, "householder_panels_"),
+        "_C.bulge_chase": cuda is not None and hasattr(cuda, "band_to_tridiagonal_"),
     }

@@ -62,7 +62,9 @@ def _operation_lines(device: torch.device) -> list[str]:
         panel = ("compiled kernel (_C.householder_panels_)" if band.PANEL_KERNEL and k["_C.householder_panels"]
                  else "torch.geqrf (one cuSOLVER call per matrix)")
         lines.append(f"  two-stage route, stage 1 panel QR: {panel}")
-        gpu_stage2 = "Triton bulge chase + bisection" if eigen.gpu_stage2_available(device) else "unavailable (needs triton)"
+        chase = ("compiled pipelined chase (_C.band_to_tridiagonal_)" if band.CHASE_KERNEL and k["_C.cuda"]
+                 else "Triton bulge chase")
+        gpu_stage2 = f"{chase} + Triton bisection" if eigen.gpu_stage2_available(device) else "unavailable (needs triton)"
         lines.append(f"  two-stage route, stage 2 on the GPU: {gpu_stage2}, n <= {eigen.GPU_STAGE2_MAX_N}")
     host = (f"LAPACK dsbev (scipy) on {band_eigen.host_workers()} host thread(s)" if band_eigen.available()
             else "unavailable (scipy missing)")

@@ -101,3 +101,23 @@ def lower_band(a: torch.Tensor, bandwidth: int) -> torch.Tensor:
     for d in range(min(bandwidth, n - 1) + 1):
         out[:, : n - d, d] = torch.diagonal(a, offset=-d, dim1=-2, dim2=-1)
     return out
+
+
+# Chase the bulges with the compiled kernel (csrc/bulge_chase.cu: the sweeps pipelined, 3 steps
+# apart, in one block per matrix) instead of the Triton one (kernels/bulge.py: one sweep after the
+# other). Off until timed on a GPU (bench/kernels_bulge.py); the GPU tests check it.
+CHASE_KERNEL = False
+
+
+def band_to_tridiagonal(bands: torch.Tensor, bandwidth: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 2: symmetric bands in lower band storage ([B, n, width] float64, width >= 2 *
+    bandwidth, lower_band's layout) reduced in place to similar tridiagonals -> (diagonals [B, n],
+    subdiagonals [B, n - 1])."""
+    from .. import _extension
+    from ..kernels import bulge
+
+    ext = _extension.cuda_ops() if CHASE_KERNEL and bands.is_cuda else None
+    if ext is not None and bandwidth <= ext.bulge_chase_max_bandwidth():
+        return ext.band_to_tridiagonal_(bands, bandwidth)
+    return bulge.band_to_tridiagonal(bands, bandwidth)
+

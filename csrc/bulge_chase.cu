@@ -1,0 +1,245 @@
+// Band -> tridiagonal by Householder bulge chasing with the sweeps pipelined: stage 2 of the exact
+// eigen route, in place on symmetric float64 bands in lower band storage ([B, n, width], element
+// (r, c), r >= c, at c * width + (r - c); width >= 2b so the bulges fit: ops.band.lower_band).
+//
+// Why: the Triton kernel (spectrum_fast/kernels/bulge.py) chases one sweep after the other in one
+// program per matrix, about n^2 / b dependent steps: 0.7 s per 4096 matrix on the H100 however
+// many run beside it, so a batch's time is that latency unless hundreds of matrices are in flight.
+// Sweeps can overlap: sweep i's step k touches only rows and columns in
+// [i + 1 + (k - 1) b, i + 1 + (k + 1) b), so with sweep i at step t - 3 i at time t, the steps of
+// one time step are disjoint and the result is the sequential one, bit for bit
+// (tests/bulge_chasing_reference.py: reduce_dense_pipelined, checked in tests/test_bulge_chasing.py).
+// Here one block per matrix runs that schedule: each time step, its warps take the active sweeps'
+// steps, one step per warp at a time, then the block synchronizes.
+//
+// A step on a warp: lane r holds row r of the b x b block below the current diagonal block (rows
+// j2.., columns j1..), read coalesced from the band storage. Right-apply the sweep's previous
+// reflector (lane-local dots), form the new reflector from the block's first column (a warp sum),
+// left-apply it (a warp sum per column), store, then the two-sided update of the diagonal block at
+// j2 through a padded shared-memory tile. The reflector (v, tau) a sweep hands from one step to
+// the next, possibly to another warp, waits in a shared-memory ring slot per active sweep.
+// Algorithm and formulas: tests/bulge_chasing_reference.py (dlarfg without rescaling, as the other
+// kernels: Gram entries are far from float64's range limits).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cmath>
+#include <tuple>
+
+#include "spectrum_fast.h"
+
+namespace {
+
+constexpr int kWarps = 16;
+constexpr int kLag = 3;  // time steps between the starts of consecutive sweeps
+constexpr unsigned kFull = 0xffffffffu;
+
+__device__ __forceinline__ double warp_all_sum(double x) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(kFull, x, offset);
+  return x;  // in every lane
+}
+
+struct Reflector {
+  double tau, scale, beta;
+};
+
+// dlarfg's reflector for the column whose lane-r entry is ``x`` (rows 0..len-1; lanes past len
+// hold 0): every lane gets tau, scale and beta.
+__device__ __forceinline__ Reflector make_reflector(double x, int lane) {
+  const double alpha = __shfl_sync(kFull, x, 0);
+  const double sigma = warp_all_sum(lane > 0 ? x * x : 0.0);
+  Reflector h{0.0, 0.0, alpha};
+  if (sigma != 0.0) {
+    const double norm = sqrt(alpha * alpha + sigma);
+    h.beta = alpha >= 0.0 ? -norm : norm;
+    h.tau = (h.beta - alpha) / h.beta;
+    h.scale = 1.0 / (alpha - h.beta);
+  }
+  return h;
+}
+
+template <int BW>
+struct WarpScratch {
+  double tile[BW][BW + 1];  // a diagonal block, padded against bank conflicts
+  double w[BW];
+};
+
+// d <- H d H for the len x len diagonal block at (j, j), H = I - tau v v^T with v in ``v`` (shared).
+template <int BW>
+__device__ void two_sided(double* band, int64_t width, int j, int len, const double* v, double tau,
+                          WarpScratch<BW>& s, int lane) {
+  const int r = lane;
+  if (r < BW) {
+#pragma unroll
+    for (int c = 0; c < BW; ++c) {
+      if (c <= r && r < len) {
+        const double x = band[static_cast<int64_t>(j + c) * width + (r - c)];
+        s.tile[r][c] = x;
+        s.tile[c][r] = x;
+      }
+    }
+  }
+  __syncwarp();
+  double wr = 0.0;
+  if (r < len) {
+#pragma unroll
+    for (int c = 0; c < BW; ++c)
+      if (c < len) wr += s.tile[r][c] * v[c];
+    wr *= tau;
+  }
+  const double vr = r < len ? v[r] : 0.0;
+  const double vw = warp_all_sum(vr * wr);
+  wr -= 0.5 * tau * vw * vr;
+  if (r < BW) s.w[r] = wr;
+  __syncwarp();
+  if (r < len) {
+#pragma unroll
+    for (int c = 0; c < BW; ++c) {
+      if (c <= r) {
+        const double y = s.tile[r][c] - (vr * s.w[c] + wr * v[c]);
+        band[static_cast<int64_t>(j + c) * width + (r - c)] = y;
+      }
+    }
+  }
+  __syncwarp();  // the tile and w are reused by this warp's next step
+}
+
+// One step of sweep ``sweep`` (k = 0 starts it; k >= 1 chases one block down). ``slot`` holds the
+// sweep's reflector between steps: v in slot[0..BW-1], tau in slot[BW].
+template <int BW>
+__device__ void sweep_step(double* band, int64_t width, int n, int b, int sweep, int k, double* slot,
+                           WarpScratch<BW>& s, int lane) {
+  const int r = lane;
+  if (k == 0) {
+    const int j1 = sweep + 1;
+    const int len1 = min(b, n - j1);
+    if (len1 < 2) return;
+    double* column = band + static_cast<int64_t>(sweep) * width + 1;  // A[j1 + r][sweep]
+    const double x = r < len1 ? column[r] : 0.0;
+    const Reflector h = make_reflector(x, r);
+    if (r < len1) {
+      column[r] = r == 0 ? h.beta : 0.0;
+      slot[r] = r == 0 ? 1.0 : x * h.scale;
+    }
+    if (r == 0) slot[BW] = h.tau;
+    __syncwarp();
+    two_sided<BW>(band, width, j1, len1, slot, h.tau, s, lane);
+    return;
+  }
+  const int j1 = sweep + 1 + (k - 1) * b;
+  if (j1 >= n) return;
+  const int len1 = min(b, n - j1);
+  const int j2 = j1 + len1;
+  if (len1 < 2 || j2 >= n) return;  // the sweep ended at an earlier step
+  const int len2 = min(b, n - j2);
+  const double tau = slot[BW];
+  // Row r of the block below the diagonal block at j1: A[j2 + r][j1 + c].
+  double blk[BW];
+#pragma unroll
+  for (int c = 0; c < BW; ++c)
+    blk[c] = (r < len2 && c < len1) ? band[static_cast<int64_t>(j1 + c) * width + (j2 + r - j1 - c)] : 0.0;
+  // From the right with the sweep's last reflector: blk <- blk (I - tau v v^T).
+  double dot = 0.0;
+#pragma unroll
+  for (int c = 0; c < BW; ++c)
+    if (c < len1) dot += blk[c] * slot[c];
+#pragma unroll
+  for (int c = 0; c < BW; ++c)
+    if (c < len1) blk[c] -= tau * dot * slot[c];
+  if (len2 >= 2) {
+    // The new reflector annihilates the block's first column below its top; from the left.
+    const Reflector h = make_reflector(blk[0], r);
+    const double v2 = r < len2 ? (r == 0 ? 1.0 : blk[0] * h.scale) : 0.0;
+#pragma unroll
+    for (int c = 1; c < BW; ++c) {
+      if (c < len1) {
+        const double col = warp_all_sum(v2 * blk[c]);
+        blk[c] -= h.tau * v2 * col;
+      }
+    }
+    blk[0] = r == 0 ? h.beta : 0.0;
+    __syncwarp();  // every lane has read v (the old slot) before it is replaced
+    if (r < len2) slot[r] = v2;
+    if (r == 0) slot[BW] = h.tau;
+  }
+  if (r < len2) {
+#pragma unroll
+    for (int c = 0; c < BW; ++c)
+      if (c < len1) band[static_cast<int64_t>(j1 + c) * width + (j2 + r - j1 - c)] = blk[c];
+  }
+  __syncwarp();
+  if (len2 >= 2) two_sided<BW>(band, width, j2, len2, slot, slot[BW], s, lane);
+}
+
+template <int BW>
+__global__ void __launch_bounds__(kWarps * 32) bulge_chase_kernel(double* __restrict__ bands, int n,
+                                                                   int64_t width, int b, int ring,
+                                                                   int steps_per_sweep) {
+  extern __shared__ double shared[];
+  auto* scratch = reinterpret_cast<WarpScratch<BW>*>(shared);
+  double* slots = shared + kWarps * (sizeof(WarpScratch<BW>) / sizeof(double));  // ring x (BW + 1)
+  double* band = bands + static_cast<int64_t>(blockIdx.x) * n * width;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int sweeps = n - 2;  // sweeps 0 .. n-3
+  const int last_time = kLag * (sweeps - 1) + steps_per_sweep;
+  for (int t = 0; t <= last_time; ++t) {
+    // Active sweeps: 0 <= t - kLag * s <= steps_per_sweep; newest (largest s) first.
+    const int newest = min(t / kLag, sweeps - 1);
+    const int oldest = max(0, (t - steps_per_sweep + kLag - 1) / kLag);
+    for (int sw = newest - warp; sw >= oldest; sw -= kWarps) {
+      sweep_step<BW>(band, width, n, b, sw, t - kLag * sw, slots + static_cast<int64_t>(sw % ring) * (BW + 1),
+                     scratch[warp], lane);
+    }
+    __syncthreads();
+  }
+}
+
+template <int BW>
+void launch(at::Tensor& bands, int b) {
+  const int n = static_cast<int>(bands.size(1));
+  const int steps_per_sweep = (n + b - 1) / b + 1;  // step 0, then at most ceil(n / b) chase steps
+  const int ring = steps_per_sweep / kLag + 2;       // more slots than sweeps active at once
+  const size_t shared = kWarps * sizeof(WarpScratch<BW>) + static_cast<size_t>(ring) * (BW + 1) * sizeof(double);
+  int device = bands.device().index(), limit = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  TORCH_CHECK(shared <= static_cast<size_t>(limit), "band_to_tridiagonal_: n = ", n, " at bandwidth ", b, " needs ",
+              shared, " bytes of shared memory per block, the device has ", limit);
+  auto kernel = bulge_chase_kernel<BW>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
+  auto stream = c10::cuda::getCurrentCUDAStream(bands.device().index());
+  kernel<<<static_cast<unsigned>(bands.size(0)), kWarps * 32, shared, stream>>>(
+      bands.data_ptr<double>(), n, bands.size(2), b, ring, steps_per_sweep);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+int64_t bulge_chase_max_bandwidth() { return 32; }
+
+std::tuple<at::Tensor, at::Tensor> band_to_tridiagonal_(at::Tensor bands, int64_t bandwidth) {
+  TORCH_CHECK(bands.is_cuda(), "band_to_tridiagonal_: needs a CUDA tensor, got ", bands.device());
+  TORCH_CHECK(bands.scalar_type() == at::kDouble, "band_to_tridiagonal_: needs float64, got ", bands.scalar_type());
+  TORCH_CHECK(bands.dim() == 3 && bands.is_contiguous(), "band_to_tridiagonal_: needs a contiguous [B, n, width]");
+  TORCH_CHECK(bandwidth >= 1 && bandwidth <= bulge_chase_max_bandwidth(), "band_to_tridiagonal_: bandwidth must be 1..",
+              bulge_chase_max_bandwidth(), ", got ", bandwidth);
+  const int64_t batch = bands.size(0), n = bands.size(1), width = bands.size(2);
+  TORCH_CHECK(n <= 1 << 20 && batch <= 2147483647LL, "band_to_tridiagonal_: too large");
+  TORCH_CHECK(n <= 2 || bandwidth == 1 || width >= std::min<int64_t>(2 * bandwidth, 2 * (n - 1)),
+              "band_to_tridiagonal_: band storage of width ", width, " has no room for the bulges of bandwidth ",
+              bandwidth, ": give at least ", 2 * bandwidth, " diagonals");
+  const c10::cuda::CUDAGuard guard(bands.device());
+  if (batch > 0 && n > 2 && bandwidth > 1) {
+    if (bandwidth <= 16) {
+      launch<16>(bands, static_cast<int>(bandwidth));
+    } else {
+      launch<32>(bands, static_cast<int>(bandwidth));
+    }
+  }
+  at::Tensor d = bands.select(2, 0).clone();
+  at::Tensor e = width > 1 ? bands.narrow(1, 0, std::max<int64_t>(n - 1, 0)).select(2, 1).clone()
+                           : at::zeros({batch, std::max<int64_t>(n - 1, 0)}, bands.options());
+  return {d, e};
+}
