@@ -1,5 +1,6 @@
 """``spectrum-fast doctor``: what is installed and built here, and what each operation of a scan
-will use on a device, from the same checks the operations make (so it cannot drift from them)."""
+will use on a device. The choices come from the checks the operations themselves make (routes,
+availability, switches), so the report follows them."""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
-"""Stage 1 of the two-stage symmetric eigen solve: dense -> band, on whatever device holds the matrix.
+"""The two-stage symmetric eigen solve's band steps, on whatever device holds the matrix: stage 1,
+dense -> band (reduce_to_band_), and on CUDA stage 2's band -> tridiagonal (band_to_tridiagonal).
 
 cuSOLVER's syevd reduces straight to tridiagonal form: 4n/3 n^2 flops spent in matrix-vector
 products, one panel column at a time, so a 4096 float64 solve is bound by memory and launch
 latency (117 ms on the H100, ~1 TFLOP/s). Reducing to a band of width ``bandwidth`` first moves
 the same flops into matrix-matrix products (tensor-core DGEMM) over n / bandwidth panels; the band
-is then small (n x (bandwidth + 1)) and its eigenvalues come from LAPACK on the host
-(ops.band_eigen). Orthogonal similarity transforms in float64: the eigenvalues are kept to
+is then small (n x (bandwidth + 1)) and its eigenvalues come from the GPU (band_to_tridiagonal,
+then kernels.tridiagonal) or from LAPACK on the host (ops.band_eigen). Orthogonal similarity transforms in float64: the eigenvalues are kept to
 backward-stable accuracy, like syevd's.
 """
 
@@ -15,17 +16,13 @@ import torch
 
 
 # Factor a batch's panels with the compiled kernel (csrc/householder_panels.cu: one launch, one
-# block per panel) where it is built and pays, instead of torch.geqrf (one cuSOLVER call per
-# matrix). The kernel's time is one panel's latency whatever the batch, torch's grows with it; on
-# the H100 (the first version of the kernel, bench/probes/panel_qr_h100_955f669.log, width 32): kernel 1.2 / 2.3 / 4.4-5.2 ms for
-# panels of 992 / 2016 / 4064 rows, torch.geqrf 0.15-0.21 ms per matrix. Stage 1 per matrix:
-# n = 1024 x 64: 3.19 -> 0.54 ms; 2048 x 32: 9.50 -> 3.73 ms; 4096 x 32: 28.8 -> 18.1 ms; but
-# 4096 x 8: 30.8 -> 46.1 ms. Whole scans (bench/probes/panel_qr_scans_h100_b692914.log), with the
-# kernel for batches of at least m / 128 panels: 4 DeepSeek-V2 MoE layers 15.9 -> 7.5 s; 8
-# Llama-3-8B layers on the GPU 2.78 -> 3.10 s (small batches lost). So batches also need
-# PANEL_KERNEL_MIN_BATCH panels. Off by default: the GPU test run at b692914, with it on, ended in
-# a crash whose cause its log cut off (bench/results/gpu_tests_h100_b692914_crashed.log); on
-# again once a GPU run is clean.
+# block per panel) instead of torch.geqrf (one cuSOLVER call per matrix), for batches of at least
+# PANEL_KERNEL_MIN_BATCH and m / PANEL_KERNEL_ROWS_PER_PANEL panels. Measured with the kernel's
+# first version (H100, csrc/NOTES.md): stage 1 per matrix 3.19 -> 0.54 ms at n = 1024 x 64 and
+# 28.8 -> 18.1 ms at 4096 x 32, but 30.8 -> 46.1 ms at 4096 x 8; a 4-layer DeepSeek-V2 scan
+# 15.9 -> 7.5 s, 8 Llama-3-8B layers (batches of 3 to 16) 2.78 -> 3.10 s. Off by default: the GPU
+# test run with it on ended in a crash its log does not explain
+# (bench/results/gpu_tests_h100_b692914_crashed.log), and the kernel has since been rewritten.
 PANEL_KERNEL = False
 PANEL_KERNEL_ROWS_PER_PANEL = 128
 PANEL_KERNEL_MIN_BATCH = 32
