@@ -15,7 +15,7 @@ from pathlib import Path
 
 from setuptools import setup
 
-CPP_SOURCES = ["csrc/module.cpp", "csrc/snr_statistics.cpp"]
+CPP_SOURCES = ["csrc/module.cpp", "csrc/snr_statistics.cpp", "csrc/band_reduction.cpp"]
 CUDA_SOURCES = ["csrc/householder_panels.cu", "csrc/bulge_chase.cu"]
 
 

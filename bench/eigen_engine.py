@@ -6,7 +6,8 @@ Per case n x batch (float64 Grams of spiked random weights, fresh every run): ti
 - ``ours``: spectrum_fast.ops.eigen.eigvalsh(route="two_stage_gpu") with the package's defaults;
 - ``+ panels``, ``+ chase``, ``+ both``: the same with the compiled panel QR
   (ops.band.PANEL_KERNEL, every panel) and/or the compiled pipelined chase (ops.band.CHASE_KERNEL),
-  where spectrum_fast._C has its CUDA kernels;
+  where spectrum_fast._C has its CUDA kernels; ``+ both, loop in C++`` also runs stage 1's loop in
+  C++ (ops.band.STAGE1_IN_CPP);
 the throughput ratio of each against syevd, and its largest eigenvalue error relative to the
 largest eigenvalue, against float64 LAPACK on the host (numpy) for n <= 2048 and against syevd
 above (both backward stable to ~1e-15; LAPACK on 8192 would take minutes per matrix here).
@@ -63,15 +64,17 @@ def timed(fn, repeats: int, device: str) -> tuple[float, torch.Tensor]:
     return statistics.median(times), out
 
 
-def variants(device: str) -> dict[str, tuple[str, bool, bool]]:
-    """name -> (route, PANEL_KERNEL, CHASE_KERNEL)."""
+def variants(device: str) -> dict[str, tuple[str, bool, bool, bool]]:
+    """name -> (route, PANEL_KERNEL, CHASE_KERNEL, STAGE1_IN_CPP)."""
+    defaults = band.PANEL_KERNEL, band.CHASE_KERNEL, band.STAGE1_IN_CPP
     if device != "cuda":
-        return {"ours": ("auto", band.PANEL_KERNEL, band.CHASE_KERNEL)}
-    out = {"ours": ("two_stage_gpu", band.PANEL_KERNEL, band.CHASE_KERNEL)}
+        return {"ours": ("auto", *defaults)}
+    out = {"ours": ("two_stage_gpu", *defaults)}
     if _extension.cuda_ops() is not None:
-        out.update({"+ panels": ("two_stage_gpu", True, band.CHASE_KERNEL),
-                    "+ chase": ("two_stage_gpu", band.PANEL_KERNEL, True),
-                    "+ both": ("two_stage_gpu", True, True)})
+        out.update({"+ panels": ("two_stage_gpu", True, band.CHASE_KERNEL, band.STAGE1_IN_CPP),
+                    "+ chase": ("two_stage_gpu", band.PANEL_KERNEL, True, band.STAGE1_IN_CPP),
+                    "+ both": ("two_stage_gpu", True, True, band.STAGE1_IN_CPP),
+                    "+ both, loop in C++": ("two_stage_gpu", True, True, True)})
     return out
 
 
@@ -91,7 +94,8 @@ def main() -> None:
     print("| n | batch | syevd ms/matrix | " + " | ".join(f"{v} ms/matrix (x syevd)" for v in names)
           + " | max eig error (rel.) | target |")
     print("|---|---|---|" + "---|" * len(names) + "---|---|")
-    defaults = band.PANEL_KERNEL, band.PANEL_KERNEL_MIN_BATCH, band.PANEL_KERNEL_ROWS_PER_PANEL, band.CHASE_KERNEL
+    defaults = (band.PANEL_KERNEL, band.PANEL_KERNEL_MIN_BATCH, band.PANEL_KERNEL_ROWS_PER_PANEL, band.CHASE_KERNEL,
+                band.STAGE1_IN_CPP)
     for case in args.cases:
         n, batch = (int(x) for x in case.split(":"))
         g = grams(batch, n, device)
@@ -103,12 +107,13 @@ def main() -> None:
             few, truth = batch, syevd_vals.cpu()
         row = {"n": n, "batch": batch, "syevd_ms": 1e3 * syevd_s / batch, "variants": {}}
         cells = []
-        for name, (route, panels, chase) in variants(device).items():
-            band.PANEL_KERNEL, band.CHASE_KERNEL = panels, chase
+        for name, (route, panels, chase, cpp) in variants(device).items():
+            band.PANEL_KERNEL, band.CHASE_KERNEL, band.STAGE1_IN_CPP = panels, chase, cpp
             if panels and name != "ours":  # every panel to the kernel, whatever the batch
                 band.PANEL_KERNEL_MIN_BATCH, band.PANEL_KERNEL_ROWS_PER_PANEL = 1, 1 << 30
             seconds, vals = timed(lambda: eigen.eigvalsh(g.clone(), route), args.repeats, device)
-            band.PANEL_KERNEL, band.PANEL_KERNEL_MIN_BATCH, band.PANEL_KERNEL_ROWS_PER_PANEL, band.CHASE_KERNEL = defaults
+            (band.PANEL_KERNEL, band.PANEL_KERNEL_MIN_BATCH, band.PANEL_KERNEL_ROWS_PER_PANEL, band.CHASE_KERNEL,
+             band.STAGE1_IN_CPP) = defaults
             vals = vals.cpu()[:few]
             err = float(((vals - truth).abs().max() / truth.abs().max()).item())
             ms = 1e3 * seconds / batch

@@ -9,6 +9,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.doc() = "spectrum_fast compiled kernels";
   mod.def("snr_statistics", &snr_statistics, "Spectrum statistics from ascending Gram eigenvalues [B, k] -> [B, 7]",
           pybind11::arg("eigvals"), pybind11::arg("n"), pybind11::arg("m"));
+  mod.def("reduce_to_band_", &reduce_to_band_,
+          "Dense -> band in place on symmetric [B, n, n] (ops.band.reduce_to_band_'s operations, the loop in "
+          "C++), on the tensor's device and current stream",
+          pybind11::arg("a"), pybind11::arg("bandwidth"), pybind11::arg("panel_kernel_min_batch") = 0,
+          pybind11::arg("panel_kernel_rows_per_panel") = 128);
 #ifdef SPECTRUM_FAST_WITH_CUDA
   mod.def("householder_panels_", &householder_panels_,
           "Householder QR of float64 panels [B, m, b] (b <= householder_panels_max_columns()) on the "

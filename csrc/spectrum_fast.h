@@ -9,6 +9,13 @@
 // Spectrum's statistics from ascending Gram eigenvalues [B, k] float64 (CPU) -> [B, 7].
 at::Tensor snr_statistics(const at::Tensor& eigvals, int64_t n, int64_t m);
 
+// Stage 1 of the eigen route, dense -> band, in place on symmetric [B, n, n] (float64 advised),
+// ops.band.reduce_to_band_'s operations with the loop in C++. Panels go to householder_panels_
+// (CUDA builds) when panel_kernel_min_batch > 0, B >= panel_kernel_min_batch and
+// B * panel_kernel_rows_per_panel >= the panel's rows.
+at::Tensor reduce_to_band_(at::Tensor a, int64_t bandwidth, int64_t panel_kernel_min_batch,
+                           int64_t panel_kernel_rows_per_panel);
+
 #ifdef SPECTRUM_FAST_WITH_CUDA
 // Householder QR of B panels [B, m, b] float64 on a CUDA device (rows contiguous, any row and
 // batch stride), in place on the current stream, in LAPACK geqrf's layout; returns tau [B, min(m, b)].

@@ -62,7 +62,8 @@ def _operation_lines(device: torch.device) -> list[str]:
     if device.type == "cuda":
         panel = ("compiled kernel (_C.householder_panels_)" if band.PANEL_KERNEL and k["_C.householder_panels"]
                  else "torch.geqrf (one cuSOLVER call per matrix)")
-        lines.append(f"  two-stage route, stage 1 panel QR: {panel}")
+        loop = "C++ (_C.reduce_to_band_)" if band.STAGE1_IN_CPP and k["_C"] else "Python"
+        lines.append(f"  two-stage route, stage 1: loop in {loop}, panel QR by {panel}")
         chase = ("compiled pipelined chase (_C.band_to_tridiagonal_)" if band.CHASE_KERNEL and k["_C.cuda"]
                  else "Triton bulge chase")
         gpu_stage2 = f"{chase} + Triton bisection" if eigen.gpu_stage2_available(device) else "unavailable (needs triton)"

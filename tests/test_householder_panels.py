@@ -121,3 +121,18 @@ def test_panel_kernel_takes_batches_with_enough_panels(monkeypatch, seed):
         qr, tau = band.panel_geqrf(p)
         check_factorization(p, qr, tau)
     assert calls == [many.shape]
+
+
+def test_stage1_loop_in_cpp_matches_python_on_the_gpu(seed, monkeypatch):
+    """_C.reduce_to_band_ (the loop in C++, panels to the kernel) against ops.band's Python loop
+    with the same panels: the same bands, to rounding."""
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(4, 300, 450, generator=gen, dtype=torch.float64)
+    w[:, :20] *= 300.0
+    g = (w @ w.mT).cuda()
+    monkeypatch.setattr(band, "PANEL_KERNEL", True)
+    monkeypatch.setattr(band, "PANEL_KERNEL_MIN_BATCH", 1)
+    python = band.reduce_to_band_(g.clone(), 32)
+    monkeypatch.setattr(band, "STAGE1_IN_CPP", True)
+    compiled = band.reduce_to_band_(g.clone(), 32)
+    assert ((compiled - python).abs().max() / python.abs().max()).item() < 1e-13, f"seed={seed}"

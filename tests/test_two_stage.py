@@ -305,3 +305,22 @@ def test_pending_matrices_do_not_depend_on_host_cores(monkeypatch):
     assert engine.MIN_IN_FLIGHT <= peak[0] <= engine.MIN_IN_FLIGHT + 4
     assert pending[0] == 0
     assert [(r.name, r.snr, r.n_signal) for r in lazy.rows] == [(r.name, r.snr, r.n_signal) for r in eager.rows]
+
+
+@pytest.mark.skipif(not spectrum_fast.kernels_available()["_C"], reason="spectrum_fast._C is not built")
+@pytest.mark.parametrize("n,width,kind", [(40, 8, "spiked"), (67, 16, "rank_deficient"), (130, 32, "spiked"),
+                                          (33, 40, "spiked"), (5, 1, "zero")])
+def test_stage1_loop_in_cpp_gives_the_same_band(n, width, kind, monkeypatch):
+    """_C.reduce_to_band_ runs ops.band.reduce_to_band_'s operations in the same order: on the
+    CPU the bands are equal bit for bit."""
+    g = random_gram(3, n, n + width, kind)
+    python = band.reduce_to_band_(g.clone(), width)
+    monkeypatch.setattr(band, "STAGE1_IN_CPP", True)
+    calls = []
+    from spectrum_fast import _extension
+
+    ext = _extension.load()
+    monkeypatch.setattr(ext, "reduce_to_band_", lambda *a, f=ext.reduce_to_band_: calls.append(1) or f(*a))
+    compiled = band.reduce_to_band_(g.clone(), width)
+    assert calls, "the C++ loop did not run"
+    assert torch.equal(compiled, python), f"seed={SEED}"

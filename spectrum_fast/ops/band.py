@@ -62,6 +62,12 @@ def _panel_reflectors(panel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     return torch.triu(qr[..., :r, :]), v, t
 
 
+# Run the loop below in C++ (csrc/band_reduction.cpp: the same ATen operations in the same order,
+# without Python's cost per operation) where the extension is built. Off until timed on a GPU; the
+# tests check that both give the same band.
+STAGE1_IN_CPP = False
+
+
 def reduce_to_band_(a: torch.Tensor, bandwidth: int) -> torch.Tensor:
     """Overwrite symmetric ``a`` ([B, n, n], float64 advised) with a similar matrix of bandwidth
     ``bandwidth`` (entries with |i - j| > bandwidth are exactly 0). Returns ``a``.
@@ -72,6 +78,12 @@ def reduce_to_band_(a: torch.Tensor, bandwidth: int) -> torch.Tensor:
     """
     if a.dim() != 3 or a.shape[-1] != a.shape[-2]:
         raise ValueError(f"reduce_to_band_ expects [B, n, n], got {tuple(a.shape)}")
+    from .. import _extension
+
+    ext = _extension.load() if STAGE1_IN_CPP else None
+    if ext is not None and hasattr(ext, "reduce_to_band_"):
+        kernel = PANEL_KERNEL and _extension.cuda_ops() is not None
+        return ext.reduce_to_band_(a, bandwidth, PANEL_KERNEL_MIN_BATCH if kernel else 0, PANEL_KERNEL_ROWS_PER_PANEL)
     n, b = a.shape[-1], bandwidth
     for k in range(0, max(n - b - 1, 0), b):
         p0 = k + b
