@@ -1,6 +1,7 @@
 """The CUDA part of the extension compiles (CI has nvcc but no GPU, and its CPU torch builds only
-the C++ part): each CUDA source of setup.py through nvcc -c, and module.cpp with the CUDA entry
-points declared, syntax only. Nothing built here runs; the GPU tests run the kernels on the device."""
+the C++ part): each CUDA source of setup.py through nvcc -c, and each C++ source with the CUDA
+entry points declared, syntax only. Nothing built here runs; the GPU tests run the kernels on the
+device."""
 
 from __future__ import annotations
 
@@ -30,18 +31,19 @@ def torch_includes(tmp_path: Path) -> list[str]:
     return flags + [f"-I{ROOT / 'csrc'}", f"-I{sysconfig.get_paths()['include']}", "-DSPECTRUM_FAST_WITH_CUDA"]
 
 
-def cuda_sources() -> list[str]:
+def setup_sources(name: str) -> list[str]:
+    """setup.py's CPP_SOURCES or CUDA_SOURCES list, read without running setup.py."""
     import ast
 
     tree = ast.parse((ROOT / "setup.py").read_text())
-    for node in tree.body:  # CUDA_SOURCES = [...], read without running setup.py
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "CUDA_SOURCES":
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == name:
             return ast.literal_eval(node.value)
-    raise AssertionError("setup.py has no CUDA_SOURCES list")
+    raise AssertionError(f"setup.py has no {name} list")
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
-@pytest.mark.parametrize("source", cuda_sources())
+@pytest.mark.parametrize("source", setup_sources("CUDA_SOURCES"))
 def test_cuda_source_compiles(source, tmp_path):
     cmd = [NVCC, "-std=c++20", "-O3", "-c", str(ROOT / source), "-o", str(tmp_path / "out.o"),
            "-gencode=arch=compute_90,code=sm_90", *torch_includes(tmp_path / "inc")]
@@ -50,8 +52,11 @@ def test_cuda_source_compiles(source, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not on PATH")
-def test_module_binds_the_cuda_entry_points(tmp_path):
-    cmd = ["g++", "-std=c++20", "-fsyntax-only", str(ROOT / "csrc/module.cpp"), "-DTORCH_EXTENSION_NAME=_C",
+@pytest.mark.parametrize("source", setup_sources("CPP_SOURCES"))
+def test_cpp_source_compiles_with_the_cuda_entry_points(source, tmp_path):
+    """The C++ sources as a CUDA build compiles them (module.cpp then binds the CUDA entry points,
+    band_reduction.cpp calls the panel kernel), syntax only."""
+    cmd = ["g++", "-std=c++20", "-fsyntax-only", str(ROOT / source), "-DTORCH_EXTENSION_NAME=_C",
            *torch_includes(tmp_path / "inc")]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
