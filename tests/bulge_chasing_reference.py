@@ -46,35 +46,12 @@ def band_to_tridiagonal(a: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reduce_dense(a: np.ndarray, b: int) -> np.ndarray:
-    """The whole reduced matrix (tridiagonal up to rounding). Works on a dense copy: clarity over
-    speed."""
+    """The whole reduced matrix (tridiagonal up to rounding), sweep after sweep. Works on a dense
+    copy: clarity over speed."""
     a = np.array(a, dtype=np.float64)
-    n = a.shape[0]
-    for i in range(n - 2):
-        j1 = i + 1
-        len1 = min(b, n - j1)
-        if len1 < 2:
-            continue
-        v, tau, beta = householder(a[j1 : j1 + len1, i])
-        a[j1, i] = a[i, j1] = beta
-        a[j1 + 1 : j1 + len1, i] = a[i, j1 + 1 : j1 + len1] = 0.0
-        _two_sided(a[j1 : j1 + len1, j1 : j1 + len1], v, tau)
-        while True:
-            j2 = j1 + len1
-            if j2 >= n:
-                break
-            len2 = min(b, n - j2)
-            blk = a[j2 : j2 + len2, j1 : j1 + len1]
-            blk -= np.outer(blk @ v, tau * v)  # block below, from the right: blk <- blk H
-            if len2 < 2:  # a 1-row block needs no second reflector
-                a[j1 : j1 + len1, j2 : j2 + len2] = blk.T
-                break
-            v2, tau2, beta2 = householder(blk[:, 0])
-            blk -= np.outer(tau2 * v2, v2 @ blk)  # from the left: blk <- H2 blk
-            blk[0, 0], blk[1:, 0] = beta2, 0.0
-            a[j1 : j1 + len1, j2 : j2 + len2] = blk.T  # keep the dense copy symmetric
-            _two_sided(a[j2 : j2 + len2, j2 : j2 + len2], v2, tau2)
-            j1, len1, v, tau = j2, len2, v2, tau2
+    for i in range(a.shape[0] - 2):
+        for _ in _sweep(a, i, b):
+            pass
     return a
 
 
@@ -99,14 +76,14 @@ def _sweep(a: np.ndarray, i: int, b: int):
             return
         len2 = min(b, n - j2)
         blk = a[j2 : j2 + len2, j1 : j1 + len1]
-        blk -= np.outer(blk @ v, tau * v)
-        if len2 < 2:
+        blk -= np.outer(blk @ v, tau * v)  # block below, from the right: blk <- blk H
+        if len2 < 2:  # a 1-row block needs no second reflector
             a[j1 : j1 + len1, j2 : j2 + len2] = blk.T
             return
         v2, tau2, beta2 = householder(blk[:, 0])
-        blk -= np.outer(tau2 * v2, v2 @ blk)
+        blk -= np.outer(tau2 * v2, v2 @ blk)  # from the left: blk <- H2 blk
         blk[0, 0], blk[1:, 0] = beta2, 0.0
-        a[j1 : j1 + len1, j2 : j2 + len2] = blk.T
+        a[j1 : j1 + len1, j2 : j2 + len2] = blk.T  # keep the dense copy symmetric
         _two_sided(a[j2 : j2 + len2, j2 : j2 + len2], v2, tau2)
         j1, len1, v, tau = j2, len2, v2, tau2
         yield

@@ -204,10 +204,13 @@ def _two_stage_gpu(g: torch.Tensor) -> PendingEigenvalues:
     k = g.shape[-1]
     width = min(bandwidth_for(k, "two_stage_gpu"), max(1, k - 1))
     bands = band.lower_band(band.reduce_to_band_(g.contiguous(), width), 2 * width)  # room for the bulges
+
+    def stage2() -> torch.Tensor:
+        return tridiagonal.tridiagonal_eigvalsh(*band.band_to_tridiagonal(bands, width))
+
     if not bands.is_cuda:  # the CPU under the interpreter (tests)
-        return PendingEigenvalues(ready=tridiagonal.tridiagonal_eigvalsh(*band.band_to_tridiagonal(bands, width)))
-    return _solve_on_side_stream(bands, GPU_STAGE2_STREAMS,
-                                 lambda: tridiagonal.tridiagonal_eigvalsh(*band.band_to_tridiagonal(bands, width)))
+        return PendingEigenvalues(ready=stage2())
+    return _solve_on_side_stream(bands, GPU_STAGE2_STREAMS, stage2)
 
 
 def eigvalsh_deferred(g: torch.Tensor, route: str = "auto") -> PendingEigenvalues:
