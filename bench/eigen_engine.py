@@ -22,9 +22,9 @@ Median of --repeats after a warm-up; the device is synchronized around each timi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from spectrum_fast import _extension  # noqa: E402
 from spectrum_fast.ops import band, eigen  # noqa: E402
 from run_info import git_commit  # noqa: E402
+from timing import median_timed  # noqa: E402
 
 CASES = ("1024:64", "1536:32", "2048:32", "4096:8", "4096:32", "8192:4")
 # The issue's targets: throughput against syevd, by n.
@@ -50,32 +51,34 @@ def grams(batch: int, n: int, device: str) -> torch.Tensor:
     return w @ w.mT
 
 
-def timed(fn, repeats: int, device: str) -> tuple[float, torch.Tensor]:
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    out = fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        out = fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
+# The compiled panel QR for every panel, whatever the batch.
+EVERY_PANEL = {"PANEL_KERNEL": True, "PANEL_KERNEL_MIN_BATCH": 1, "PANEL_KERNEL_ROWS_PER_PANEL": 1 << 30}
 
 
-def variants(device: str) -> dict[str, tuple[str, bool, bool, bool]]:
-    """name -> (route, PANEL_KERNEL, CHASE_KERNEL, STAGE1_IN_CPP)."""
-    defaults = band.PANEL_KERNEL, band.CHASE_KERNEL, band.STAGE1_IN_CPP
+def variants(device: str) -> dict[str, tuple[str, dict]]:
+    """name -> (route, ops.band switches set for it; the others keep the package's defaults)."""
     if device != "cuda":
-        return {"ours": ("auto", *defaults)}
-    out = {"ours": ("two_stage_gpu", *defaults)}
+        return {"ours": ("auto", {})}
+    out = {"ours": ("two_stage_gpu", {})}
     if _extension.cuda_ops() is not None:
-        out.update({"+ panels": ("two_stage_gpu", True, band.CHASE_KERNEL, band.STAGE1_IN_CPP),
-                    "+ chase": ("two_stage_gpu", band.PANEL_KERNEL, True, band.STAGE1_IN_CPP),
-                    "+ both": ("two_stage_gpu", True, True, band.STAGE1_IN_CPP),
-                    "+ both, loop in C++": ("two_stage_gpu", True, True, True)})
+        out.update({"+ panels": ("two_stage_gpu", EVERY_PANEL),
+                    "+ chase": ("two_stage_gpu", {"CHASE_KERNEL": True}),
+                    "+ both": ("two_stage_gpu", {**EVERY_PANEL, "CHASE_KERNEL": True}),
+                    "+ both, loop in C++": ("two_stage_gpu", {**EVERY_PANEL, "CHASE_KERNEL": True, "STAGE1_IN_CPP": True})})
     return out
+
+
+@contextlib.contextmanager
+def band_switches(switches: dict):
+    """ops.band's module switches set to ``switches`` inside the block, restored after it."""
+    saved = {name: getattr(band, name) for name in switches}
+    for name, value in switches.items():
+        setattr(band, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(band, name, value)
 
 
 def main() -> None:
@@ -94,12 +97,10 @@ def main() -> None:
     print("| n | batch | syevd ms/matrix | " + " | ".join(f"{v} ms/matrix (x syevd)" for v in names)
           + " | max eig error (rel.) | target |")
     print("|---|---|---|" + "---|" * len(names) + "---|---|")
-    defaults = (band.PANEL_KERNEL, band.PANEL_KERNEL_MIN_BATCH, band.PANEL_KERNEL_ROWS_PER_PANEL, band.CHASE_KERNEL,
-                band.STAGE1_IN_CPP)
     for case in args.cases:
         n, batch = (int(x) for x in case.split(":"))
         g = grams(batch, n, device)
-        syevd_s, syevd_vals = timed(lambda: torch.linalg.eigvalsh(g), args.repeats, device)
+        syevd_s, syevd_vals = median_timed(lambda: torch.linalg.eigvalsh(g), torch.device(device), args.repeats)
         if n <= 2048:
             few = min(batch, 2)
             truth = torch.from_numpy(np.linalg.eigvalsh(g[:few].cpu().numpy()))
@@ -107,13 +108,9 @@ def main() -> None:
             few, truth = batch, syevd_vals.cpu()
         row = {"n": n, "batch": batch, "syevd_ms": 1e3 * syevd_s / batch, "variants": {}}
         cells = []
-        for name, (route, panels, chase, cpp) in variants(device).items():
-            band.PANEL_KERNEL, band.CHASE_KERNEL, band.STAGE1_IN_CPP = panels, chase, cpp
-            if panels and name != "ours":  # every panel to the kernel, whatever the batch
-                band.PANEL_KERNEL_MIN_BATCH, band.PANEL_KERNEL_ROWS_PER_PANEL = 1, 1 << 30
-            seconds, vals = timed(lambda: eigen.eigvalsh(g.clone(), route), args.repeats, device)
-            (band.PANEL_KERNEL, band.PANEL_KERNEL_MIN_BATCH, band.PANEL_KERNEL_ROWS_PER_PANEL, band.CHASE_KERNEL,
-             band.STAGE1_IN_CPP) = defaults
+        for name, (route, switches) in variants(device).items():
+            with band_switches(switches):
+                seconds, vals = median_timed(lambda: eigen.eigvalsh(g.clone(), route), torch.device(device), args.repeats)
             vals = vals.cpu()[:few]
             err = float(((vals - truth).abs().max() / truth.abs().max()).item())
             ms = 1e3 * seconds / batch

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,13 +40,10 @@ from spectrum_fast import _extension  # noqa: E402
 from spectrum_fast.kernels import bulge, tridiagonal  # noqa: E402
 from spectrum_fast.ops import band, band_eigen  # noqa: E402
 from run_info import git_commit  # noqa: E402
+from timing import median_timed  # noqa: E402
 
 DEVICE = "cuda"  # --device cpu runs it under TRITON_INTERPRET=1 on tiny cases, to check the script
-
-
-def sync() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
+DEV = torch.device(DEVICE)
 
 
 CASES = ("1024:32:64", "1536:32:32", "2048:32:32", "4096:16:8", "4096:16:32", "4096:32:32", "4096:64:32", "4096:16:132")
@@ -67,19 +63,6 @@ def grams(batch: int, n: int, seed: int) -> torch.Tensor:
         w[..., :r] += u * s
         torch.matmul(w, w.mT, out=out[k : k + m])
     return out
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def dsterf_all(d: np.ndarray, e: np.ndarray, pool: ThreadPoolExecutor) -> np.ndarray:
@@ -103,8 +86,8 @@ def main() -> None:
                     help="warps per program to compare for the chase kernel (CUDA only)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
-    global DEVICE
-    DEVICE = args.device
+    global DEVICE, DEV
+    DEVICE, DEV = args.device, torch.device(args.device)
     res = {"date": time.strftime("%Y-%m-%d"),
            "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (Triton interpreter)", "torch": torch.__version__,
            "commit": os.environ.get("SPECTRUM_FAST_COMMIT") or git_commit(), "command": " ".join(sys.argv),
@@ -122,8 +105,8 @@ def main() -> None:
         bands = band.lower_band(dense_band, 2 * b)  # with room for the bulges
         del dense_band
 
-        kernel_s = timed(lambda: bulge.band_to_tridiagonal(bands.clone(), b), args.repeats)
-        by_warps = {w: 1e3 * timed(lambda: bulge.band_to_tridiagonal(bands.clone(), b, num_warps=w), 1) / batch
+        kernel_s = median_timed(lambda: bulge.band_to_tridiagonal(bands.clone(), b), DEV, args.repeats)[0]
+        by_warps = {w: 1e3 * median_timed(lambda: bulge.band_to_tridiagonal(bands.clone(), b, num_warps=w), DEV, 1)[0] / batch
                     for w in args.num_warps} if DEVICE == "cuda" else {}
         if by_warps:
             print(f"  n={n} b={b} batch={batch}: kernel ms/matrix by warps per program "
@@ -145,8 +128,8 @@ def main() -> None:
             def compiled_route():
                 return tridiagonal.tridiagonal_eigvalsh(*compiled.band_to_tridiagonal_(bands.clone(), b))
 
-            chase_ms = 1e3 * timed(lambda: compiled.band_to_tridiagonal_(bands.clone(), b), args.repeats) / batch
-            route_ms = 1e3 * timed(compiled_route, args.repeats) / batch
+            chase_ms = 1e3 * median_timed(lambda: compiled.band_to_tridiagonal_(bands.clone(), b), DEV, args.repeats)[0] / batch
+            route_ms = 1e3 * median_timed(compiled_route, DEV, args.repeats)[0] / batch
             reference = np.sort(dsbev_route(), axis=-1)
             compiled_diff = float(np.abs(compiled_route().cpu().numpy() - reference).max() / np.abs(reference).max())
             res.setdefault("compiled_chase", []).append({"n": n, "bandwidth": b, "batch": batch, "chase_ms": chase_ms,
@@ -154,11 +137,11 @@ def main() -> None:
             print(f"  n={n} b={b} batch={batch}: compiled pipelined chase {chase_ms:.2f} ms/matrix, + bisection "
                   f"{route_ms:.2f} ms/matrix, max eig diff vs dsbev {compiled_diff:.1e}", flush=True)
 
-        bulge_s = timed(bulge_route, args.repeats)
-        all_gpu_s = timed(all_gpu_route, args.repeats)
-        dsbev_s = timed(dsbev_route, args.repeats)
+        bulge_s = median_timed(bulge_route, DEV, args.repeats)[0]
+        all_gpu_s = median_timed(all_gpu_route, DEV, args.repeats)[0]
+        dsbev_s = median_timed(dsbev_route, DEV, args.repeats)[0]
         few = min(batch, 8)  # syevd for scale only: a few matrices are enough
-        syevd_s = timed(lambda: torch.linalg.eigvalsh(g[:few]), args.repeats) * batch / few
+        syevd_s = median_timed(lambda: torch.linalg.eigvalsh(g[:few]), DEV, args.repeats)[0] * batch / few
         ours, theirs = np.sort(bulge_route(), axis=-1), dsbev_route()
         diff = float(np.abs(ours - theirs).max() / np.abs(theirs).max())
         all_gpu = all_gpu_route().cpu().numpy()

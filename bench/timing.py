@@ -8,6 +8,7 @@ box: 6 -> 13 ms per matrix, repeat to repeat), while the CPU time of the work ba
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -33,3 +34,15 @@ def timed(fn: Callable[[], T], device: torch.device, clock: str = "wall") -> tup
     result = fn()
     synchronize(device)
     return now() - start, result
+
+
+def median_timed(fn: Callable[[], T], device: torch.device, repeats: int) -> tuple[float, T]:
+    """-> (median wall-clock seconds of ``repeats`` runs after one untimed warm-up run (compiles,
+    handles, caches), the last run's result)."""
+    fn()
+    synchronize(device)
+    times, result = [], None
+    for _ in range(repeats):
+        seconds, result = timed(fn, device)
+        times.append(seconds)
+    return statistics.median(times), result

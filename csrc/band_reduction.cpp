@@ -34,15 +34,15 @@ at::Tensor reduce_to_band_(at::Tensor a, int64_t bandwidth, int64_t panel_kernel
   TORCH_CHECK(bandwidth >= 1, "reduce_to_band_: bandwidth must be at least 1, got ", bandwidth);
   const int64_t batch = a.size(0), n = a.size(2), b = bandwidth;
 #ifdef SPECTRUM_FAST_WITH_CUDA
-  const bool kernel_built = true;
+  const bool kernel_fits = b <= householder_panels_max_columns();
 #else
-  const bool kernel_built = false;
+  const bool kernel_fits = false;  // not built
 #endif
   for (int64_t k = 0; k < std::max<int64_t>(n - b - 1, 0); k += b) {
     const int64_t p0 = k + b, m = n - p0;
     at::Tensor panel = a.slice(1, p0).slice(2, k, k + b);
-    const bool use_kernel = kernel_built && panel_kernel_min_batch > 0 && a.is_cuda() &&
-                            a.scalar_type() == at::kDouble && b <= 32 && batch >= panel_kernel_min_batch &&
+    const bool use_kernel = kernel_fits && panel_kernel_min_batch > 0 && a.is_cuda() &&
+                            a.scalar_type() == at::kDouble && batch >= panel_kernel_min_batch &&
                             batch * panel_kernel_rows_per_panel >= m;
     auto [qr, tau] = panel_geqrf(panel, use_kernel);
     // Q = I - V T V^T (the "UT" compact form), T from T^-1 = diag(1/tau) + strictly-upper(V^T V);

@@ -57,6 +57,18 @@ __device__ __forceinline__ double block_sum(double x, double* scratch) {
   return total;
 }
 
+// Column c of rows base, base + kRowStep, ... (kUnroll of them) into x, all loads issued before
+// any is used; 0 past the last row or where the lane has nothing to read.
+template <int kRowStep>
+__device__ __forceinline__ void load_rows(double (&x)[kUnroll], const double* p, int64_t row_stride, int base,
+                                          int rows, int c, bool needed) {
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int i = base + u * kRowStep;
+    x[u] = (needed && i < rows) ? p[i * row_stride + c] : 0.0;
+  }
+}
+
 // One block per panel. Panel p's element (i, c) sits at a[p * batch_stride + i * row_stride + c],
 // 0 <= i < rows, 0 <= c < cols <= BW; BW divides 32.
 template <int BW>
@@ -117,11 +129,7 @@ __global__ void __launch_bounds__(kThreads) householder_panels_kernel(
     double acc = 0.0;
     for (int base = j + 1 + first; base - first < rows; base += kUnroll * kRowStep) {
       double x[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int i = base + u * kRowStep;
-        x[u] = (needed && i < rows) ? p[i * row_stride + c] : 0.0;
-      }
+      load_rows<kRowStep>(x, p, row_stride, base, rows, c, needed);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int i = base + u * kRowStep;
@@ -149,11 +157,7 @@ __global__ void __launch_bounds__(kThreads) householder_panels_kernel(
     sigma_part = 0.0;
     for (int base = j + 1 + first; base - first < rows; base += kUnroll * kRowStep) {
       double x[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int i = base + u * kRowStep;
-        x[u] = (needed && i < rows) ? p[i * row_stride + c] : 0.0;
-      }
+      load_rows<kRowStep>(x, p, row_stride, base, rows, c, needed);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int i = base + u * kRowStep;

@@ -64,7 +64,7 @@ def _operation_lines(device: torch.device) -> list[str]:
                  else "torch.geqrf (one cuSOLVER call per matrix)")
         loop = "C++ (_C.reduce_to_band_)" if band.STAGE1_IN_CPP and k["_C"] else "Python"
         lines.append(f"  two-stage route, stage 1: loop in {loop}, panel QR by {panel}")
-        chase = ("compiled pipelined chase (_C.band_to_tridiagonal_)" if band.CHASE_KERNEL and k["_C.cuda"]
+        chase = ("compiled pipelined chase (_C.band_to_tridiagonal_)" if band.CHASE_KERNEL and k["_C.bulge_chase"]
                  else "Triton bulge chase")
         gpu_stage2 = f"{chase} + Triton bisection" if eigen.gpu_stage2_available(device) else "unavailable (needs triton)"
         lines.append(f"  two-stage route, stage 2 on the GPU: {gpu_stage2}, n <= {eigen.GPU_STAGE2_MAX_N}")

@@ -19,7 +19,6 @@ Needs the extension built with CUDA first: `pip install --no-build-isolation -e 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from spectrum_fast import _extension  # noqa: E402
 from spectrum_fast.ops import band, eigen  # noqa: E402
+from timing import median_timed  # noqa: E402
 
+CUDA = torch.device("cuda")
 CASES = ("1024:32:64", "2048:32:32", "4096:32:8", "4096:32:32", "4096:16:8", "8192:32:2")
 
 
@@ -39,19 +40,6 @@ def grams(batch: int, n: int) -> torch.Tensor:
     w = torch.randn(batch, n, n + n // 2, device="cuda", dtype=torch.float64)
     w[:, : max(1, n // 16)] *= 30.0
     return w @ w.mT
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -74,17 +62,17 @@ def main() -> None:
         g = grams(batch, n)
         truth = torch.linalg.eigvalsh(g)
         panel = g[:, width:, :width]
-        qr_torch = timed(lambda: torch.geqrf(panel), args.repeats)
-        qr_kernel = timed(lambda: ext.householder_panels_(panel.clone(memory_format=torch.contiguous_format)), args.repeats)
+        qr_torch = median_timed(lambda: torch.geqrf(panel), CUDA, args.repeats)[0]
+        qr_kernel = median_timed(lambda: ext.householder_panels_(panel.clone(memory_format=torch.contiguous_format)), CUDA, args.repeats)[0]
         stage1, route = {}, {}
         eigen.GPU_BANDWIDTH = width
         for on in (False, True):
             band.PANEL_KERNEL = on
-            stage1[on] = timed(lambda: band.reduce_to_band_(g.clone(), width), args.repeats) / batch
-            route[on] = timed(lambda: eigen.eigvalsh_deferred(g.clone(), "two_stage_gpu").result(), args.repeats) / batch
+            stage1[on] = median_timed(lambda: band.reduce_to_band_(g.clone(), width), CUDA, args.repeats)[0] / batch
+            route[on] = median_timed(lambda: eigen.eigvalsh_deferred(g.clone(), "two_stage_gpu").result(), CUDA, args.repeats)[0] / batch
         got = eigen.eigvalsh_deferred(g.clone(), "two_stage_gpu").result()
         diff = ((got - truth.cpu()).abs().max() / truth.abs().max().cpu()).item()
-        syevd = timed(lambda: torch.linalg.eigvalsh(g[: min(batch, 8)]), args.repeats) / min(batch, 8)
+        syevd = median_timed(lambda: torch.linalg.eigvalsh(g[: min(batch, 8)]), CUDA, args.repeats)[0] / min(batch, 8)
         print(f"| {n} | {width} | {batch} | {qr_torch * 1e3:.2f} / {qr_kernel * 1e3:.2f} | "
               f"{stage1[False] * 1e3:.2f} / {stage1[True] * 1e3:.2f} | {route[False] * 1e3:.2f} / {route[True] * 1e3:.2f} | "
               f"{syevd * 1e3:.2f} | {diff:.1e} |", flush=True)
