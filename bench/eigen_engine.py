@@ -4,10 +4,10 @@ the table of the issue "csrc: a batched CUDA symmetric eigenvalue engine that be
 Per case n x batch (float64 Grams of spiked random weights, fresh every run): time per matrix of
 - ``syevd``: torch.linalg.eigvalsh on the whole batch (one call);
 - ``ours``: spectrum_fast.ops.eigen.eigvalsh(route="two_stage_gpu") with the package's defaults;
-- ``+ panels``, ``+ chase``, ``+ both``: the same with the compiled panel QR
-  (ops.band.PANEL_KERNEL, every panel) and/or the compiled pipelined chase (ops.band.CHASE_KERNEL),
-  where spectrum_fast._C has its CUDA kernels; ``+ both, loop in C++`` also runs stage 1's loop in
-  C++ (ops.band.STAGE1_IN_CPP);
+- where spectrum_fast._C has its CUDA kernels, the same with one of ops.band's switches changed:
+  ``Triton chase, torch.geqrf`` (no compiled kernel, the route before them), ``no panel kernel``,
+  ``every panel to the kernel`` (the panel rule's other side), ``chase on one block per matrix``
+  (no cluster), ``stage 1 loop in C++`` (ops.band.STAGE1_IN_CPP);
 the throughput ratio of each against syevd, and its largest eigenvalue error relative to the
 largest eigenvalue, against float64 LAPACK on the host (numpy) for n <= 2048 and against syevd
 above (both backward stable to ~1e-15; LAPACK on 8192 would take minutes per matrix here).
@@ -61,10 +61,11 @@ def variants(device: str) -> dict[str, tuple[str, dict]]:
         return {"ours": ("auto", {})}
     out = {"ours": ("two_stage_gpu", {})}
     if _extension.cuda_ops() is not None:
-        out.update({"+ panels": ("two_stage_gpu", EVERY_PANEL),
-                    "+ chase": ("two_stage_gpu", {"CHASE_KERNEL": True}),
-                    "+ both": ("two_stage_gpu", {**EVERY_PANEL, "CHASE_KERNEL": True}),
-                    "+ both, loop in C++": ("two_stage_gpu", {**EVERY_PANEL, "CHASE_KERNEL": True, "STAGE1_IN_CPP": True})})
+        out.update({"Triton chase, torch.geqrf": ("two_stage_gpu", {"PANEL_KERNEL": False, "CHASE_KERNEL": False}),
+                    "no panel kernel": ("two_stage_gpu", {"PANEL_KERNEL": False}),
+                    "every panel to the kernel": ("two_stage_gpu", EVERY_PANEL),
+                    "chase on one block per matrix": ("two_stage_gpu", {"CHASE_BLOCKS_PER_MATRIX": 1}),
+                    "stage 1 loop in C++": ("two_stage_gpu", {"STAGE1_IN_CPP": True})})
     return out
 
 

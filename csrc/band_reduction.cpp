@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <tuple>
 
+#include "messages.h"
 #include "spectrum_fast.h"
 
 namespace {
@@ -30,8 +31,8 @@ std::tuple<at::Tensor, at::Tensor> panel_geqrf(const at::Tensor& panel, bool use
 
 at::Tensor reduce_to_band_(at::Tensor a, int64_t bandwidth, int64_t panel_kernel_min_batch,
                            int64_t panel_kernel_rows_per_panel) {
-  TORCH_CHECK(a.dim() == 3 && a.size(1) == a.size(2), "reduce_to_band_ expects [B, n, n], got ", a.sizes());
-  TORCH_CHECK(bandwidth >= 1, "reduce_to_band_: bandwidth must be at least 1, got ", bandwidth);
+  TORCH_CHECK(a.dim() == 3 && a.size(1) == a.size(2), "reduce_to_band_ expects [B, n, n], got ", spectrum_fast::dims(a.sizes()));
+  TORCH_CHECK(bandwidth >= 1, "reduce_to_band_: bandwidth must be at least 1, got ", spectrum_fast::num(bandwidth));
   const int64_t batch = a.size(0), n = a.size(2), b = bandwidth;
 #ifdef SPECTRUM_FAST_WITH_CUDA
   const bool kernel_fits = b <= householder_panels_max_columns();

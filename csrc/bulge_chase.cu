@@ -18,22 +18,31 @@
 // left-apply it (a warp sum per column), store, then the two-sided update of the diagonal block at
 // j2 through a padded shared-memory tile. The reflector (v, tau) a sweep hands from one step to
 // the next, possibly to another warp, waits in a shared-memory ring slot per active sweep.
+//
+// Large n keeps more sweeps in flight than a block has warps (n / (3 b) of them: 43 at n = 4096,
+// b = 32, against 16 warps), and each warp then takes several steps per time step. A cluster of
+// ``split`` blocks shares a matrix: block p takes the sweeps s with s % split == p, a cluster
+// barrier ends each time step, and the band is read past L1 (__ldcg), where another SM's writes
+// would not show. The schedule and each step's arithmetic do not depend on split: the result is the
+// same bit for bit.
 // Algorithm and formulas: tests/bulge_chasing_reference.py (dlarfg without rescaling, as the other
 // kernels: Gram entries are far from float64's range limits).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cooperative_groups.h>
 
+#include <algorithm>
 #include <cmath>
-#include <tuple>
 
-#include "spectrum_fast.h"
+#include "cuda_launchers.h"
 
 namespace {
 
 constexpr int kWarps = 16;
 constexpr int kLag = 3;  // time steps between the starts of consecutive sweeps
+constexpr int kMaxSplit = 8;  // blocks per matrix at most: the portable cluster size
 constexpr unsigned kFull = 0xffffffffu;
 
 __device__ __forceinline__ double warp_all_sum(double x) {
@@ -76,7 +85,7 @@ __device__ void two_sided(double* band, int64_t width, int j, int len, const dou
 #pragma unroll
     for (int c = 0; c < BW; ++c) {
       if (c <= r && r < len) {
-        const double x = band[static_cast<int64_t>(j + c) * width + (r - c)];
+        const double x = __ldcg(band + static_cast<int64_t>(j + c) * width + (r - c));
         s.tile[r][c] = x;
         s.tile[c][r] = x;
       }
@@ -118,7 +127,7 @@ __device__ void sweep_step(double* band, int64_t width, int n, int b, int sweep,
     const int len1 = min(b, n - j1);
     if (len1 < 2) return;
     double* column = band + static_cast<int64_t>(sweep) * width + 1;  // A[j1 + r][sweep]
-    const double x = r < len1 ? column[r] : 0.0;
+    const double x = r < len1 ? __ldcg(column + r) : 0.0;
     const Reflector h = make_reflector(x, r);
     if (r < len1) {
       column[r] = r == 0 ? h.beta : 0.0;
@@ -140,7 +149,7 @@ __device__ void sweep_step(double* band, int64_t width, int n, int b, int sweep,
   double blk[BW];
 #pragma unroll
   for (int c = 0; c < BW; ++c)
-    blk[c] = (r < len2 && c < len1) ? band[static_cast<int64_t>(j1 + c) * width + (j2 + r - j1 - c)] : 0.0;
+    blk[c] = (r < len2 && c < len1) ? __ldcg(band + static_cast<int64_t>(j1 + c) * width + (j2 + r - j1 - c)) : 0.0;
   // From the right with the sweep's last reflector: blk <- blk (I - tau v v^T).
   double dot = 0.0;
 #pragma unroll
@@ -177,11 +186,14 @@ __device__ void sweep_step(double* band, int64_t width, int n, int b, int sweep,
 template <int BW>
 __global__ void __launch_bounds__(kWarps * 32) bulge_chase_kernel(double* __restrict__ bands, int n,
                                                                    int64_t width, int b, int ring,
-                                                                   int steps_per_sweep) {
+                                                                   int steps_per_sweep, int split) {
   extern __shared__ double shared[];
   auto* scratch = reinterpret_cast<WarpScratch<BW>*>(shared);
   double* slots = shared + kWarps * (sizeof(WarpScratch<BW>) / sizeof(double));  // ring x (BW + 1)
-  double* band = bands + static_cast<int64_t>(blockIdx.x) * n * width;
+  // ``split`` blocks (one cluster) per matrix; block ``part`` takes the sweeps s with s % split ==
+  // part, so a sweep's reflector never leaves its block's ring.
+  const int part = static_cast<int>(blockIdx.x % split);
+  double* band = bands + static_cast<int64_t>(blockIdx.x / split) * n * width;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int sweeps = n - 2;  // sweeps 0 .. n-3
   const int last_time = kLag * (sweeps - 1) + steps_per_sweep;
@@ -189,57 +201,88 @@ __global__ void __launch_bounds__(kWarps * 32) bulge_chase_kernel(double* __rest
     // Active sweeps: 0 <= t - kLag * s <= steps_per_sweep; newest (largest s) first.
     const int newest = min(t / kLag, sweeps - 1);
     const int oldest = max(0, (t - steps_per_sweep + kLag - 1) / kLag);
-    for (int sw = newest - warp; sw >= oldest; sw -= kWarps) {
+    const int mine = newest - (((newest - part) % split) + split) % split;  // newest of this block's
+    for (int sw = mine - warp * split; sw >= oldest; sw -= kWarps * split) {
       sweep_step<BW>(band, width, n, b, sw, t - kLag * sw, slots + static_cast<int64_t>(sw % ring) * (BW + 1),
                      scratch[warp], lane);
     }
-    __syncthreads();
+    // The next time step's steps read what this one's wrote, in any block of the cluster: the
+    // cluster barrier orders the global writes before those reads (release / acquire).
+    if (split == 1) {
+      __syncthreads();
+    } else {
+      cooperative_groups::this_cluster().sync();
+    }
   }
 }
 
+// Shared memory of one block: the warps' scratch and the ring of reflectors handed between sweeps.
 template <int BW>
-void launch(at::Tensor& bands, int b) {
+size_t shared_bytes(int n, int b, int* ring, int* steps_per_sweep) {
+  *steps_per_sweep = (n + b - 1) / b + 1;  // step 0, then at most ceil(n / b) chase steps
+  *ring = *steps_per_sweep / kLag + 2;       // more slots than sweeps active at once
+  return kWarps * sizeof(WarpScratch<BW>) + static_cast<size_t>(*ring) * (BW + 1) * sizeof(double);
+}
+
+// Blocks per matrix when the caller leaves it to the kernel: the most, up to one more than it takes
+// to give every sweep in flight its own warp (and kMaxSplit, a portable cluster), whose clusters
+// for the whole batch are resident at once (each block takes a whole SM: 512 threads x 128
+// registers; a second wave would double the time). H100 (bench/probes/chase_split.py, ms per
+// matrix at split 1 / 2 / 3 / 4 / 8): n = 2048 x 32 3.09 / 2.38 / 2.30 / 4.42 (two waves) / 6.56;
+// 4096 x 8 39.5 / 25.8 / 20.1 / 19.2 / 18.3; 8192 x 1 1121 / 652 / 489 / 417 / 309.
+template <int BW>
+int choose_split(int n, int b, int64_t batch, cudaLaunchConfig_t config, cudaLaunchAttribute* cluster) {
+  const int steps_per_sweep = (n + b - 1) / b + 1;
+  const int in_flight = (steps_per_sweep + kLag - 1) / kLag;
+  int split = std::min(kMaxSplit, (in_flight + kWarps - 1) / kWarps + 1);
+  for (; split > 1; --split) {
+    cluster->val.clusterDim.x = static_cast<unsigned>(split);
+    config.gridDim = dim3(static_cast<unsigned>(batch * split));
+    int resident = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&resident, bulge_chase_kernel<BW>, &config));
+    if (resident >= batch) break;
+  }
+  return split;
+}
+
+template <int BW>
+void launch(const at::Tensor& bands, int b, int split) {
   const int n = static_cast<int>(bands.size(1));
-  const int steps_per_sweep = (n + b - 1) / b + 1;  // step 0, then at most ceil(n / b) chase steps
-  const int ring = steps_per_sweep / kLag + 2;       // more slots than sweeps active at once
-  const size_t shared = kWarps * sizeof(WarpScratch<BW>) + static_cast<size_t>(ring) * (BW + 1) * sizeof(double);
-  int device = bands.device().index(), limit = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  TORCH_CHECK(shared <= static_cast<size_t>(limit), "band_to_tridiagonal_: n = ", n, " at bandwidth ", b, " needs ",
-              shared, " bytes of shared memory per block, the device has ", limit);
+  int ring = 0, steps_per_sweep = 0;
+  const size_t shared = shared_bytes<BW>(n, b, &ring, &steps_per_sweep);
   auto kernel = bulge_chase_kernel<BW>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
-  auto stream = c10::cuda::getCurrentCUDAStream(bands.device().index());
-  kernel<<<static_cast<unsigned>(bands.size(0)), kWarps * 32, shared, stream>>>(
-      bands.data_ptr<double>(), n, bands.size(2), b, ring, steps_per_sweep);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int device = bands.device().index();
+  cudaLaunchConfig_t config = {};
+  config.blockDim = dim3(kWarps * 32);
+  config.dynamicSmemBytes = shared;
+  config.stream = c10::cuda::getCurrentCUDAStream(device);
+  cudaLaunchAttribute cluster[1];
+  cluster[0].id = cudaLaunchAttributeClusterDimension;
+  cluster[0].val.clusterDim.x = cluster[0].val.clusterDim.y = cluster[0].val.clusterDim.z = 1;
+  config.attrs = cluster;
+  config.numAttrs = 1;
+  if (split <= 0) split = choose_split<BW>(n, b, bands.size(0), config, cluster);
+  cluster[0].val.clusterDim.x = static_cast<unsigned>(split);
+  config.gridDim = dim3(static_cast<unsigned>(bands.size(0) * split));
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, bands.data_ptr<double>(), n, bands.size(2), b, ring,
+                                    steps_per_sweep, split));
 }
 
 }  // namespace
 
-int64_t bulge_chase_max_bandwidth() { return 32; }
+int64_t bulge_chase_shared_bytes(int64_t n, int64_t bandwidth) {
+  int ring = 0, steps_per_sweep = 0;
+  const int nn = static_cast<int>(n), b = static_cast<int>(bandwidth);
+  return static_cast<int64_t>(bandwidth <= 16 ? shared_bytes<16>(nn, b, &ring, &steps_per_sweep)
+                                              : shared_bytes<32>(nn, b, &ring, &steps_per_sweep));
+}
 
-std::tuple<at::Tensor, at::Tensor> band_to_tridiagonal_(at::Tensor bands, int64_t bandwidth) {
-  TORCH_CHECK(bands.is_cuda(), "band_to_tridiagonal_: needs a CUDA tensor, got ", bands.device());
-  TORCH_CHECK(bands.scalar_type() == at::kDouble, "band_to_tridiagonal_: needs float64, got ", bands.scalar_type());
-  TORCH_CHECK(bands.dim() == 3 && bands.is_contiguous(), "band_to_tridiagonal_: needs a contiguous [B, n, width]");
-  TORCH_CHECK(bandwidth >= 1 && bandwidth <= bulge_chase_max_bandwidth(), "band_to_tridiagonal_: bandwidth must be 1..",
-              bulge_chase_max_bandwidth(), ", got ", bandwidth);
-  const int64_t batch = bands.size(0), n = bands.size(1), width = bands.size(2);
-  TORCH_CHECK(n <= 1 << 20 && batch <= 2147483647LL, "band_to_tridiagonal_: too large");
-  TORCH_CHECK(n <= 2 || bandwidth == 1 || width >= std::min<int64_t>(2 * bandwidth, 2 * (n - 1)),
-              "band_to_tridiagonal_: band storage of width ", width, " has no room for the bulges of bandwidth ",
-              bandwidth, ": give at least ", 2 * bandwidth, " diagonals");
-  const c10::cuda::CUDAGuard guard(bands.device());
-  if (batch > 0 && n > 2 && bandwidth > 1) {
-    if (bandwidth <= 16) {
-      launch<16>(bands, static_cast<int>(bandwidth));
-    } else {
-      launch<32>(bands, static_cast<int>(bandwidth));
-    }
+void launch_bulge_chase(const at::Tensor& bands, int64_t bandwidth, int64_t blocks_per_matrix) {
+  const int split = static_cast<int>(blocks_per_matrix);
+  if (bandwidth <= 16) {
+    launch<16>(bands, static_cast<int>(bandwidth), split);
+  } else {
+    launch<32>(bands, static_cast<int>(bandwidth), split);
   }
-  at::Tensor d = bands.select(2, 0).clone();
-  at::Tensor e = width > 1 ? bands.narrow(1, 0, std::max<int64_t>(n - 1, 0)).select(2, 1).clone()
-                           : at::zeros({batch, std::max<int64_t>(n - 1, 0)}, bands.options());
-  return {d, e};
 }

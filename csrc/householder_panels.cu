@@ -29,7 +29,7 @@
 
 #include <cmath>
 
-#include "spectrum_fast.h"
+#include "cuda_launchers.h"
 
 namespace {
 
@@ -174,7 +174,7 @@ __global__ void __launch_bounds__(kThreads) householder_panels_kernel(
 }
 
 template <int BW>
-void launch(at::Tensor& panels, at::Tensor& tau) {
+void launch(const at::Tensor& panels, const at::Tensor& tau) {
   const int64_t batch = panels.size(0);
   const int rows = static_cast<int>(panels.size(1)), cols = static_cast<int>(panels.size(2));
   auto stream = c10::cuda::getCurrentCUDAStream(panels.device().index());
@@ -185,26 +185,10 @@ void launch(at::Tensor& panels, at::Tensor& tau) {
 
 }  // namespace
 
-int64_t householder_panels_max_columns() { return 32; }
-
-at::Tensor householder_panels_(at::Tensor panels) {
-  TORCH_CHECK(panels.is_cuda(), "householder_panels_: needs a CUDA tensor, got ", panels.device());
-  TORCH_CHECK(panels.scalar_type() == at::kDouble, "householder_panels_: needs float64, got ", panels.scalar_type());
-  TORCH_CHECK(panels.dim() == 3, "householder_panels_: needs [B, m, b], got ", panels.sizes());
-  TORCH_CHECK(panels.stride(2) == 1, "householder_panels_: each panel row must be contiguous (stride 1 along b)");
-  TORCH_CHECK(panels.size(2) <= householder_panels_max_columns(), "householder_panels_: at most ",
-              householder_panels_max_columns(), " columns, got ", panels.size(2));
-  TORCH_CHECK(panels.size(0) <= 2147483647LL, "householder_panels_: too many panels for one launch");
-  TORCH_CHECK(panels.size(1) <= 2147483647LL / 2, "householder_panels_: too many rows");
-  const c10::cuda::CUDAGuard guard(panels.device());
-  const int64_t steps = std::min(panels.size(1), panels.size(2));
-  // Poisoned: a reflector the kernel failed to write shows up as NaN, never as a plausible value.
-  at::Tensor tau = at::full({panels.size(0), steps}, NAN, panels.options());
-  if (panels.size(0) == 0 || steps == 0) return tau;
+void launch_householder_panels(const at::Tensor& panels, const at::Tensor& tau) {
   if (panels.size(2) <= 16) {
     launch<16>(panels, tau);
   } else {
     launch<32>(panels, tau);
   }
-  return tau;
 }

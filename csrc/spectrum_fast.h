@@ -23,7 +23,9 @@ at::Tensor householder_panels_(at::Tensor panels);
 int64_t householder_panels_max_columns();
 // Band -> tridiagonal by bulge chasing, sweeps pipelined, in place on bands [B, n, width] float64
 // (lower band storage, width >= 2 * bandwidth) on the current stream -> (diagonals [B, n],
-// subdiagonals [B, n - 1]).
-std::tuple<at::Tensor, at::Tensor> band_to_tridiagonal_(at::Tensor bands, int64_t bandwidth);
+// subdiagonals [B, n - 1]). blocks_per_matrix: a cluster of that many blocks per matrix (1 to
+// bulge_chase_max_blocks_per_matrix()); 0 chooses from n, the batch and the device.
+std::tuple<at::Tensor, at::Tensor> band_to_tridiagonal_(at::Tensor bands, int64_t bandwidth, int64_t blocks_per_matrix);
 int64_t bulge_chase_max_bandwidth();
+int64_t bulge_chase_max_blocks_per_matrix();
 #endif

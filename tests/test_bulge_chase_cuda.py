@@ -42,6 +42,22 @@ def test_pipelined_chase_keeps_the_eigenvalues(n, b):
         assert np.abs(left[k]).max() / scale < 1e-13, f"{kind}: not tridiagonal, seed={SEED}"
 
 
+@pytest.mark.parametrize("n,b", [(1000, 32), (2100, 32), (700, 16), (300, 5)])
+def test_chase_over_a_cluster_of_blocks_gives_the_same_tridiagonal_bit_for_bit(n, b):
+    """Splitting a matrix's sweeps over 2..8 blocks of a cluster changes who does each step, not
+    the steps: the result equals the one-block result exactly (a race would not)."""
+    rng = np.random.default_rng(SEED + n)
+    dense = np.stack([band_matrix(n, b, kind, rng) for kind in ("random", "spiked", "clustered")])
+    bands = band.lower_band(torch.from_numpy(dense).cuda(), 2 * b)
+    d1, e1 = CUDA_OPS.band_to_tridiagonal_(bands.clone(), b, 1)
+    for split in (2, 3, 8, 0):
+        d, e = CUDA_OPS.band_to_tridiagonal_(bands.clone(), b, split)
+        assert torch.equal(d, d1) and torch.equal(e, e1), f"split {split}, seed={SEED}"
+    truth = np.linalg.eigvalsh(dense)
+    got = np.stack([scipy.linalg.eigvalsh_tridiagonal(dk, ek) for dk, ek in zip(d1.cpu().numpy(), e1.cpu().numpy())])
+    assert np.abs(got - truth).max() / np.abs(truth).max() < 1e-13, f"seed={SEED}"
+
+
 def test_pipelined_chase_matches_the_triton_kernel_and_the_route_uses_it(monkeypatch):
     """The two chases reduce a Gram's band to tridiagonals with the same eigenvalues; with
     ops.band.CHASE_KERNEL on, the two_stage_gpu route runs the compiled one."""
@@ -60,7 +76,7 @@ def test_pipelined_chase_matches_the_triton_kernel_and_the_route_uses_it(monkeyp
         assert (np.abs(got - truth.numpy()).max() / truth.abs().max().item()) < 1e-13, f"seed={SEED}"
     calls = []
     monkeypatch.setattr(band, "CHASE_KERNEL", True)
-    monkeypatch.setattr(CUDA_OPS, "band_to_tridiagonal_", lambda x, b, f=CUDA_OPS.band_to_tridiagonal_: calls.append(b) or f(x, b))
+    monkeypatch.setattr(CUDA_OPS, "band_to_tridiagonal_", lambda x, b, *rest, f=CUDA_OPS.band_to_tridiagonal_: calls.append(b) or f(x, b, *rest))
     got = eigen.eigvalsh_deferred(g.clone(), "two_stage_gpu").result()
     assert calls and ((got - truth).abs().max() / truth.abs().max()).item() < 1e-13, f"seed={SEED}"
 
@@ -68,9 +84,11 @@ def test_pipelined_chase_matches_the_triton_kernel_and_the_route_uses_it(monkeyp
 def test_pipelined_chase_refuses_what_it_cannot_do():
     with pytest.raises(RuntimeError, match="float64"):
         CUDA_OPS.band_to_tridiagonal_(torch.zeros(1, 10, 8, device="cuda"), 4)
-    with pytest.raises(RuntimeError, match="bandwidth"):
+    with pytest.raises(RuntimeError, match="bandwidth must be 1..32, got 40"):
         CUDA_OPS.band_to_tridiagonal_(torch.zeros(1, 100, 80, device="cuda", dtype=torch.float64), 40)
-    with pytest.raises(RuntimeError, match="room for the bulges"):
+    with pytest.raises(RuntimeError, match="width 9 has no room for the bulges of bandwidth 8: give at least 16"):
         CUDA_OPS.band_to_tridiagonal_(torch.zeros(1, 100, 9, device="cuda", dtype=torch.float64), 8)
     with pytest.raises(RuntimeError, match="CUDA"):
         CUDA_OPS.band_to_tridiagonal_(torch.zeros(1, 10, 8, dtype=torch.float64), 4)
+    with pytest.raises(RuntimeError, match="blocks_per_matrix must be 0 \\(choose\\) to 8, got 9"):
+        CUDA_OPS.band_to_tridiagonal_(torch.zeros(1, 100, 16, device="cuda", dtype=torch.float64), 8, 9)

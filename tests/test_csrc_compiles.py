@@ -60,3 +60,11 @@ def test_cpp_source_compiles_with_the_cuda_entry_points(source, tmp_path):
            *torch_includes(tmp_path / "inc")]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
+
+
+@pytest.mark.parametrize("source", [s for s in setup_sources("CUDA_SOURCES") if s.endswith(".cu")])
+def test_cuda_sources_leave_argument_checks_to_the_entry_points(source):
+    """The .cu files hold kernels and launchers; csrc/cuda_entry_points.cpp checks the arguments
+    (with csrc/messages.h's number formatting, which the device needs) before any launch."""
+    text = (ROOT / source).read_text()
+    assert "TORCH_CHECK" not in text and "c10::str" not in text, f"{source}: move the check to csrc/cuda_entry_points.cpp"

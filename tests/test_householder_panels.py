@@ -80,7 +80,7 @@ def test_panel_qr_works_on_a_view_of_the_matrix(seed):
 def test_panel_qr_refuses_what_it_cannot_do():
     with pytest.raises(RuntimeError, match="float64"):
         CUDA_OPS.householder_panels_(torch.randn(2, 8, 4, device="cuda"))
-    with pytest.raises(RuntimeError, match="at most"):
+    with pytest.raises(RuntimeError, match="at most 32 columns, got 33"):
         CUDA_OPS.householder_panels_(torch.randn(2, 80, 33, device="cuda", dtype=torch.float64))
     with pytest.raises(RuntimeError, match="CUDA"):
         CUDA_OPS.householder_panels_(torch.randn(2, 8, 4, dtype=torch.float64))
@@ -97,6 +97,7 @@ def test_band_reduction_with_the_kernel_keeps_the_eigenvalues(n, width, seed, mo
     truth = torch.linalg.eigvalsh(g.cpu())
     monkeypatch.setattr(band, "PANEL_KERNEL", True)
     monkeypatch.setattr(band, "PANEL_KERNEL_ROWS_PER_PANEL", 1 << 20)  # every panel to the kernel
+    monkeypatch.setattr(band, "PANEL_KERNEL_MIN_BATCH", 1)
     calls = []
     monkeypatch.setattr(CUDA_OPS, "householder_panels_", lambda p, f=CUDA_OPS.householder_panels_: calls.append(1) or f(p))
     banded = band.reduce_to_band_(g.clone(), width)

@@ -129,7 +129,11 @@ def test_auto_route_balances_gpu_and_host(monkeypatch):
     monkeypatch.setattr(band_eigen, "backlog", lambda: 0)
     monkeypatch.setattr(eigen, "gpu_stage2_available", lambda device: True)
     assert eigen.choose_route(4096, cuda, torch.float64) == "two_stage_gpu"  # the GPU kernels first
+    monkeypatch.setattr(eigen, "gpu_stage2_max_n", lambda: eigen.GPU_STAGE2_MAX_N)  # the Triton chase
     assert eigen.choose_route(8192, cuda, torch.float64) == "two_stage"  # too long a chase per matrix
+    monkeypatch.setattr(eigen, "gpu_stage2_max_n", lambda: eigen.GPU_STAGE2_MAX_N_COMPILED)  # the compiled one
+    assert eigen.choose_route(8192, cuda, torch.float64) == "two_stage_gpu"
+    assert eigen.choose_route(16384, cuda, torch.float64) == "two_stage"  # not measured there
     monkeypatch.setattr(eigen, "gpu_stage2_available", lambda device: False)
     assert eigen.choose_route(4096, cuda, torch.float64) == "two_stage"  # no Triton: host bands
     assert eigen.choose_route(256, cuda, torch.float64) == "syevd"  # small: syevd is as fast
@@ -324,3 +328,15 @@ def test_stage1_loop_in_cpp_gives_the_same_band(n, width, kind, monkeypatch):
     compiled = band.reduce_to_band_(g.clone(), width)
     assert calls, "the C++ loop did not run"
     assert torch.equal(compiled, python), f"seed={SEED}"
+
+
+@pytest.mark.skipif(not spectrum_fast.kernels_available()["_C"], reason="spectrum_fast._C is not built")
+def test_stage1_loop_in_cpp_refuses_bad_arguments_with_a_message():
+    """The messages name the numbers (csrc/messages.h: formatting them crashed the device's build)."""
+    from spectrum_fast import _extension
+
+    ext = _extension.load()
+    with pytest.raises(RuntimeError, match=r"expects \[B, n, n\], got \[2, 3, 4\]"):
+        ext.reduce_to_band_(torch.ones(2, 3, 4, dtype=torch.float64), 2)
+    with pytest.raises(RuntimeError, match="bandwidth must be at least 1, got 0"):
+        ext.reduce_to_band_(torch.ones(2, 4, 4, dtype=torch.float64), 0)

@@ -17,15 +17,13 @@ import torch
 
 # Factor a batch's panels with the compiled kernel (csrc/householder_panels.cu: one launch, one
 # block per panel) instead of torch.geqrf (one cuSOLVER call per matrix), for batches of at least
-# PANEL_KERNEL_MIN_BATCH and m / PANEL_KERNEL_ROWS_PER_PANEL panels. Measured with the kernel's
-# first version (H100, csrc/NOTES.md): stage 1 per matrix 3.19 -> 0.54 ms at n = 1024 x 64 and
-# 28.8 -> 18.1 ms at 4096 x 32, but 30.8 -> 46.1 ms at 4096 x 8; a 4-layer DeepSeek-V2 scan
-# 15.9 -> 7.5 s, 8 Llama-3-8B layers (batches of 3 to 16) 2.78 -> 3.10 s. Off by default: the GPU
-# test run with it on ended in a crash its log does not explain
-# (bench/results/gpu_tests_h100_b692914_crashed.log), and the kernel has since been rewritten.
-PANEL_KERNEL = False
-PANEL_KERNEL_ROWS_PER_PANEL = 128
-PANEL_KERNEL_MIN_BATCH = 32
+# PANEL_KERNEL_MIN_BATCH and m / PANEL_KERNEL_ROWS_PER_PANEL panels: one block per panel streams
+# its panel column by column, so a few very tall panels leave most SMs idle and take longer than
+# cuSOLVER (H100, bench/eigen_engine.py, every panel to the kernel, per matrix: n = 4096 x 8
+# 62.4 ms against 68.1 without, n = 8192 x 4 446 against 384; csrc/NOTES.md).
+PANEL_KERNEL = True
+PANEL_KERNEL_ROWS_PER_PANEL = 512
+PANEL_KERNEL_MIN_BATCH = 1
 
 
 def panel_geqrf(panel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,9 +111,12 @@ def lower_band(a: torch.Tensor, bandwidth: int) -> torch.Tensor:
 
 
 # Chase the bulges with the compiled kernel (csrc/bulge_chase.cu: the sweeps pipelined, 3 steps
-# apart, in one block per matrix) instead of the Triton one (kernels/bulge.py: one sweep after the
-# other). Off until timed on a GPU (bench/kernels_bulge.py); the GPU tests check it.
-CHASE_KERNEL = False
+# apart, over a cluster of blocks per matrix) instead of the Triton one (kernels/bulge.py: one sweep
+# after the other). H100, bench/eigen_engine.py at a0ebcdc: faster at every size measured (route
+# per matrix n = 1024 x 64 3.92 -> 3.82 ms, 4096 x 32 52.5 -> 40.5, 8192 x 4 693 -> 384).
+CHASE_KERNEL = True
+# Blocks per matrix for the compiled chase: 0 lets the kernel choose (csrc/bulge_chase.cu).
+CHASE_BLOCKS_PER_MATRIX = 0
 
 
 def band_to_tridiagonal(bands: torch.Tensor, bandwidth: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,6 +128,6 @@ def band_to_tridiagonal(bands: torch.Tensor, bandwidth: int) -> tuple[torch.Tens
 
     ext = _extension.cuda_ops() if CHASE_KERNEL and bands.is_cuda else None
     if ext is not None and bandwidth <= ext.bulge_chase_max_bandwidth():
-        return ext.band_to_tridiagonal_(bands, bandwidth)
+        return ext.band_to_tridiagonal_(bands, bandwidth, CHASE_BLOCKS_PER_MATRIX)
     return bulge.band_to_tridiagonal(bands, bandwidth)
 

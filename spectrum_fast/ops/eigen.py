@@ -92,6 +92,18 @@ AUTO_ROUTES = ("two_stage_gpu", "two_stage", "syevd")
 # (8 layers, H100) then took 513 ms per matrix against 329 ms with host bands and syevd
 # (bench/results/gpu_workloads_h100_b911384.log against _44cc8ac.log).
 GPU_STAGE2_MAX_N = 4096
+# The same with the compiled chase (ops.band.CHASE_KERNEL, csrc/bulge_chase.cu), which spreads a
+# matrix's sweeps over a cluster of blocks: H100, one 8192 matrix per batch, route 528 ms against
+# 583 ms for syevd; batches of 4, 227 against 582 (bench/results/eigen_engine_h100_*.log). Larger
+# n is not measured.
+GPU_STAGE2_MAX_N_COMPILED = 8192
+
+
+def gpu_stage2_max_n() -> int:
+    from .. import _extension
+
+    compiled = band.CHASE_KERNEL and _extension.cuda_ops() is not None
+    return GPU_STAGE2_MAX_N_COMPILED if compiled else GPU_STAGE2_MAX_N
 
 
 def gpu_stage2_available(device: torch.device) -> bool:
@@ -109,7 +121,7 @@ def choose_route(n: int, device: torch.device, dtype: torch.dtype) -> str:
     for route in AUTO_ROUTES:
         if route == "two_stage" and band_eigen.available() and band_eigen.backlog() < band_eigen.host_workers():
             return route
-        if route == "two_stage_gpu" and n <= GPU_STAGE2_MAX_N and gpu_stage2_available(device):
+        if route == "two_stage_gpu" and n <= gpu_stage2_max_n() and gpu_stage2_available(device):
             return route
         if route == "syevd":
             return route

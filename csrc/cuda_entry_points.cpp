@@ -1,0 +1,70 @@
+// spectrum_fast._C's CUDA entry points: argument checks around the launchers of
+// csrc/householder_panels.cu and bulge_chase.cu (which assume valid arguments). Every launch goes
+// to the current CUDA stream of the tensor's device. Numbers in messages: messages.h.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+
+#include "cuda_launchers.h"
+#include "messages.h"
+#include "spectrum_fast.h"
+
+using spectrum_fast::dims;
+using spectrum_fast::num;
+
+int64_t householder_panels_max_columns() { return 32; }
+
+at::Tensor householder_panels_(at::Tensor panels) {
+  TORCH_CHECK(panels.is_cuda(), "householder_panels_: needs a CUDA tensor, got ", panels.device());
+  TORCH_CHECK(panels.scalar_type() == at::kDouble, "householder_panels_: needs float64, got ", panels.scalar_type());
+  TORCH_CHECK(panels.dim() == 3, "householder_panels_: needs [B, m, b], got ", dims(panels.sizes()));
+  TORCH_CHECK(panels.stride(2) == 1, "householder_panels_: each panel row must be contiguous (stride 1 along b)");
+  TORCH_CHECK(panels.size(2) <= householder_panels_max_columns(), "householder_panels_: at most ",
+              num(householder_panels_max_columns()), " columns, got ", num(panels.size(2)));
+  TORCH_CHECK(panels.size(0) <= 2147483647LL, "householder_panels_: too many panels for one launch");
+  TORCH_CHECK(panels.size(1) <= 2147483647LL / 2, "householder_panels_: too many rows");
+  const c10::cuda::CUDAGuard guard(panels.device());
+  const int64_t steps = std::min(panels.size(1), panels.size(2));
+  // Poisoned: a reflector the kernel failed to write shows up as NaN, never as a plausible value.
+  at::Tensor tau = at::full({panels.size(0), steps}, NAN, panels.options());
+  if (panels.size(0) > 0 && steps > 0) launch_householder_panels(panels, tau);
+  return tau;
+}
+
+int64_t bulge_chase_max_bandwidth() { return 32; }
+
+int64_t bulge_chase_max_blocks_per_matrix() { return 8; }
+
+std::tuple<at::Tensor, at::Tensor> band_to_tridiagonal_(at::Tensor bands, int64_t bandwidth, int64_t blocks_per_matrix) {
+  TORCH_CHECK(bands.is_cuda(), "band_to_tridiagonal_: needs a CUDA tensor, got ", bands.device());
+  TORCH_CHECK(bands.scalar_type() == at::kDouble, "band_to_tridiagonal_: needs float64, got ", bands.scalar_type());
+  TORCH_CHECK(bands.dim() == 3 && bands.is_contiguous(), "band_to_tridiagonal_: needs a contiguous [B, n, width]");
+  TORCH_CHECK(bandwidth >= 1 && bandwidth <= bulge_chase_max_bandwidth(), "band_to_tridiagonal_: bandwidth must be 1..",
+              num(bulge_chase_max_bandwidth()), ", got ", num(bandwidth));
+  const int64_t batch = bands.size(0), n = bands.size(1), width = bands.size(2);
+  TORCH_CHECK(n <= 1 << 20 && batch <= 2147483647LL, "band_to_tridiagonal_: too large");
+  TORCH_CHECK(n <= 2 || bandwidth == 1 || width >= std::min<int64_t>(2 * bandwidth, 2 * (n - 1)),
+              "band_to_tridiagonal_: band storage of width ", num(width), " has no room for the bulges of bandwidth ",
+              num(bandwidth), ": give at least ", num(2 * bandwidth), " diagonals");
+  TORCH_CHECK(blocks_per_matrix >= 0 && blocks_per_matrix <= bulge_chase_max_blocks_per_matrix(),
+              "band_to_tridiagonal_: blocks_per_matrix must be 0 (choose) to ",
+              num(bulge_chase_max_blocks_per_matrix()), ", got ", num(blocks_per_matrix));
+  const c10::cuda::CUDAGuard guard(bands.device());
+  if (batch > 0 && n > 2 && bandwidth > 1) {
+    const int64_t shared = bulge_chase_shared_bytes(n, bandwidth);
+    int limit = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, bands.device().index()));
+    TORCH_CHECK(shared <= limit, "band_to_tridiagonal_: n = ", num(n), " at bandwidth ", num(bandwidth), " needs ",
+                num(shared), " bytes of shared memory per block, the device has ", num(limit));
+    launch_bulge_chase(bands, bandwidth, blocks_per_matrix);
+  }
+  at::Tensor d = bands.select(2, 0).clone();
+  at::Tensor e = width > 1 ? bands.narrow(1, 0, std::max<int64_t>(n - 1, 0)).select(2, 1).clone()
+                           : at::zeros({batch, std::max<int64_t>(n - 1, 0)}, bands.options());
+  return {d, e};
+}
