@@ -67,7 +67,7 @@ def _operation_lines(device: torch.device) -> list[str]:
         chase = ("compiled pipelined chase (_C.band_to_tridiagonal_)" if band.CHASE_KERNEL and k["_C.bulge_chase"]
                  else "Triton bulge chase")
         gpu_stage2 = f"{chase} + Triton bisection" if eigen.gpu_stage2_available(device) else "unavailable (needs triton)"
-        lines.append(f"  two-stage route, stage 2 on the GPU: {gpu_stage2}, n <= {eigen.gpu_stage2_max_n()}")
+        lines.append(f"  two-stage route, stage 2 on the GPU: {gpu_stage2}, n <= {eigen.GPU_STAGE2_MAX_N}")
     host = (f"LAPACK dsbev (scipy) on {band_eigen.host_workers()} host thread(s)" if band_eigen.available()
             else "unavailable (scipy missing)")
     lines.append(f"  two-stage route, band eigenvalues on the host: {host}")

@@ -77,22 +77,33 @@ def plan_batches(tasks: list[MatrixTask], budget_bytes: int | Callable[[int, int
     return batches
 
 
-def gpu_batch_plan(max_gpu_memory: int, precision: str = "float64", eigen_route: str = "auto"):
+def gpu_batch_plan(max_gpu_memory: int, precision: str = "float64", eigen_route: str = "auto",
+                   device: torch.device | None = None):
     """-> a plan_batches budget function that keeps a batch's peak within ``max_gpu_memory``.
 
     Peak = the batch's matrices (input + Gram) + the float64 upcast chunk (ops.gram) + the eigen
-    solver's extra (ops.eigen.syevd_extra_bytes for syevd; the two-stage route's panels are
-    small). Where syevd's workspace alone would break the limit (k = 8192 float64: ~2.5 GiB), the
-    "auto" route is narrowed to the two-stage route for that shape. One matrix per batch is the
-    floor: a matrix bigger than the limit is still scanned, and the peak reported."""
+    solver's extra (ops.eigen.syevd_extra_bytes for syevd; the two-stage routes work in place on
+    the Gram and their panels and bands are small). Where "auto" will take the GPU route anyway
+    (ops.eigen.choose_route tries it first: float64, n within its limits, the kernels there), the
+    batch is planned for that route and gets syevd's workspace as matrices (less the two-stage
+    temporaries, ops.eigen.two_stage_extra_bytes): for Llama-3-8B's 4096-wide matrices at 1.5 GiB,
+    8 and 5 per batch instead of 4 and 3 (the GPU route's time per matrix falls with the batch:
+    bench/RESULTS.md, the eigen engine's table). Where syevd's
+    workspace alone would break the limit (k = 8192 float64: ~2.5 GiB), "auto" is narrowed to the
+    host two-stage route for that shape. One matrix per batch is the floor: a matrix bigger than
+    the limit is still scanned, and the peak reported."""
     from .ops import band_eigen, eigen
     from .ops.gram import _CHUNK_BYTES
+
+    cuda = device if device is not None else torch.device("cuda")
 
     def plan(n: int, m: int, dtype: str) -> tuple[int, str]:
         k = min(n, m)
         fixed = _CHUNK_BYTES if precision == "float64" else 0
         itemsize = 8 if precision == "float64" else 4
         route = eigen_route
+        if route == "auto" and precision == "float64" and eigen.gpu_route_first(k, cuda):
+            route = "two_stage_gpu"
         if route not in ("two_stage", "two_stage_gpu"):  # both work in place on the Gram
             syevd = eigen.syevd_extra_bytes(k, itemsize)
             fits = fixed + syevd + matrix_device_bytes(n, m, dtype) <= max_gpu_memory
@@ -101,6 +112,9 @@ def gpu_batch_plan(max_gpu_memory: int, precision: str = "float64", eigen_route:
             else:
                 fixed += syevd
         budget = max_gpu_memory - fixed
+        if route in ("two_stage", "two_stage_gpu"):  # their temporaries grow with the batch
+            per_matrix = matrix_device_bytes(n, m, dtype)
+            budget = budget * per_matrix // (per_matrix + eigen.two_stage_extra_bytes(k, itemsize))
         if eigen.SYEVD_SIDE_STREAM:
             budget //= 2  # a batch's Gram in a side-stream solve while the next batch forms its own
         return budget, route

@@ -17,9 +17,10 @@ from .sources import ModuleSource, open_source
 from .targets import plan_tasks, require_some
 
 # GPU memory a scan may use (torch.cuda.max_memory_allocated from the scan's start). The planner
-# sizes each shape's batches to it (engine.gpu_batch_plan). 1.5 GiB gives Llama-3-8B's 4096-wide
-# matrices a batch budget of 768 MiB, which ran as fast as 1 GiB or 1.5 GiB batches on the H100
-# (bench/probes/memory_budget.log); 640 MiB was slower (batches too small for stage 1).
+# sizes each shape's batches to it (engine.gpu_batch_plan). With syevd's workspace reserved,
+# 1.5 GiB gave Llama-3-8B's 4096-wide matrices a batch budget of 768 MiB, which ran as fast as
+# 1 GiB or 1.5 GiB batches on the H100 with stage 2 on the host (bench/probes/memory_budget.log);
+# 640 MiB was slower (batches too small for stage 1). The GPU route's batches now get 1408 MiB less their temporaries (engine.gpu_batch_plan).
 DEFAULT_MAX_GPU_MEMORY = 3 << 29
 DEFAULT_CPU_BUDGET = 512 << 20
 
@@ -92,7 +93,7 @@ def scan(
         if max_batch_bytes is not None:
             budget = max_batch_bytes
         elif dev.type == "cuda":
-            budget = gpu_batch_plan(max_gpu_memory or DEFAULT_MAX_GPU_MEMORY, precision, eigen_route)
+            budget = gpu_batch_plan(max_gpu_memory or DEFAULT_MAX_GPU_MEMORY, precision, eigen_route, dev)
         else:
             budget = DEFAULT_CPU_BUDGET
         batches = plan_batches(tasks, budget, eigen_route=eigen_route)

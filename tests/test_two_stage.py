@@ -129,11 +129,7 @@ def test_auto_route_balances_gpu_and_host(monkeypatch):
     monkeypatch.setattr(band_eigen, "backlog", lambda: 0)
     monkeypatch.setattr(eigen, "gpu_stage2_available", lambda device: True)
     assert eigen.choose_route(4096, cuda, torch.float64) == "two_stage_gpu"  # the GPU kernels first
-    monkeypatch.setattr(eigen, "gpu_stage2_max_n", lambda: eigen.GPU_STAGE2_MAX_N)  # the Triton chase
     assert eigen.choose_route(8192, cuda, torch.float64) == "two_stage"  # too long a chase per matrix
-    monkeypatch.setattr(eigen, "gpu_stage2_max_n", lambda: eigen.GPU_STAGE2_MAX_N_COMPILED)  # the compiled one
-    assert eigen.choose_route(8192, cuda, torch.float64) == "two_stage_gpu"
-    assert eigen.choose_route(16384, cuda, torch.float64) == "two_stage"  # not measured there
     monkeypatch.setattr(eigen, "gpu_stage2_available", lambda device: False)
     assert eigen.choose_route(4096, cuda, torch.float64) == "two_stage"  # no Triton: host bands
     assert eigen.choose_route(256, cuda, torch.float64) == "syevd"  # small: syevd is as fast
@@ -172,13 +168,40 @@ def test_gpu_batch_plan_keeps_the_peak_within_the_limit():
     assert budget + _CHUNK_BYTES + eigen.syevd_extra_bytes(4096) == limit
     assert budget // matrix_device_bytes(4096, 14336, "bfloat16") >= 2
     budget, route = plan(28672, 8192, "bfloat16")  # syevd's workspace at k=8192 is ~2.5 GiB
-    assert route == "two_stage" and budget == limit - _CHUNK_BYTES
+    per_matrix = matrix_device_bytes(28672, 8192, "bfloat16")
+    assert route == "two_stage"
+    assert budget == (limit - _CHUNK_BYTES) * per_matrix // (per_matrix + eigen.two_stage_extra_bytes(8192))
     # forced syevd keeps syevd and counts its workspace (a batch of one then, above the limit)
     budget, route = gpu_batch_plan(limit, eigen_route="syevd")(28672, 8192, "bfloat16")
     assert route == "syevd" and budget < 0
     batches = spectrum_fast.engine.plan_batches(
         [t for t in _tasks(3, 28672, 8192)], gpu_batch_plan(limit, eigen_route="syevd"))
     assert [len(b.tasks) for b in batches] == [1, 1, 1]
+
+
+def test_gpu_batch_plan_counts_on_the_gpu_route_where_auto_takes_it(monkeypatch):
+    """Where "auto" will take the GPU two-stage route, the planner plans for it: no syevd
+    workspace, room for the two-stage temporaries; elsewhere nothing changes."""
+    from spectrum_fast.engine import gpu_batch_plan, matrix_device_bytes
+    from spectrum_fast.ops.gram import _CHUNK_BYTES
+
+    limit = 3 << 29
+    monkeypatch.setattr(eigen, "gpu_stage2_available", lambda device: True)
+    plan = gpu_batch_plan(limit, device=torch.device("cuda"))
+    budget, route = plan(4096, 14336, "bfloat16")
+    per_matrix = matrix_device_bytes(4096, 14336, "bfloat16")
+    assert route == "two_stage_gpu"
+    assert budget == (limit - _CHUNK_BYTES) * per_matrix // (per_matrix + eigen.two_stage_extra_bytes(4096))
+    assert budget // per_matrix * (per_matrix + eigen.two_stage_extra_bytes(4096)) + _CHUNK_BYTES <= limit
+    assert [plan(n, m, "bfloat16")[0] // matrix_device_bytes(n, m, "bfloat16")
+            for n, m in ((4096, 4096), (4096, 14336))] == [8, 5]
+    assert plan(256, 4096, "bfloat16")[1] == "auto"  # below TWO_STAGE_MIN_N: syevd
+    assert plan(8192, 28672, "bfloat16")[1] == "two_stage"  # above GPU_STAGE2_MAX_N: as before
+    assert gpu_batch_plan(limit, eigen_route="syevd")(4096, 14336, "bfloat16")[1] == "syevd"  # forced stays
+    assert gpu_batch_plan(limit, precision="float32")(4096, 14336, "bfloat16")[1] == "auto"
+    monkeypatch.setattr(eigen, "gpu_stage2_available", lambda device: False)
+    assert [gpu_batch_plan(limit)(n, m, "bfloat16")[0] // matrix_device_bytes(n, m, "bfloat16")
+            for n, m in ((4096, 4096), (4096, 14336))] == [4, 3]
 
 
 def _tasks(count, n, m):

@@ -73,6 +73,14 @@ def syevd_extra_bytes(k: int, itemsize: int = 8) -> int:
     return (_matrices_per_syevd_call(k, itemsize) + 4) * k * k * itemsize
 
 
+def two_stage_extra_bytes(k: int, itemsize: int = 8) -> int:
+    """Device bytes the two-stage routes add per k x k matrix of a batch, at their largest: stage
+    1's panel temporaries (ops.band.reduce_to_band_: about a dozen k x bandwidth blocks alive at
+    once in the first step) and the band storage handed to stage 2 (k x 2 bandwidth)."""
+    width = GPU_BANDWIDTH
+    return (12 * k * width + 2 * k * width) * itemsize
+
+
 def _syevd(g: torch.Tensor) -> torch.Tensor:
     """torch.linalg.eigvalsh over [B, k, k] in slices of at most _SYEVD_CALL_BYTES."""
     per_call = _matrices_per_syevd_call(g.shape[-1], g.element_size())
@@ -91,19 +99,14 @@ AUTO_ROUTES = ("two_stage_gpu", "two_stage", "syevd")
 # 8192, where batches hold one matrix and GPU_STAGE2_STREAMS of them run at once: the 70B scan
 # (8 layers, H100) then took 513 ms per matrix against 329 ms with host bands and syevd
 # (bench/results/gpu_workloads_h100_b911384.log against _44cc8ac.log).
+# The compiled chase (ops.band.CHASE_KERNEL, a cluster of blocks per matrix) solves one 8192
+# matrix faster than syevd on its own (H100, route 519-560 ms against 583 ms,
+# bench/results/eigen_engine_h100_45dfebd.log). With n = 8192 given to it, the 70B scan (those
+# Grams come one per batch) took 375 ms per matrix at 45dfebd
+# (bench/results/gpu_workloads_h100_45dfebd.log) against 316 ms with host bands and syevd at
+# f917a09; the two runs differ in more than this, but until they are separated the limit stays
+# for both chases.
 GPU_STAGE2_MAX_N = 4096
-# The same with the compiled chase (ops.band.CHASE_KERNEL, csrc/bulge_chase.cu), which spreads a
-# matrix's sweeps over a cluster of blocks: H100, one 8192 matrix per batch, route 528 ms against
-# 583 ms for syevd; batches of 4, 227 against 582 (bench/results/eigen_engine_h100_*.log). Larger
-# n is not measured.
-GPU_STAGE2_MAX_N_COMPILED = 8192
-
-
-def gpu_stage2_max_n() -> int:
-    from .. import _extension
-
-    compiled = band.CHASE_KERNEL and _extension.cuda_ops() is not None
-    return GPU_STAGE2_MAX_N_COMPILED if compiled else GPU_STAGE2_MAX_N
 
 
 def gpu_stage2_available(device: torch.device) -> bool:
@@ -111,6 +114,13 @@ def gpu_stage2_available(device: torch.device) -> bool:
     from ..kernels import bulge, tridiagonal
 
     return device.type == "cuda" and bulge.available(device) and tridiagonal.available(device)
+
+
+def gpu_route_first(n: int, device: torch.device) -> bool:
+    """Whether "auto" gives float64 [*, n, n] on ``device`` to "two_stage_gpu" whatever else is
+    busy (it comes first in AUTO_ROUTES and qualifies), so a planner can count on it."""
+    return (AUTO_ROUTES[0] == "two_stage_gpu" and device.type == "cuda" and n >= TWO_STAGE_MIN_N["cuda"]
+            and n <= GPU_STAGE2_MAX_N and gpu_stage2_available(device))
 
 
 def choose_route(n: int, device: torch.device, dtype: torch.dtype) -> str:
@@ -121,7 +131,7 @@ def choose_route(n: int, device: torch.device, dtype: torch.dtype) -> str:
     for route in AUTO_ROUTES:
         if route == "two_stage" and band_eigen.available() and band_eigen.backlog() < band_eigen.host_workers():
             return route
-        if route == "two_stage_gpu" and n <= gpu_stage2_max_n() and gpu_stage2_available(device):
+        if route == "two_stage_gpu" and n <= GPU_STAGE2_MAX_N and gpu_stage2_available(device):
             return route
         if route == "syevd":
             return route
