@@ -14,15 +14,16 @@
 
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> panel_geqrf(const at::Tensor& panel, bool use_kernel) {
+std::tuple<at::Tensor, at::Tensor> panel_geqrf(const at::Tensor& panel, bool use_kernel, int64_t blocks_per_panel) {
 #ifdef SPECTRUM_FAST_WITH_CUDA
   if (use_kernel) {
     at::Tensor qr = panel.clone(at::MemoryFormat::Contiguous);
-    at::Tensor tau = householder_panels_(qr);
+    at::Tensor tau = householder_panels_(qr, blocks_per_panel);
     return {qr, tau};
   }
 #else
   (void)use_kernel;
+  (void)blocks_per_panel;
 #endif
   return at::geqrf(panel);
 }
@@ -30,7 +31,7 @@ std::tuple<at::Tensor, at::Tensor> panel_geqrf(const at::Tensor& panel, bool use
 }  // namespace
 
 at::Tensor reduce_to_band_(at::Tensor a, int64_t bandwidth, int64_t panel_kernel_min_batch,
-                           int64_t panel_kernel_rows_per_panel) {
+                           int64_t panel_kernel_rows_per_panel, int64_t panel_blocks_per_panel) {
   TORCH_CHECK(a.dim() == 3 && a.size(1) == a.size(2), "reduce_to_band_ expects [B, n, n], got ", spectrum_fast::dims(a.sizes()));
   TORCH_CHECK(bandwidth >= 1, "reduce_to_band_: bandwidth must be at least 1, got ", spectrum_fast::num(bandwidth));
   const int64_t batch = a.size(0), n = a.size(2), b = bandwidth;
@@ -45,7 +46,7 @@ at::Tensor reduce_to_band_(at::Tensor a, int64_t bandwidth, int64_t panel_kernel
     const bool use_kernel = kernel_fits && panel_kernel_min_batch > 0 && a.is_cuda() &&
                             a.scalar_type() == at::kDouble && batch >= panel_kernel_min_batch &&
                             batch * panel_kernel_rows_per_panel >= m;
-    auto [qr, tau] = panel_geqrf(panel, use_kernel);
+    auto [qr, tau] = panel_geqrf(panel, use_kernel, panel_blocks_per_panel);
     // Q = I - V T V^T (the "UT" compact form), T from T^-1 = diag(1/tau) + strictly-upper(V^T V);
     // tau == 0 marks an identity reflector, whose vector is zeroed (ops/band.py says why).
     const int64_t r = tau.size(-1);

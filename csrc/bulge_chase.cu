@@ -37,6 +37,7 @@
 #include <cmath>
 
 #include "cuda_launchers.h"
+#include "reflector.cuh"
 
 namespace {
 
@@ -51,23 +52,12 @@ __device__ __forceinline__ double warp_all_sum(double x) {
   return x;  // in every lane
 }
 
-struct Reflector {
-  double tau, scale, beta;
-};
-
-// dlarfg's reflector for the column whose lane-r entry is ``x`` (rows 0..len-1; lanes past len
-// hold 0): every lane gets tau, scale and beta.
+// dlarfg's reflector (reflector.cuh) for the column whose lane-r entry is ``x`` (rows 0..len-1;
+// lanes past len hold 0): every lane gets tau, scale and beta.
 __device__ __forceinline__ Reflector make_reflector(double x, int lane) {
   const double alpha = __shfl_sync(kFull, x, 0);
   const double sigma = warp_all_sum(lane > 0 ? x * x : 0.0);
-  Reflector h{0.0, 0.0, alpha};
-  if (sigma != 0.0) {
-    const double norm = sqrt(alpha * alpha + sigma);
-    h.beta = alpha >= 0.0 ? -norm : norm;
-    h.tau = (h.beta - alpha) / h.beta;
-    h.scale = 1.0 / (alpha - h.beta);
-  }
-  return h;
+  return householder_reflector(alpha, sigma);
 }
 
 template <int BW>

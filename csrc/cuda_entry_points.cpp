@@ -19,7 +19,7 @@ using spectrum_fast::num;
 
 int64_t householder_panels_max_columns() { return 32; }
 
-at::Tensor householder_panels_(at::Tensor panels) {
+at::Tensor householder_panels_(at::Tensor panels, int64_t blocks_per_panel) {
   TORCH_CHECK(panels.is_cuda(), "householder_panels_: needs a CUDA tensor, got ", panels.device());
   TORCH_CHECK(panels.scalar_type() == at::kDouble, "householder_panels_: needs float64, got ", panels.scalar_type());
   TORCH_CHECK(panels.dim() == 3, "householder_panels_: needs [B, m, b], got ", dims(panels.sizes()));
@@ -28,11 +28,17 @@ at::Tensor householder_panels_(at::Tensor panels) {
               num(householder_panels_max_columns()), " columns, got ", num(panels.size(2)));
   TORCH_CHECK(panels.size(0) <= 2147483647LL, "householder_panels_: too many panels for one launch");
   TORCH_CHECK(panels.size(1) <= 2147483647LL / 2, "householder_panels_: too many rows");
+  TORCH_CHECK(blocks_per_panel >= -1 && blocks_per_panel <= householder_panels_cluster_max_blocks(),
+              "householder_panels_: blocks_per_panel must be -1 (one block streaming the panel), 0 (a cluster, "
+              "chosen) or up to ", num(householder_panels_cluster_max_blocks()), ", got ", num(blocks_per_panel));
   const c10::cuda::CUDAGuard guard(panels.device());
   const int64_t steps = std::min(panels.size(1), panels.size(2));
   // Poisoned: a reflector the kernel failed to write shows up as NaN, never as a plausible value.
   at::Tensor tau = at::full({panels.size(0), steps}, NAN, panels.options());
-  if (panels.size(0) > 0 && steps > 0) launch_householder_panels(panels, tau);
+  if (panels.size(0) > 0 && steps > 0) {
+    const bool clustered = blocks_per_panel >= 0 && launch_householder_panels_cluster(panels, tau, blocks_per_panel);
+    if (!clustered) launch_householder_panels(panels, tau);
+  }
   return tau;
 }
 

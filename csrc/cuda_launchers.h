@@ -10,6 +10,11 @@
 // Householder QR of panels [B, m, b] (b <= 32, stride 1 along b) in place; tau [B, min(m, b)].
 void launch_householder_panels(const at::Tensor& panels, const at::Tensor& tau);
 
+// The same with each panel on a cluster of blocks_per_panel blocks (0: about 512 rows per block),
+// the panel in their shared memory; false (nothing launched) where it does not fit on the device.
+bool launch_householder_panels_cluster(const at::Tensor& panels, const at::Tensor& tau, int64_t blocks_per_panel);
+int64_t householder_panels_cluster_max_blocks();
+
 // Dynamic shared memory one block of the chase needs for n at this bandwidth (<= 32).
 int64_t bulge_chase_shared_bytes(int64_t n, int64_t bandwidth);
 // The chase in place on contiguous bands [B, n, width], width >= 2 * bandwidth, n > 2, bandwidth

@@ -30,6 +30,7 @@
 #include <cmath>
 
 #include "cuda_launchers.h"
+#include "reflector.cuh"
 
 namespace {
 
@@ -101,14 +102,8 @@ __global__ void __launch_bounds__(kThreads) householder_panels_kernel(
   for (int j = 0; j < steps; ++j) {
     const double sigma = block_sum(sigma_part, scratch);
     if (threadIdx.x == 0) {
-      const double alpha = p[j * row_stride + j];
-      double tau = 0.0, scale = 0.0, beta = alpha;
-      if (sigma != 0.0) {
-        const double norm = sqrt(alpha * alpha + sigma);
-        beta = alpha >= 0.0 ? -norm : norm;
-        tau = (beta - alpha) / beta;
-        scale = 1.0 / (alpha - beta);
-      }
+      const Reflector h = householder_reflector(p[j * row_stride + j], sigma);
+      const double tau = h.tau, scale = h.scale, beta = h.beta;
       p[j * row_stride + j] = beta;
       tau_row[j] = tau;
       reflector[0] = tau;

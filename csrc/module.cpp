@@ -13,12 +13,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
           "Dense -> band in place on symmetric [B, n, n] (ops.band.reduce_to_band_'s operations, the loop in "
           "C++), on the tensor's device and current stream",
           pybind11::arg("a"), pybind11::arg("bandwidth"), pybind11::arg("panel_kernel_min_batch") = 0,
-          pybind11::arg("panel_kernel_rows_per_panel") = 128);
+          pybind11::arg("panel_kernel_rows_per_panel") = 128, pybind11::arg("panel_blocks_per_panel") = -1);
 #ifdef SPECTRUM_FAST_WITH_CUDA
   mod.def("householder_panels_", &householder_panels_,
           "Householder QR of float64 panels [B, m, b] (b <= householder_panels_max_columns()) on the "
-          "current CUDA stream, in place, LAPACK geqrf layout; returns tau [B, min(m, b)]",
-          pybind11::arg("panels"));
+          "current CUDA stream, in place, LAPACK geqrf layout; returns tau [B, min(m, b)]. blocks_per_panel: -1 "
+          "one block streaming each panel, 0 a cluster per panel holding it in shared memory (size chosen), k > 0 "
+          "a cluster of k blocks",
+          pybind11::arg("panels"), pybind11::arg("blocks_per_panel") = -1);
   mod.def("householder_panels_max_columns", &householder_panels_max_columns);
   mod.def("band_to_tridiagonal_", &band_to_tridiagonal_,
           "Band -> tridiagonal by pipelined bulge chasing, in place on float64 bands [B, n, width] (lower "

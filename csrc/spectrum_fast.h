@@ -12,14 +12,18 @@ at::Tensor snr_statistics(const at::Tensor& eigvals, int64_t n, int64_t m);
 // Stage 1 of the eigen route, dense -> band, in place on symmetric [B, n, n] (float64 advised),
 // ops.band.reduce_to_band_'s operations with the loop in C++. Panels go to householder_panels_
 // (CUDA builds) when panel_kernel_min_batch > 0, B >= panel_kernel_min_batch and
-// B * panel_kernel_rows_per_panel >= the panel's rows.
+// B * panel_kernel_rows_per_panel >= the panel's rows, with householder_panels_'s
+// blocks_per_panel = panel_blocks_per_panel.
 at::Tensor reduce_to_band_(at::Tensor a, int64_t bandwidth, int64_t panel_kernel_min_batch,
-                           int64_t panel_kernel_rows_per_panel);
+                           int64_t panel_kernel_rows_per_panel, int64_t panel_blocks_per_panel);
 
 #ifdef SPECTRUM_FAST_WITH_CUDA
 // Householder QR of B panels [B, m, b] float64 on a CUDA device (rows contiguous, any row and
 // batch stride), in place on the current stream, in LAPACK geqrf's layout; returns tau [B, min(m, b)].
-at::Tensor householder_panels_(at::Tensor panels);
+// blocks_per_panel: -1, one block per panel streaming it from global memory
+// (householder_panels.cu); 0 or more, a cluster of that many blocks per panel holding it in shared
+// memory (householder_panels_cluster.cu; 0 chooses), or the former where the panel does not fit.
+at::Tensor householder_panels_(at::Tensor panels, int64_t blocks_per_panel);
 int64_t householder_panels_max_columns();
 // Band -> tridiagonal by bulge chasing, sweeps pipelined, in place on bands [B, n, width] float64
 // (lower band storage, width >= 2 * bandwidth) on the current stream -> (diagonals [B, n],

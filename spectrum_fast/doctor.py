@@ -60,8 +60,12 @@ def _operation_lines(device: torch.device) -> list[str]:
     routes = "; ".join(f"n={n}: {ROUTE_WORDS[eigen.choose_route(n, device, torch.float64)]}" for n in SIZES)
     lines.append(f"  eigenvalues (float64, host threads idle): {routes}")
     if device.type == "cuda":
-        panel = ("compiled kernel (_C.householder_panels_)" if band.PANEL_KERNEL and k["_C.householder_panels"]
-                 else "torch.geqrf (one cuSOLVER call per matrix)")
+        if band.PANEL_KERNEL and k["_C.householder_panels"]:
+            panel = ("compiled kernel on a cluster of blocks per panel (_C.householder_panels_)" if band.PANEL_CLUSTER
+                     else f"compiled kernel (_C.householder_panels_) where batch x {band.PANEL_KERNEL_ROWS_PER_PANEL} "
+                          "rows cover the panel, else torch.geqrf")
+        else:
+            panel = "torch.geqrf (one cuSOLVER call per matrix)"
         loop = "C++ (_C.reduce_to_band_)" if band.STAGE1_IN_CPP and k["_C"] else "Python"
         lines.append(f"  two-stage route, stage 1: loop in {loop}, panel QR by {panel}")
         chase = ("compiled pipelined chase (_C.band_to_tridiagonal_)" if band.CHASE_KERNEL and k["_C.bulge_chase"]

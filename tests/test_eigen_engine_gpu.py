@@ -4,7 +4,8 @@ cuSOLVER's syevd above n = 2048, where LAPACK would take minutes), on random, cl
 rank-deficient and spiked Grams, sizes from 1 to 8192 including ones that are not multiples of the
 band width, alone and in batches of mixed content; once with the Triton stage 2 and Python loop,
 once with every compiled piece on (panel QR, pipelined chase, stage 1's loop in C++) where the
-extension has them. Fresh matrices every run."""
+extension has them, and once more with the panels on clusters of blocks (ops.band.PANEL_CLUSTER).
+Fresh matrices every run."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def truth_of(g: torch.Tensor) -> torch.Tensor:
     return torch.linalg.eigvalsh(g).cpu()
 
 
-@pytest.fixture(params=["triton", "compiled"])
+@pytest.fixture(params=["triton", "compiled", "compiled, clustered panels"])
 def engine_pieces(request, monkeypatch):
     if request.param == "triton":
         monkeypatch.setattr(band, "PANEL_KERNEL", False)
@@ -60,6 +61,7 @@ def engine_pieces(request, monkeypatch):
         monkeypatch.setattr(band, "PANEL_KERNEL_ROWS_PER_PANEL", 1 << 30)
         monkeypatch.setattr(band, "CHASE_KERNEL", True)
         monkeypatch.setattr(band, "STAGE1_IN_CPP", True)
+        monkeypatch.setattr(band, "PANEL_CLUSTER", request.param.endswith("clustered panels"))
     return request.param
 
 

@@ -44,13 +44,21 @@ def check_factorization(panel, qr, tau):
     assert (q.mT @ q - eye).abs().max().item() < 1e-13
 
 
+# -1: one block streams each panel (householder_panels.cu); 0 and up: a cluster of blocks holds it
+# in shared memory (householder_panels_cluster.cu), 0 choosing how many, 3 leaving some blocks
+# without rows for the small panels, 16 a non-portable cluster (the streaming kernel if it
+# cannot be placed).
+BLOCKS = [-1, 0, 3, 16]
+
+
+@pytest.mark.parametrize("blocks", BLOCKS)
 @pytest.mark.parametrize("m,b", [(1, 1), (5, 3), (3, 5), (31, 16), (33, 17), (64, 32), (1000, 32), (4064, 32), (517, 7)])
 @pytest.mark.parametrize("kind", ["random", "scaled", "rank_deficient", "zero_column", "zero_below"])
-def test_panel_qr_is_a_householder_qr(m, b, kind, seed):
+def test_panel_qr_is_a_householder_qr(m, b, kind, blocks, seed):
     gen = torch.Generator().manual_seed(seed)
     p = panels(3, m, b, kind, gen)
     qr = p.clone()
-    tau = CUDA_OPS.householder_panels_(qr)
+    tau = CUDA_OPS.householder_panels_(qr, blocks)
     check_factorization(p, qr, tau)
     if kind == "rank_deficient":
         return  # past the rank, reflectors come from rounding noise: valid, but not geqrf's bit for bit
@@ -62,7 +70,21 @@ def test_panel_qr_is_a_householder_qr(m, b, kind, seed):
         assert (tau[:, 0] == 0).all()
 
 
-def test_panel_qr_works_on_a_view_of_the_matrix(seed):
+@pytest.mark.parametrize("m,blocks", [(8160, 0), (8160, 16), (2100, 5)])
+def test_clustered_panel_qr_on_tall_panels_matches_the_streaming_kernel(m, blocks, seed):
+    """The two kernels add the same terms in different orders: the same factorization to rounding."""
+    gen = torch.Generator().manual_seed(seed)
+    p = panels(2, m, 32, "scaled", gen)
+    qr1, qr2 = p.clone(), p.clone()
+    tau1 = CUDA_OPS.householder_panels_(qr1, -1)
+    tau2 = CUDA_OPS.householder_panels_(qr2, blocks)
+    check_factorization(p, qr2, tau2)
+    assert (qr1 - qr2).abs().max().item() < 1e-11 * p.abs().amax().item(), f"seed={seed}"
+    assert (tau1 - tau2).abs().max().item() < 1e-11, f"seed={seed}"
+
+
+@pytest.mark.parametrize("blocks", BLOCKS)
+def test_panel_qr_works_on_a_view_of_the_matrix(blocks, seed):
     """Stage 1 hands it panels that are views (row stride n) of bigger matrices: the rest of each
     matrix must stay untouched."""
     gen = torch.Generator().manual_seed(seed)
@@ -70,7 +92,7 @@ def test_panel_qr_works_on_a_view_of_the_matrix(seed):
     before = a.clone()
     view = a[:, 40:, 8:40]
     expected = view.clone()
-    tau = CUDA_OPS.householder_panels_(view)
+    tau = CUDA_OPS.householder_panels_(view, blocks)
     check_factorization(expected, view, tau)
     outside = torch.ones_like(a, dtype=torch.bool)
     outside[:, 40:, 8:40] = False
@@ -84,12 +106,15 @@ def test_panel_qr_refuses_what_it_cannot_do():
         CUDA_OPS.householder_panels_(torch.randn(2, 80, 33, device="cuda", dtype=torch.float64))
     with pytest.raises(RuntimeError, match="CUDA"):
         CUDA_OPS.householder_panels_(torch.randn(2, 8, 4, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="blocks_per_panel must be -1 .* or up to 16, got 17"):
+        CUDA_OPS.householder_panels_(torch.randn(2, 80, 32, device="cuda", dtype=torch.float64), 17)
     with pytest.raises(RuntimeError, match="contiguous"):
         CUDA_OPS.householder_panels_(torch.randn(2, 4, 8, device="cuda", dtype=torch.float64).mT)
 
 
+@pytest.mark.parametrize("clustered", [False, True])
 @pytest.mark.parametrize("n,width", [(520, 32), (1024, 32), (700, 16), (333, 32)])
-def test_band_reduction_with_the_kernel_keeps_the_eigenvalues(n, width, seed, monkeypatch):
+def test_band_reduction_with_the_kernel_keeps_the_eigenvalues(n, width, clustered, seed, monkeypatch):
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(3, n, n + 5, generator=gen, dtype=torch.float64)
     w[:, : max(1, n // 10)] *= 300.0
@@ -97,9 +122,10 @@ def test_band_reduction_with_the_kernel_keeps_the_eigenvalues(n, width, seed, mo
     truth = torch.linalg.eigvalsh(g.cpu())
     monkeypatch.setattr(band, "PANEL_KERNEL", True)
     monkeypatch.setattr(band, "PANEL_KERNEL_ROWS_PER_PANEL", 1 << 20)  # every panel to the kernel
+    monkeypatch.setattr(band, "PANEL_CLUSTER", clustered)
     monkeypatch.setattr(band, "PANEL_KERNEL_MIN_BATCH", 1)
     calls = []
-    monkeypatch.setattr(CUDA_OPS, "householder_panels_", lambda p, f=CUDA_OPS.householder_panels_: calls.append(1) or f(p))
+    monkeypatch.setattr(CUDA_OPS, "householder_panels_", lambda p, *rest, f=CUDA_OPS.householder_panels_: calls.append(1) or f(p, *rest))
     banded = band.reduce_to_band_(g.clone(), width)
     assert calls, "stage 1 did not use the kernel"
     got = torch.linalg.eigvalsh(banded.cpu())
@@ -115,7 +141,7 @@ def test_panel_kernel_takes_batches_with_enough_panels(monkeypatch, seed):
     monkeypatch.setattr(band, "PANEL_KERNEL", True)
     monkeypatch.setattr(band, "PANEL_KERNEL_MIN_BATCH", 8)
     calls = []
-    monkeypatch.setattr(CUDA_OPS, "householder_panels_", lambda p, f=CUDA_OPS.householder_panels_: calls.append(p.shape) or f(p))
+    monkeypatch.setattr(CUDA_OPS, "householder_panels_", lambda p, *rest, f=CUDA_OPS.householder_panels_: calls.append(p.shape) or f(p, *rest))
     gen = torch.Generator().manual_seed(seed)
     few, many = panels(2, 1000, 32, "random", gen), panels(8, 1000, 32, "random", gen)
     for p in (few, many):

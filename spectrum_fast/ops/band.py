@@ -24,6 +24,11 @@ import torch
 PANEL_KERNEL = True
 PANEL_KERNEL_ROWS_PER_PANEL = 512
 PANEL_KERNEL_MIN_BATCH = 1
+# Factor every panel (with PANEL_KERNEL on) on a cluster of blocks per panel that holds it in
+# shared memory (csrc/householder_panels_cluster.cu) instead of one block streaming it, whatever
+# the batch: meant for the small batches and tall panels the rule above gives to cuSOLVER. Off
+# until it has run on a GPU (written without one; tests/test_householder_panels.py checks it).
+PANEL_CLUSTER = False
 
 
 def panel_geqrf(panel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,12 +36,12 @@ def panel_geqrf(panel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     from .. import _extension
 
     batch, m, w = panel.shape
-    wanted = (PANEL_KERNEL and panel.is_cuda and panel.dtype == torch.float64 and batch >= PANEL_KERNEL_MIN_BATCH
-              and batch * PANEL_KERNEL_ROWS_PER_PANEL >= m)
+    wanted = (PANEL_KERNEL and panel.is_cuda and panel.dtype == torch.float64
+              and (PANEL_CLUSTER or (batch >= PANEL_KERNEL_MIN_BATCH and batch * PANEL_KERNEL_ROWS_PER_PANEL >= m)))
     ext = _extension.cuda_ops() if wanted else None
     if ext is not None and w <= ext.householder_panels_max_columns():
         qr = panel.clone(memory_format=torch.contiguous_format)
-        return qr, ext.householder_panels_(qr)
+        return qr, ext.householder_panels_(qr, 0 if PANEL_CLUSTER else -1)
     return torch.geqrf(panel)
 
 
@@ -81,7 +86,9 @@ def reduce_to_band_(a: torch.Tensor, bandwidth: int) -> torch.Tensor:
     ext = _extension.load() if STAGE1_IN_CPP else None
     if ext is not None and hasattr(ext, "reduce_to_band_"):
         kernel = PANEL_KERNEL and _extension.cuda_ops() is not None
-        return ext.reduce_to_band_(a, bandwidth, PANEL_KERNEL_MIN_BATCH if kernel else 0, PANEL_KERNEL_ROWS_PER_PANEL)
+        if kernel and PANEL_CLUSTER:  # every panel, as panel_geqrf does
+            return ext.reduce_to_band_(a, bandwidth, 1, 1 << 40, 0)
+        return ext.reduce_to_band_(a, bandwidth, PANEL_KERNEL_MIN_BATCH if kernel else 0, PANEL_KERNEL_ROWS_PER_PANEL, -1)
     n, b = a.shape[-1], bandwidth
     for k in range(0, max(n - b - 1, 0), b):
         p0 = k + b

@@ -1,0 +1,219 @@
+// Householder QR of many tall, narrow float64 panels with each panel spread over a cluster of
+// blocks and held in their shared memory: the same factorization as householder_panels.cu
+// (LAPACK geqrf's layout, dlarfg's formulas without rescaling), for few or very tall panels.
+//
+// Why: householder_panels.cu gives a panel one block that streams it from L2 twice per column. With
+// a batch of 32 that is 32 SMs busy; with a batch of 8 (what the scan's memory budget gives the
+// 4096-wide matrices) or the 8160-row panels of n = 8192, a few SMs carry stage 1 and it loses to
+// cuSOLVER (H100: 4096 x 8 the kernel took 16 of stage 1's 26 ms per matrix; 8192 x 4 115 of 190;
+// csrc/NOTES.md). Here a cluster of up to 16 blocks (one SM each) holds a panel's rows in shared
+// memory, about 512 rows per block: the panel is read from global memory once and written once, and
+// the column sums every reflector needs go through distributed shared memory.
+//
+// How, per column j: each block sums over its rows (i > j) the squares of column j; the cluster
+// adds the blocks' sums in rank order (every block gets the same bits) with the diagonal element
+// from block 0, which owns rows 0..b-1; every thread then forms the same reflector. Each block
+// scales its part of column j into v and sums v_i P[i][c] per column c > j; the cluster adds those
+// into w = tau (P[j][:] + v^T P); each block applies P[i][c] -= v_i w_c to its rows and, on the
+// way, sums the squares of column j + 1 for the next reflector. Two cluster barriers per column;
+// the blocks' partial sums sit in a two-slot buffer, so a block never overwrites a slot another is
+// still reading (each slot is rewritten only after the next barrier).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cooperative_groups.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "cuda_launchers.h"
+#include "reflector.cuh"
+
+namespace {
+
+namespace cg = cooperative_groups;
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kMaxBlocks = 16;       // the largest (non-portable) cluster on sm_90
+constexpr int kRowsPerBlock = 512;   // a block's share when the kernel chooses: 128 KiB at 32 columns
+
+// Per-column sums over the block: ``x`` belongs to column lane % BW; the sums land in out[0..BW).
+template <int BW>
+__device__ __forceinline__ void column_sums(double x, double (*red)[BW], double* out) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int offset = BW; offset < 32; offset <<= 1) x += __shfl_down_sync(kFull, x, offset);
+  if (lane < BW) red[warp][lane] = x;
+  __syncthreads();
+  if (threadIdx.x < BW) {
+    double s = 0.0;
+#pragma unroll
+    for (int k = 0; k < kWarps; ++k) s += red[k][threadIdx.x];
+    out[threadIdx.x] = s;
+  }
+  __syncthreads();
+}
+
+// total[0..count) = the sum over the cluster's blocks of their mine[0..count), added in rank
+// order so that every block holds the same bits.
+__device__ __forceinline__ void cluster_sums(const cg::cluster_group& cluster, double* mine, double* total,
+                                             int count, int blocks) {
+  cluster.sync();  // every block's ``mine`` is written and visible
+  if (static_cast<int>(threadIdx.x) < count) {
+    double s = 0.0;
+    for (int r = 0; r < blocks; ++r) s += cluster.map_shared_rank(mine, r)[threadIdx.x];
+    total[threadIdx.x] = s;
+  }
+  __syncthreads();
+}
+
+// Cluster of ``blocks`` blocks per panel (blockIdx.x / blocks); block rank r holds rows
+// [r * chunk, (r + 1) * chunk) of it in ``tile`` ([chunk][BW], dynamic shared memory). Panel p's
+// element (i, c) sits at a[p * batch_stride + i * row_stride + c], 0 <= c < cols <= BW; BW divides
+// 32; chunk >= min(rows, BW) so that block 0 owns every diagonal element.
+template <int BW>
+__global__ void __launch_bounds__(kThreads) householder_panels_cluster_kernel(
+    double* __restrict__ a, int64_t batch_stride, int64_t row_stride, int rows, int cols,
+    double* __restrict__ tau_out, int blocks, int chunk) {
+  extern __shared__ double tile[];
+  __shared__ double red[kWarps][BW];
+  __shared__ double mine[2][BW + 1];
+  __shared__ double total[BW + 1];
+  __shared__ double w[BW];
+  const cg::cluster_group cluster = cg::this_cluster();
+  const int rank = static_cast<int>(cluster.block_rank());
+  const int64_t panel = blockIdx.x / blocks;
+  double* p = a + panel * batch_stride;
+  const int steps = min(rows, cols);
+  double* tau_row = tau_out + panel * steps;
+  const int row0 = rank * chunk;
+  const int local_rows = max(0, min(rows - row0, chunk));
+
+  constexpr int kRowsPerWarp = 32 / BW;
+  constexpr int kRowStep = kWarps * kRowsPerWarp;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int c = lane % BW;    // this lane's column
+  const int sub = lane / BW;  // which of its warp's rows
+  const bool in_cols = c < cols;
+
+  // Rows of the warp's iterations: the same count for every lane (the first loop shuffles).
+  for (int base = warp * kRowsPerWarp; base < local_rows; base += kRowStep) {
+    const int li = base + sub;
+    if (li < local_rows) tile[li * BW + c] = in_cols ? p[(row0 + li) * row_stride + c] : 0.0;
+  }
+  __syncthreads();
+
+  double sq = 0.0;  // this thread's share of the squares below the diagonal of the next column
+  for (int base = warp * kRowsPerWarp; base < local_rows; base += kRowStep) {
+    const int li = base + sub;
+    if (li < local_rows && c == 0 && row0 + li > 0) sq += tile[li * BW] * tile[li * BW];
+  }
+
+  int slot = 0;
+  for (int j = 0; j < steps; ++j) {
+    column_sums<BW>(sq, red, mine[slot]);
+    if (threadIdx.x == 0) mine[slot][BW] = rank == 0 ? tile[j * BW + j] : 0.0;  // alpha, from block 0
+    cluster_sums(cluster, mine[slot], total, BW + 1, blocks);
+    slot ^= 1;
+    const double sigma = total[j], alpha = total[BW];
+    const Reflector h = householder_reflector(alpha, sigma);
+    const double tau = h.tau, scale = h.scale, beta = h.beta;
+    if (rank == 0 && threadIdx.x == 0) tau_row[j] = tau;
+
+    // v into column j below the diagonal; the sums v_i P[i][c] for c > j (row j: v_j = 1).
+    double acc = 0.0;
+    const int source = sub * BW + j;  // the lane holding column j of this lane's row
+    for (int base = warp * kRowsPerWarp; base < local_rows; base += kRowStep) {
+      const int li = base + sub;
+      const bool valid = li < local_rows;
+      const double x = valid ? tile[li * BW + c] : 0.0;
+      const double xj = __shfl_sync(kFull, x, source);
+      const int i = row0 + li;
+      if (valid && i > j) {
+        const double v = xj * scale;
+        if (c == j) tile[li * BW + j] = v;
+        if (c > j && in_cols) acc += v * x;
+      } else if (valid && i == j && c > j && in_cols) {
+        acc += x;
+      }
+    }
+    if (rank == 0 && threadIdx.x == 0) tile[j * BW + j] = beta;
+    if (j + 1 >= cols) break;  // no columns to the right: nothing to update (same j in every block)
+
+    column_sums<BW>(acc, red, mine[slot]);
+    cluster_sums(cluster, mine[slot], total, BW, blocks);
+    slot ^= 1;
+    if (threadIdx.x < BW) w[threadIdx.x] = tau * total[threadIdx.x];
+    __syncthreads();
+
+    // P -= v w^T right of column j, rows i >= j; and the squares of column j + 1 below its diagonal.
+    sq = 0.0;
+    const double wc = (in_cols && c > j) ? w[c] : 0.0;
+    for (int base = warp * kRowsPerWarp; base < local_rows; base += kRowStep) {
+      const int li = base + sub;
+      const int i = row0 + li;
+      if (li < local_rows && in_cols && c > j && i >= j) {
+        const double v = i == j ? 1.0 : tile[li * BW + j];
+        const double y = tile[li * BW + c] - v * wc;
+        tile[li * BW + c] = y;
+        if (c == j + 1 && i > j + 1) sq += y * y;
+      }
+    }
+    __syncthreads();  // column j + 1 complete before the next step reads it
+  }
+  __syncthreads();
+
+  for (int base = warp * kRowsPerWarp; base < local_rows; base += kRowStep) {
+    const int li = base + sub;
+    if (li < local_rows && in_cols) p[(row0 + li) * row_stride + c] = tile[li * BW + c];
+  }
+  cluster.sync();  // no block leaves while another may still read its partial sums
+}
+
+template <int BW>
+bool launch(const at::Tensor& panels, const at::Tensor& tau, int blocks) {
+  const int64_t batch = panels.size(0);
+  const int rows = static_cast<int>(panels.size(1)), cols = static_cast<int>(panels.size(2));
+  if (blocks <= 0) blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  blocks = std::max(1, std::min(blocks, kMaxBlocks));
+  int chunk = (rows + blocks - 1) / blocks;
+  if (blocks > 1) chunk = std::max(chunk, std::min(rows, BW));  // block 0 owns every diagonal element
+  const size_t shared = static_cast<size_t>(chunk) * BW * sizeof(double);
+  const int device = panels.device().index();
+  int limit = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  auto kernel = householder_panels_cluster_kernel<BW>;
+  cudaFuncAttributes attributes = {};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  if (shared + attributes.sharedSizeBytes > static_cast<size_t>(limit)) return false;  // too tall for the cluster
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
+  if (blocks > 8) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(batch * blocks));
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = shared;
+  config.stream = c10::cuda::getCurrentCUDAStream(device);
+  cudaLaunchAttribute cluster[1];
+  cluster[0].id = cudaLaunchAttributeClusterDimension;
+  cluster[0].val.clusterDim.x = static_cast<unsigned>(blocks);
+  cluster[0].val.clusterDim.y = cluster[0].val.clusterDim.z = 1;
+  config.attrs = cluster;
+  config.numAttrs = 1;
+  int resident = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&resident, kernel, &config));
+  if (resident == 0) return false;  // no GPC takes a cluster this big with this much shared memory
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, panels.data_ptr<double>(), panels.stride(0), panels.stride(1),
+                                    rows, cols, tau.data_ptr<double>(), blocks, chunk));
+  return true;
+}
+
+}  // namespace
+
+int64_t householder_panels_cluster_max_blocks() { return kMaxBlocks; }
+
+bool launch_householder_panels_cluster(const at::Tensor& panels, const at::Tensor& tau, int64_t blocks_per_panel) {
+  const int blocks = static_cast<int>(blocks_per_panel);
+  return panels.size(2) <= 16 ? launch<16>(panels, tau, blocks) : launch<32>(panels, tau, blocks);
+}
