@@ -44,7 +44,8 @@ at::Tensor reduce_to_band_(at::Tensor a, int64_t bandwidth, int64_t panel_kernel
     const int64_t p0 = k + b, m = n - p0;
     at::Tensor panel = a.slice(1, p0).slice(2, k, k + b);
     const bool use_kernel = kernel_fits && panel_kernel_min_batch > 0 && a.is_cuda() &&
-                            a.scalar_type() == at::kDouble && batch >= panel_kernel_min_batch &&
+                            (a.scalar_type() == at::kDouble || a.scalar_type() == at::kFloat) &&
+                            batch >= panel_kernel_min_batch &&
                             batch * panel_kernel_rows_per_panel >= m;
     auto [qr, tau] = panel_geqrf(panel, use_kernel, panel_blocks_per_panel);
     // Q = I - V T V^T (the "UT" compact form), T from T^-1 = diag(1/tau) + strictly-upper(V^T V);

@@ -1,5 +1,5 @@
 // Band -> tridiagonal by Householder bulge chasing with the sweeps pipelined: stage 2 of the exact
-// eigen route, in place on symmetric float64 bands in lower band storage ([B, n, width], element
+// eigen route, in place on symmetric float64 (or float32) bands in lower band storage ([B, n, width], element
 // (r, c), r >= c, at c * width + (r - c); width >= 2b so the bulges fit: ops.band.lower_band).
 //
 // Why: the Triton kernel (spectrum_fast/kernels/bulge.py) chases one sweep after the other in one
@@ -46,7 +46,8 @@ constexpr int kLag = 3;  // time steps between the starts of consecutive sweeps
 constexpr int kMaxSplit = 8;  // blocks per matrix at most: the portable cluster size
 constexpr unsigned kFull = 0xffffffffu;
 
-__device__ __forceinline__ double warp_all_sum(double x) {
+template <typename T>
+__device__ __forceinline__ T warp_all_sum(T x) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(kFull, x, offset);
   return x;  // in every lane
@@ -54,51 +55,52 @@ __device__ __forceinline__ double warp_all_sum(double x) {
 
 // dlarfg's reflector (reflector.cuh) for the column whose lane-r entry is ``x`` (rows 0..len-1;
 // lanes past len hold 0): every lane gets tau, scale and beta.
-__device__ __forceinline__ Reflector make_reflector(double x, int lane) {
-  const double alpha = __shfl_sync(kFull, x, 0);
-  const double sigma = warp_all_sum(lane > 0 ? x * x : 0.0);
+template <typename T>
+__device__ __forceinline__ Reflector<T> make_reflector(T x, int lane) {
+  const T alpha = __shfl_sync(kFull, x, 0);
+  const T sigma = warp_all_sum(lane > 0 ? x * x : T(0));
   return householder_reflector(alpha, sigma);
 }
 
-template <int BW>
+template <typename T, int BW>
 struct WarpScratch {
-  double tile[BW][BW + 1];  // a diagonal block, padded against bank conflicts
-  double w[BW];
+  T tile[BW][BW + 1];  // a diagonal block, padded against bank conflicts
+  T w[BW];
 };
 
 // d <- H d H for the len x len diagonal block at (j, j), H = I - tau v v^T with v in ``v`` (shared).
-template <int BW>
-__device__ void two_sided(double* band, int64_t width, int j, int len, const double* v, double tau,
-                          WarpScratch<BW>& s, int lane) {
+template <typename T, int BW>
+__device__ void two_sided(T* band, int64_t width, int j, int len, const T* v, T tau,
+                          WarpScratch<T, BW>& s, int lane) {
   const int r = lane;
   if (r < BW) {
 #pragma unroll
     for (int c = 0; c < BW; ++c) {
       if (c <= r && r < len) {
-        const double x = __ldcg(band + static_cast<int64_t>(j + c) * width + (r - c));
+        const T x = __ldcg(band + static_cast<int64_t>(j + c) * width + (r - c));
         s.tile[r][c] = x;
         s.tile[c][r] = x;
       }
     }
   }
   __syncwarp();
-  double wr = 0.0;
+  T wr = T(0);
   if (r < len) {
 #pragma unroll
     for (int c = 0; c < BW; ++c)
       if (c < len) wr += s.tile[r][c] * v[c];
     wr *= tau;
   }
-  const double vr = r < len ? v[r] : 0.0;
-  const double vw = warp_all_sum(vr * wr);
-  wr -= 0.5 * tau * vw * vr;
+  const T vr = r < len ? v[r] : T(0);
+  const T vw = warp_all_sum(vr * wr);
+  wr -= T(0.5) * tau * vw * vr;
   if (r < BW) s.w[r] = wr;
   __syncwarp();
   if (r < len) {
 #pragma unroll
     for (int c = 0; c < BW; ++c) {
       if (c <= r) {
-        const double y = s.tile[r][c] - (vr * s.w[c] + wr * v[c]);
+        const T y = s.tile[r][c] - (vr * s.w[c] + wr * v[c]);
         band[static_cast<int64_t>(j + c) * width + (r - c)] = y;
       }
     }
@@ -108,24 +110,24 @@ __device__ void two_sided(double* band, int64_t width, int j, int len, const dou
 
 // One step of sweep ``sweep`` (k = 0 starts it; k >= 1 chases one block down). ``slot`` holds the
 // sweep's reflector between steps: v in slot[0..BW-1], tau in slot[BW].
-template <int BW>
-__device__ void sweep_step(double* band, int64_t width, int n, int b, int sweep, int k, double* slot,
-                           WarpScratch<BW>& s, int lane) {
+template <typename T, int BW>
+__device__ void sweep_step(T* band, int64_t width, int n, int b, int sweep, int k, T* slot,
+                           WarpScratch<T, BW>& s, int lane) {
   const int r = lane;
   if (k == 0) {
     const int j1 = sweep + 1;
     const int len1 = min(b, n - j1);
     if (len1 < 2) return;
-    double* column = band + static_cast<int64_t>(sweep) * width + 1;  // A[j1 + r][sweep]
-    const double x = r < len1 ? __ldcg(column + r) : 0.0;
-    const Reflector h = make_reflector(x, r);
+    T* column = band + static_cast<int64_t>(sweep) * width + 1;  // A[j1 + r][sweep]
+    const T x = r < len1 ? __ldcg(column + r) : T(0);
+    const auto h = make_reflector(x, r);
     if (r < len1) {
-      column[r] = r == 0 ? h.beta : 0.0;
-      slot[r] = r == 0 ? 1.0 : x * h.scale;
+      column[r] = r == 0 ? h.beta : T(0);
+      slot[r] = r == 0 ? T(1) : x * h.scale;
     }
     if (r == 0) slot[BW] = h.tau;
     __syncwarp();
-    two_sided<BW>(band, width, j1, len1, slot, h.tau, s, lane);
+    two_sided<T, BW>(band, width, j1, len1, slot, h.tau, s, lane);
     return;
   }
   const int j1 = sweep + 1 + (k - 1) * b;
@@ -134,14 +136,14 @@ __device__ void sweep_step(double* band, int64_t width, int n, int b, int sweep,
   const int j2 = j1 + len1;
   if (len1 < 2 || j2 >= n) return;  // the sweep ended at an earlier step
   const int len2 = min(b, n - j2);
-  const double tau = slot[BW];
+  const T tau = slot[BW];
   // Row r of the block below the diagonal block at j1: A[j2 + r][j1 + c].
-  double blk[BW];
+  T blk[BW];
 #pragma unroll
   for (int c = 0; c < BW; ++c)
-    blk[c] = (r < len2 && c < len1) ? __ldcg(band + static_cast<int64_t>(j1 + c) * width + (j2 + r - j1 - c)) : 0.0;
+    blk[c] = (r < len2 && c < len1) ? __ldcg(band + static_cast<int64_t>(j1 + c) * width + (j2 + r - j1 - c)) : T(0);
   // From the right with the sweep's last reflector: blk <- blk (I - tau v v^T).
-  double dot = 0.0;
+  T dot = T(0);
 #pragma unroll
   for (int c = 0; c < BW; ++c)
     if (c < len1) dot += blk[c] * slot[c];
@@ -150,16 +152,16 @@ __device__ void sweep_step(double* band, int64_t width, int n, int b, int sweep,
     if (c < len1) blk[c] -= tau * dot * slot[c];
   if (len2 >= 2) {
     // The new reflector annihilates the block's first column below its top; from the left.
-    const Reflector h = make_reflector(blk[0], r);
-    const double v2 = r < len2 ? (r == 0 ? 1.0 : blk[0] * h.scale) : 0.0;
+    const auto h = make_reflector(blk[0], r);
+    const T v2 = r < len2 ? (r == 0 ? T(1) : blk[0] * h.scale) : T(0);
 #pragma unroll
     for (int c = 1; c < BW; ++c) {
       if (c < len1) {
-        const double col = warp_all_sum(v2 * blk[c]);
+        const T col = warp_all_sum(v2 * blk[c]);
         blk[c] -= h.tau * v2 * col;
       }
     }
-    blk[0] = r == 0 ? h.beta : 0.0;
+    blk[0] = r == 0 ? h.beta : T(0);
     __syncwarp();  // every lane has read v (the old slot) before it is replaced
     if (r < len2) slot[r] = v2;
     if (r == 0) slot[BW] = h.tau;
@@ -170,20 +172,21 @@ __device__ void sweep_step(double* band, int64_t width, int n, int b, int sweep,
       if (c < len1) band[static_cast<int64_t>(j1 + c) * width + (j2 + r - j1 - c)] = blk[c];
   }
   __syncwarp();
-  if (len2 >= 2) two_sided<BW>(band, width, j2, len2, slot, slot[BW], s, lane);
+  if (len2 >= 2) two_sided<T, BW>(band, width, j2, len2, slot, slot[BW], s, lane);
 }
 
-template <int BW>
-__global__ void __launch_bounds__(kWarps * 32) bulge_chase_kernel(double* __restrict__ bands, int n,
+template <typename T, int BW>
+__global__ void __launch_bounds__(kWarps * 32) bulge_chase_kernel(T* __restrict__ bands, int n,
                                                                    int64_t width, int b, int ring,
                                                                    int steps_per_sweep, int split) {
-  extern __shared__ double shared[];
-  auto* scratch = reinterpret_cast<WarpScratch<BW>*>(shared);
-  double* slots = shared + kWarps * (sizeof(WarpScratch<BW>) / sizeof(double));  // ring x (BW + 1)
+  extern __shared__ __align__(16) unsigned char shared_bytes_[];
+  T* shared = reinterpret_cast<T*>(shared_bytes_);
+  auto* scratch = reinterpret_cast<WarpScratch<T, BW>*>(shared);
+  T* slots = shared + kWarps * (sizeof(WarpScratch<T, BW>) / sizeof(T));  // ring x (BW + 1)
   // ``split`` blocks (one cluster) per matrix; block ``part`` takes the sweeps s with s % split ==
   // part, so a sweep's reflector never leaves its block's ring.
   const int part = static_cast<int>(blockIdx.x % split);
-  double* band = bands + static_cast<int64_t>(blockIdx.x / split) * n * width;
+  T* band = bands + static_cast<int64_t>(blockIdx.x / split) * n * width;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int sweeps = n - 2;  // sweeps 0 .. n-3
   const int last_time = kLag * (sweeps - 1) + steps_per_sweep;
@@ -193,7 +196,7 @@ __global__ void __launch_bounds__(kWarps * 32) bulge_chase_kernel(double* __rest
     const int oldest = max(0, (t - steps_per_sweep + kLag - 1) / kLag);
     const int mine = newest - (((newest - part) % split) + split) % split;  // newest of this block's
     for (int sw = mine - warp * split; sw >= oldest; sw -= kWarps * split) {
-      sweep_step<BW>(band, width, n, b, sw, t - kLag * sw, slots + static_cast<int64_t>(sw % ring) * (BW + 1),
+      sweep_step<T, BW>(band, width, n, b, sw, t - kLag * sw, slots + static_cast<int64_t>(sw % ring) * (BW + 1),
                      scratch[warp], lane);
     }
     // The next time step's steps read what this one's wrote, in any block of the cluster: the
@@ -207,11 +210,11 @@ __global__ void __launch_bounds__(kWarps * 32) bulge_chase_kernel(double* __rest
 }
 
 // Shared memory of one block: the warps' scratch and the ring of reflectors handed between sweeps.
-template <int BW>
+template <typename T, int BW>
 size_t shared_bytes(int n, int b, int* ring, int* steps_per_sweep) {
   *steps_per_sweep = (n + b - 1) / b + 1;  // step 0, then at most ceil(n / b) chase steps
   *ring = *steps_per_sweep / kLag + 2;       // more slots than sweeps active at once
-  return kWarps * sizeof(WarpScratch<BW>) + static_cast<size_t>(*ring) * (BW + 1) * sizeof(double);
+  return kWarps * sizeof(WarpScratch<T, BW>) + static_cast<size_t>(*ring) * (BW + 1) * sizeof(T);
 }
 
 // Blocks per matrix when the caller leaves it to the kernel: the most, up to one more than it takes
@@ -220,7 +223,7 @@ size_t shared_bytes(int n, int b, int* ring, int* steps_per_sweep) {
 // registers; a second wave would double the time). H100 (bench/probes/chase_split.py, ms per
 // matrix at split 1 / 2 / 3 / 4 / 8): n = 2048 x 32 3.09 / 2.38 / 2.30 / 4.42 (two waves) / 6.56;
 // 4096 x 8 39.5 / 25.8 / 20.1 / 19.2 / 18.3; 8192 x 1 1121 / 652 / 489 / 417 / 309.
-template <int BW>
+template <typename T, int BW>
 int choose_split(int n, int b, int64_t batch, cudaLaunchConfig_t config, cudaLaunchAttribute* cluster) {
   const int steps_per_sweep = (n + b - 1) / b + 1;
   const int in_flight = (steps_per_sweep + kLag - 1) / kLag;
@@ -229,18 +232,18 @@ int choose_split(int n, int b, int64_t batch, cudaLaunchConfig_t config, cudaLau
     cluster->val.clusterDim.x = static_cast<unsigned>(split);
     config.gridDim = dim3(static_cast<unsigned>(batch * split));
     int resident = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&resident, bulge_chase_kernel<BW>, &config));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&resident, bulge_chase_kernel<T, BW>, &config));
     if (resident >= batch) break;
   }
   return split;
 }
 
-template <int BW>
+template <typename T, int BW>
 void launch(const at::Tensor& bands, int b, int split) {
   const int n = static_cast<int>(bands.size(1));
   int ring = 0, steps_per_sweep = 0;
-  const size_t shared = shared_bytes<BW>(n, b, &ring, &steps_per_sweep);
-  auto kernel = bulge_chase_kernel<BW>;
+  const size_t shared = shared_bytes<T, BW>(n, b, &ring, &steps_per_sweep);
+  auto kernel = bulge_chase_kernel<T, BW>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
   const int device = bands.device().index();
   cudaLaunchConfig_t config = {};
@@ -252,27 +255,34 @@ void launch(const at::Tensor& bands, int b, int split) {
   cluster[0].val.clusterDim.x = cluster[0].val.clusterDim.y = cluster[0].val.clusterDim.z = 1;
   config.attrs = cluster;
   config.numAttrs = 1;
-  if (split <= 0) split = choose_split<BW>(n, b, bands.size(0), config, cluster);
+  if (split <= 0) split = choose_split<T, BW>(n, b, bands.size(0), config, cluster);
   cluster[0].val.clusterDim.x = static_cast<unsigned>(split);
   config.gridDim = dim3(static_cast<unsigned>(bands.size(0) * split));
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, bands.data_ptr<double>(), n, bands.size(2), b, ring,
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, bands.data_ptr<T>(), n, bands.size(2), b, ring,
                                     steps_per_sweep, split));
 }
 
 }  // namespace
 
-int64_t bulge_chase_shared_bytes(int64_t n, int64_t bandwidth) {
+int64_t bulge_chase_shared_bytes(int64_t n, int64_t bandwidth, bool float32) {
   int ring = 0, steps_per_sweep = 0;
   const int nn = static_cast<int>(n), b = static_cast<int>(bandwidth);
-  return static_cast<int64_t>(bandwidth <= 16 ? shared_bytes<16>(nn, b, &ring, &steps_per_sweep)
-                                              : shared_bytes<32>(nn, b, &ring, &steps_per_sweep));
+  const bool narrow = bandwidth <= 16;
+  size_t bytes = 0;
+  if (float32) {
+    bytes = narrow ? shared_bytes<float, 16>(nn, b, &ring, &steps_per_sweep) : shared_bytes<float, 32>(nn, b, &ring, &steps_per_sweep);
+  } else {
+    bytes = narrow ? shared_bytes<double, 16>(nn, b, &ring, &steps_per_sweep) : shared_bytes<double, 32>(nn, b, &ring, &steps_per_sweep);
+  }
+  return static_cast<int64_t>(bytes);
 }
 
 void launch_bulge_chase(const at::Tensor& bands, int64_t bandwidth, int64_t blocks_per_matrix) {
-  const int split = static_cast<int>(blocks_per_matrix);
-  if (bandwidth <= 16) {
-    launch<16>(bands, static_cast<int>(bandwidth), split);
+  const int split = static_cast<int>(blocks_per_matrix), b = static_cast<int>(bandwidth);
+  const bool narrow = bandwidth <= 16;
+  if (bands.scalar_type() == at::kFloat) {
+    narrow ? launch<float, 16>(bands, b, split) : launch<float, 32>(bands, b, split);
   } else {
-    launch<32>(bands, static_cast<int>(bandwidth), split);
+    narrow ? launch<double, 16>(bands, b, split) : launch<double, 32>(bands, b, split);
   }
 }

@@ -21,7 +21,8 @@ int64_t householder_panels_max_columns() { return 32; }
 
 at::Tensor householder_panels_(at::Tensor panels, int64_t blocks_per_panel) {
   TORCH_CHECK(panels.is_cuda(), "householder_panels_: needs a CUDA tensor, got ", panels.device());
-  TORCH_CHECK(panels.scalar_type() == at::kDouble, "householder_panels_: needs float64, got ", panels.scalar_type());
+  TORCH_CHECK(panels.scalar_type() == at::kDouble || panels.scalar_type() == at::kFloat,
+              "householder_panels_: needs float64 or float32, got ", panels.scalar_type());
   TORCH_CHECK(panels.dim() == 3, "householder_panels_: needs [B, m, b], got ", dims(panels.sizes()));
   TORCH_CHECK(panels.stride(2) == 1, "householder_panels_: each panel row must be contiguous (stride 1 along b)");
   TORCH_CHECK(panels.size(2) <= householder_panels_max_columns(), "householder_panels_: at most ",
@@ -48,7 +49,8 @@ int64_t bulge_chase_max_blocks_per_matrix() { return 8; }
 
 std::tuple<at::Tensor, at::Tensor> band_to_tridiagonal_(at::Tensor bands, int64_t bandwidth, int64_t blocks_per_matrix) {
   TORCH_CHECK(bands.is_cuda(), "band_to_tridiagonal_: needs a CUDA tensor, got ", bands.device());
-  TORCH_CHECK(bands.scalar_type() == at::kDouble, "band_to_tridiagonal_: needs float64, got ", bands.scalar_type());
+  TORCH_CHECK(bands.scalar_type() == at::kDouble || bands.scalar_type() == at::kFloat,
+              "band_to_tridiagonal_: needs float64 or float32, got ", bands.scalar_type());
   TORCH_CHECK(bands.dim() == 3 && bands.is_contiguous(), "band_to_tridiagonal_: needs a contiguous [B, n, width]");
   TORCH_CHECK(bandwidth >= 1 && bandwidth <= bulge_chase_max_bandwidth(), "band_to_tridiagonal_: bandwidth must be 1..",
               num(bulge_chase_max_bandwidth()), ", got ", num(bandwidth));
@@ -62,7 +64,7 @@ std::tuple<at::Tensor, at::Tensor> band_to_tridiagonal_(at::Tensor bands, int64_
               num(bulge_chase_max_blocks_per_matrix()), ", got ", num(blocks_per_matrix));
   const c10::cuda::CUDAGuard guard(bands.device());
   if (batch > 0 && n > 2 && bandwidth > 1) {
-    const int64_t shared = bulge_chase_shared_bytes(n, bandwidth);
+    const int64_t shared = bulge_chase_shared_bytes(n, bandwidth, bands.scalar_type() == at::kFloat);
     int limit = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, bands.device().index()));
     TORCH_CHECK(shared <= limit, "band_to_tridiagonal_: n = ", num(n), " at bandwidth ", num(bandwidth), " needs ",

@@ -1,5 +1,5 @@
 // The CUDA kernels' launchers (csrc/*.cu), for csrc/cuda_entry_points.cpp, which checks the
-// arguments first: the launchers assume float64 CUDA tensors of valid shapes. Keeping the checks
+// arguments first: the launchers assume float32 or float64 CUDA tensors of valid shapes. Keeping the checks
 // in host code keeps the .cu files to kernels and launches.
 #pragma once
 
@@ -16,7 +16,7 @@ bool launch_householder_panels_cluster(const at::Tensor& panels, const at::Tenso
 int64_t householder_panels_cluster_max_blocks();
 
 // Dynamic shared memory one block of the chase needs for n at this bandwidth (<= 32).
-int64_t bulge_chase_shared_bytes(int64_t n, int64_t bandwidth);
+int64_t bulge_chase_shared_bytes(int64_t n, int64_t bandwidth, bool float32);
 // The chase in place on contiguous bands [B, n, width], width >= 2 * bandwidth, n > 2, bandwidth
 // 2..32, with blocks_per_matrix blocks (a cluster) per matrix, 1..8; 0 chooses from n and B.
 void launch_bulge_chase(const at::Tensor& bands, int64_t bandwidth, int64_t blocks_per_matrix);

@@ -1,4 +1,4 @@
-// Householder QR of many tall, narrow float64 panels in one launch: the panel factorization of
+// Householder QR of many tall, narrow float64 (or float32) panels in one launch: the panel factorization of
 // stage 1 of the exact eigen route (spectrum_fast/ops/band.py, dense -> band).
 //
 // Why: stage 1 factors one m x b panel per b columns of every matrix (n / b panels, b = 16..32),
@@ -39,19 +39,21 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kUnroll = 4;
 constexpr unsigned kFull = 0xffffffffu;
 
-__device__ __forceinline__ double warp_sum(double x) {
+template <typename T>
+__device__ __forceinline__ T warp_sum(T x) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_down_sync(kFull, x, offset);
   return x;  // complete in lane 0
 }
 
 // Sum of ``x`` over the block, returned to every thread. ``scratch`` holds kWarps doubles.
-__device__ __forceinline__ double block_sum(double x, double* scratch) {
+template <typename T>
+__device__ __forceinline__ T block_sum(T x, T* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   x = warp_sum(x);
   if (lane == 0) scratch[warp] = x;
   __syncthreads();
-  double total = 0.0;
+  T total = T(0);
 #pragma unroll
   for (int k = 0; k < kWarps; ++k) total += scratch[k];
   __syncthreads();  // scratch is reused by the next call
@@ -60,30 +62,30 @@ __device__ __forceinline__ double block_sum(double x, double* scratch) {
 
 // Column c of rows base, base + kRowStep, ... (kUnroll of them) into x, all loads issued before
 // any is used; 0 past the last row or where the lane has nothing to read.
-template <int kRowStep>
-__device__ __forceinline__ void load_rows(double (&x)[kUnroll], const double* p, int64_t row_stride, int base,
+template <typename T, int kRowStep>
+__device__ __forceinline__ void load_rows(T (&x)[kUnroll], const T* p, int64_t row_stride, int base,
                                           int rows, int c, bool needed) {
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
     const int i = base + u * kRowStep;
-    x[u] = (needed && i < rows) ? p[i * row_stride + c] : 0.0;
+    x[u] = (needed && i < rows) ? p[i * row_stride + c] : T(0);
   }
 }
 
 // One block per panel. Panel p's element (i, c) sits at a[p * batch_stride + i * row_stride + c],
 // 0 <= i < rows, 0 <= c < cols <= BW; BW divides 32.
-template <int BW>
+template <typename T, int BW>
 __global__ void __launch_bounds__(kThreads) householder_panels_kernel(
-    double* __restrict__ a, int64_t batch_stride, int64_t row_stride, int rows, int cols,
-    double* __restrict__ tau_out) {
+    T* __restrict__ a, int64_t batch_stride, int64_t row_stride, int rows, int cols,
+    T* __restrict__ tau_out) {
   constexpr int kRowsPerWarp = 32 / BW;
   constexpr int kRowStep = kWarps * kRowsPerWarp;  // rows the block covers per step
-  double* p = a + static_cast<int64_t>(blockIdx.x) * batch_stride;
-  double* tau_row = tau_out + static_cast<int64_t>(blockIdx.x) * min(rows, cols);
-  __shared__ double scratch[kWarps];
-  __shared__ double partial[kWarps][BW];
-  __shared__ double w[BW];
-  __shared__ double reflector[2];  // tau, scale
+  T* p = a + static_cast<int64_t>(blockIdx.x) * batch_stride;
+  T* tau_row = tau_out + static_cast<int64_t>(blockIdx.x) * min(rows, cols);
+  __shared__ T scratch[kWarps];
+  __shared__ T partial[kWarps][BW];
+  __shared__ T w[BW];
+  __shared__ T reflector[2];  // tau, scale
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int c = lane % BW;    // this lane's column
   const int sub = lane / BW;  // which of its warp's rows
@@ -92,25 +94,25 @@ __global__ void __launch_bounds__(kThreads) householder_panels_kernel(
   const int steps = min(rows, cols);
 
   // Squares of column 0 below the diagonal; later columns' come out of pass 2.
-  double sigma_part = 0.0;
+  T sigma_part = T(0);
   if (c == 0)
     for (int i = 1 + first; i < rows; i += kRowStep) {
-      const double x = p[i * row_stride];
+      const T x = p[i * row_stride];
       sigma_part += x * x;
     }
 
   for (int j = 0; j < steps; ++j) {
-    const double sigma = block_sum(sigma_part, scratch);
+    const T sigma = block_sum(sigma_part, scratch);
     if (threadIdx.x == 0) {
-      const Reflector h = householder_reflector(p[j * row_stride + j], sigma);
-      const double tau = h.tau, scale = h.scale, beta = h.beta;
+      const auto h = householder_reflector(p[j * row_stride + j], sigma);
+      const T tau = h.tau, scale = h.scale, beta = h.beta;
       p[j * row_stride + j] = beta;
       tau_row[j] = tau;
       reflector[0] = tau;
       reflector[1] = scale;
     }
     __syncthreads();
-    const double tau = reflector[0], scale = reflector[1];
+    const T tau = reflector[0], scale = reflector[1];
     const int source = sub * BW + j;  // the lane holding column j of this lane's row
     if (j + 1 >= cols) {  // the last column: its vector to scale, no columns to its right
       if (c == j)
@@ -121,14 +123,14 @@ __global__ void __launch_bounds__(kThreads) householder_panels_kernel(
 
     // Pass 1: v into column j, and the sums v_i P[i][c] for c > j. The loop bounds are the same
     // for every lane (shuffles need the whole warp); rows past the end read as 0.
-    double acc = 0.0;
+    T acc = T(0);
     for (int base = j + 1 + first; base - first < rows; base += kUnroll * kRowStep) {
-      double x[kUnroll];
-      load_rows<kRowStep>(x, p, row_stride, base, rows, c, needed);
+      T x[kUnroll];
+      load_rows<T, kRowStep>(x, p, row_stride, base, rows, c, needed);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int i = base + u * kRowStep;
-        const double v = __shfl_sync(kFull, x[u], source) * scale;
+        const T v = __shfl_sync(kFull, x[u], source) * scale;
         if (c == j && i < rows) p[i * row_stride + j] = v;
         if (c > j) acc += v * x[u];
       }
@@ -138,7 +140,7 @@ __global__ void __launch_bounds__(kThreads) householder_panels_kernel(
     if (sub == 0) partial[warp][c] = acc;  // the warp's sums, per column
     __syncthreads();
     if (threadIdx.x > j && threadIdx.x < cols) {  // w_c = tau (P[j][c] + sum_i v_i P[i][c]), v_j = 1
-      double s = p[j * row_stride + threadIdx.x];
+      T s = p[j * row_stride + threadIdx.x];
 #pragma unroll 8
       for (int k = 0; k < kWarps; ++k) s += partial[k][threadIdx.x];
       w[threadIdx.x] = tau * s;
@@ -148,17 +150,17 @@ __global__ void __launch_bounds__(kThreads) householder_panels_kernel(
     // Pass 2: P -= v w^T right of column j (row j has v_j = 1), and the squares of the new column
     // j+1 below its diagonal for the next reflector.
     if (threadIdx.x > j && threadIdx.x < cols) p[j * row_stride + threadIdx.x] -= w[threadIdx.x];
-    const double wc = (in_cols && c > j) ? w[c] : 0.0;
-    sigma_part = 0.0;
+    const T wc = (in_cols && c > j) ? w[c] : T(0);
+    sigma_part = T(0);
     for (int base = j + 1 + first; base - first < rows; base += kUnroll * kRowStep) {
-      double x[kUnroll];
-      load_rows<kRowStep>(x, p, row_stride, base, rows, c, needed);
+      T x[kUnroll];
+      load_rows<T, kRowStep>(x, p, row_stride, base, rows, c, needed);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int i = base + u * kRowStep;
-        const double v = __shfl_sync(kFull, x[u], source);  // column j now holds v
+        const T v = __shfl_sync(kFull, x[u], source);  // column j now holds v
         if (c > j && in_cols && i < rows) {
-          const double y = x[u] - v * wc;
+          const T y = x[u] - v * wc;
           p[i * row_stride + c] = y;
           if (c == j + 1 && i > j + 1) sigma_part += y * y;
         }
@@ -168,22 +170,23 @@ __global__ void __launch_bounds__(kThreads) householder_panels_kernel(
   }
 }
 
-template <int BW>
+template <typename T, int BW>
 void launch(const at::Tensor& panels, const at::Tensor& tau) {
   const int64_t batch = panels.size(0);
   const int rows = static_cast<int>(panels.size(1)), cols = static_cast<int>(panels.size(2));
   auto stream = c10::cuda::getCurrentCUDAStream(panels.device().index());
-  householder_panels_kernel<BW><<<static_cast<unsigned>(batch), kThreads, 0, stream>>>(
-      panels.data_ptr<double>(), panels.stride(0), panels.stride(1), rows, cols, tau.data_ptr<double>());
+  householder_panels_kernel<T, BW><<<static_cast<unsigned>(batch), kThreads, 0, stream>>>(
+      panels.data_ptr<T>(), panels.stride(0), panels.stride(1), rows, cols, tau.data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
 
 void launch_householder_panels(const at::Tensor& panels, const at::Tensor& tau) {
-  if (panels.size(2) <= 16) {
-    launch<16>(panels, tau);
+  const bool narrow = panels.size(2) <= 16;
+  if (panels.scalar_type() == at::kFloat) {
+    narrow ? launch<float, 16>(panels, tau) : launch<float, 32>(panels, tau);
   } else {
-    launch<32>(panels, tau);
+    narrow ? launch<double, 16>(panels, tau) : launch<double, 32>(panels, tau);
   }
 }

@@ -1,4 +1,4 @@
-// Householder QR of many tall, narrow float64 panels with each panel spread over a cluster of
+// Householder QR of many tall, narrow float64 (or float32) panels, each spread over a cluster of
 // blocks and held in their shared memory: the same factorization as householder_panels.cu
 // (LAPACK geqrf's layout, dlarfg's formulas without rescaling), for few or very tall panels.
 //
@@ -40,15 +40,15 @@ constexpr int kMaxBlocks = 16;       // the largest (non-portable) cluster on sm
 constexpr int kRowsPerBlock = 512;   // a block's share when the kernel chooses: 128 KiB at 32 columns
 
 // Per-column sums over the block: ``x`` belongs to column lane % BW; the sums land in out[0..BW).
-template <int BW>
-__device__ __forceinline__ void column_sums(double x, double (*red)[BW], double* out) {
+template <typename T, int BW>
+__device__ __forceinline__ void column_sums(T x, T (*red)[BW], T* out) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int offset = BW; offset < 32; offset <<= 1) x += __shfl_down_sync(kFull, x, offset);
   if (lane < BW) red[warp][lane] = x;
   __syncthreads();
   if (threadIdx.x < BW) {
-    double s = 0.0;
+    T s = T(0);
 #pragma unroll
     for (int k = 0; k < kWarps; ++k) s += red[k][threadIdx.x];
     out[threadIdx.x] = s;
@@ -58,11 +58,12 @@ __device__ __forceinline__ void column_sums(double x, double (*red)[BW], double*
 
 // total[0..count) = the sum over the cluster's blocks of their mine[0..count), added in rank
 // order so that every block holds the same bits.
-__device__ __forceinline__ void cluster_sums(const cg::cluster_group& cluster, double* mine, double* total,
+template <typename T>
+__device__ __forceinline__ void cluster_sums(const cg::cluster_group& cluster, T* mine, T* total,
                                              int count, int blocks) {
   cluster.sync();  // every block's ``mine`` is written and visible
   if (static_cast<int>(threadIdx.x) < count) {
-    double s = 0.0;
+    T s = T(0);
     for (int r = 0; r < blocks; ++r) s += cluster.map_shared_rank(mine, r)[threadIdx.x];
     total[threadIdx.x] = s;
   }
@@ -73,21 +74,22 @@ __device__ __forceinline__ void cluster_sums(const cg::cluster_group& cluster, d
 // [r * chunk, (r + 1) * chunk) of it in ``tile`` ([chunk][BW], dynamic shared memory). Panel p's
 // element (i, c) sits at a[p * batch_stride + i * row_stride + c], 0 <= c < cols <= BW; BW divides
 // 32; chunk >= min(rows, BW) so that block 0 owns every diagonal element.
-template <int BW>
+template <typename T, int BW>
 __global__ void __launch_bounds__(kThreads) householder_panels_cluster_kernel(
-    double* __restrict__ a, int64_t batch_stride, int64_t row_stride, int rows, int cols,
-    double* __restrict__ tau_out, int blocks, int chunk) {
-  extern __shared__ double tile[];
-  __shared__ double red[kWarps][BW];
-  __shared__ double mine[2][BW + 1];
-  __shared__ double total[BW + 1];
-  __shared__ double w[BW];
+    T* __restrict__ a, int64_t batch_stride, int64_t row_stride, int rows, int cols,
+    T* __restrict__ tau_out, int blocks, int chunk) {
+  extern __shared__ __align__(16) unsigned char tile_bytes[];
+  T* tile = reinterpret_cast<T*>(tile_bytes);
+  __shared__ T red[kWarps][BW];
+  __shared__ T mine[2][BW + 1];
+  __shared__ T total[BW + 1];
+  __shared__ T w[BW];
   const cg::cluster_group cluster = cg::this_cluster();
   const int rank = static_cast<int>(cluster.block_rank());
   const int64_t panel = blockIdx.x / blocks;
-  double* p = a + panel * batch_stride;
+  T* p = a + panel * batch_stride;
   const int steps = min(rows, cols);
-  double* tau_row = tau_out + panel * steps;
+  T* tau_row = tau_out + panel * steps;
   const int row0 = rank * chunk;
   const int local_rows = max(0, min(rows - row0, chunk));
 
@@ -101,11 +103,11 @@ __global__ void __launch_bounds__(kThreads) householder_panels_cluster_kernel(
   // Rows of the warp's iterations: the same count for every lane (the first loop shuffles).
   for (int base = warp * kRowsPerWarp; base < local_rows; base += kRowStep) {
     const int li = base + sub;
-    if (li < local_rows) tile[li * BW + c] = in_cols ? p[(row0 + li) * row_stride + c] : 0.0;
+    if (li < local_rows) tile[li * BW + c] = in_cols ? p[(row0 + li) * row_stride + c] : T(0);
   }
   __syncthreads();
 
-  double sq = 0.0;  // this thread's share of the squares below the diagonal of the next column
+  T sq = T(0);  // this thread's share of the squares below the diagonal of the next column
   for (int base = warp * kRowsPerWarp; base < local_rows; base += kRowStep) {
     const int li = base + sub;
     if (li < local_rows && c == 0 && row0 + li > 0) sq += tile[li * BW] * tile[li * BW];
@@ -113,26 +115,26 @@ __global__ void __launch_bounds__(kThreads) householder_panels_cluster_kernel(
 
   int slot = 0;
   for (int j = 0; j < steps; ++j) {
-    column_sums<BW>(sq, red, mine[slot]);
-    if (threadIdx.x == 0) mine[slot][BW] = rank == 0 ? tile[j * BW + j] : 0.0;  // alpha, from block 0
+    column_sums<T, BW>(sq, red, mine[slot]);
+    if (threadIdx.x == 0) mine[slot][BW] = rank == 0 ? tile[j * BW + j] : T(0);  // alpha, from block 0
     cluster_sums(cluster, mine[slot], total, BW + 1, blocks);
     slot ^= 1;
-    const double sigma = total[j], alpha = total[BW];
-    const Reflector h = householder_reflector(alpha, sigma);
-    const double tau = h.tau, scale = h.scale, beta = h.beta;
+    const T sigma = total[j], alpha = total[BW];
+    const auto h = householder_reflector(alpha, sigma);
+    const T tau = h.tau, scale = h.scale, beta = h.beta;
     if (rank == 0 && threadIdx.x == 0) tau_row[j] = tau;
 
     // v into column j below the diagonal; the sums v_i P[i][c] for c > j (row j: v_j = 1).
-    double acc = 0.0;
+    T acc = T(0);
     const int source = sub * BW + j;  // the lane holding column j of this lane's row
     for (int base = warp * kRowsPerWarp; base < local_rows; base += kRowStep) {
       const int li = base + sub;
       const bool valid = li < local_rows;
-      const double x = valid ? tile[li * BW + c] : 0.0;
-      const double xj = __shfl_sync(kFull, x, source);
+      const T x = valid ? tile[li * BW + c] : T(0);
+      const T xj = __shfl_sync(kFull, x, source);
       const int i = row0 + li;
       if (valid && i > j) {
-        const double v = xj * scale;
+        const T v = xj * scale;
         if (c == j) tile[li * BW + j] = v;
         if (c > j && in_cols) acc += v * x;
       } else if (valid && i == j && c > j && in_cols) {
@@ -142,21 +144,21 @@ __global__ void __launch_bounds__(kThreads) householder_panels_cluster_kernel(
     if (rank == 0 && threadIdx.x == 0) tile[j * BW + j] = beta;
     if (j + 1 >= cols) break;  // no columns to the right: nothing to update (same j in every block)
 
-    column_sums<BW>(acc, red, mine[slot]);
+    column_sums<T, BW>(acc, red, mine[slot]);
     cluster_sums(cluster, mine[slot], total, BW, blocks);
     slot ^= 1;
     if (threadIdx.x < BW) w[threadIdx.x] = tau * total[threadIdx.x];
     __syncthreads();
 
     // P -= v w^T right of column j, rows i >= j; and the squares of column j + 1 below its diagonal.
-    sq = 0.0;
-    const double wc = (in_cols && c > j) ? w[c] : 0.0;
+    sq = T(0);
+    const T wc = (in_cols && c > j) ? w[c] : T(0);
     for (int base = warp * kRowsPerWarp; base < local_rows; base += kRowStep) {
       const int li = base + sub;
       const int i = row0 + li;
       if (li < local_rows && in_cols && c > j && i >= j) {
-        const double v = i == j ? 1.0 : tile[li * BW + j];
-        const double y = tile[li * BW + c] - v * wc;
+        const T v = i == j ? T(1) : tile[li * BW + j];
+        const T y = tile[li * BW + c] - v * wc;
         tile[li * BW + c] = y;
         if (c == j + 1 && i > j + 1) sq += y * y;
       }
@@ -172,7 +174,7 @@ __global__ void __launch_bounds__(kThreads) householder_panels_cluster_kernel(
   cluster.sync();  // no block leaves while another may still read its partial sums
 }
 
-template <int BW>
+template <typename T, int BW>
 bool launch(const at::Tensor& panels, const at::Tensor& tau, int blocks) {
   const int64_t batch = panels.size(0);
   const int rows = static_cast<int>(panels.size(1)), cols = static_cast<int>(panels.size(2));
@@ -180,11 +182,11 @@ bool launch(const at::Tensor& panels, const at::Tensor& tau, int blocks) {
   blocks = std::max(1, std::min(blocks, kMaxBlocks));
   int chunk = (rows + blocks - 1) / blocks;
   if (blocks > 1) chunk = std::max(chunk, std::min(rows, BW));  // block 0 owns every diagonal element
-  const size_t shared = static_cast<size_t>(chunk) * BW * sizeof(double);
+  const size_t shared = static_cast<size_t>(chunk) * BW * sizeof(T);
   const int device = panels.device().index();
   int limit = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  auto kernel = householder_panels_cluster_kernel<BW>;
+  auto kernel = householder_panels_cluster_kernel<T, BW>;
   cudaFuncAttributes attributes = {};
   C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
   if (shared + attributes.sharedSizeBytes > static_cast<size_t>(limit)) return false;  // too tall for the cluster
@@ -204,8 +206,8 @@ bool launch(const at::Tensor& panels, const at::Tensor& tau, int blocks) {
   int resident = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&resident, kernel, &config));
   if (resident == 0) return false;  // no GPC takes a cluster this big with this much shared memory
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, panels.data_ptr<double>(), panels.stride(0), panels.stride(1),
-                                    rows, cols, tau.data_ptr<double>(), blocks, chunk));
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, panels.data_ptr<T>(), panels.stride(0), panels.stride(1),
+                                    rows, cols, tau.data_ptr<T>(), blocks, chunk));
   return true;
 }
 
@@ -215,5 +217,8 @@ int64_t householder_panels_cluster_max_blocks() { return kMaxBlocks; }
 
 bool launch_householder_panels_cluster(const at::Tensor& panels, const at::Tensor& tau, int64_t blocks_per_panel) {
   const int blocks = static_cast<int>(blocks_per_panel);
-  return panels.size(2) <= 16 ? launch<16>(panels, tau, blocks) : launch<32>(panels, tau, blocks);
+  const bool narrow = panels.size(2) <= 16;
+  if (panels.scalar_type() == at::kFloat)
+    return narrow ? launch<float, 16>(panels, tau, blocks) : launch<float, 32>(panels, tau, blocks);
+  return narrow ? launch<double, 16>(panels, tau, blocks) : launch<double, 32>(panels, tau, blocks);
 }

@@ -16,14 +16,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
           pybind11::arg("panel_kernel_rows_per_panel") = 128, pybind11::arg("panel_blocks_per_panel") = -1);
 #ifdef SPECTRUM_FAST_WITH_CUDA
   mod.def("householder_panels_", &householder_panels_,
-          "Householder QR of float64 panels [B, m, b] (b <= householder_panels_max_columns()) on the "
+          "Householder QR of float64 or float32 panels [B, m, b] (b <= householder_panels_max_columns()) on the "
           "current CUDA stream, in place, LAPACK geqrf layout; returns tau [B, min(m, b)]. blocks_per_panel: -1 "
           "one block streaming each panel, 0 a cluster per panel holding it in shared memory (size chosen), k > 0 "
           "a cluster of k blocks",
           pybind11::arg("panels"), pybind11::arg("blocks_per_panel") = -1);
   mod.def("householder_panels_max_columns", &householder_panels_max_columns);
   mod.def("band_to_tridiagonal_", &band_to_tridiagonal_,
-          "Band -> tridiagonal by pipelined bulge chasing, in place on float64 bands [B, n, width] (lower "
+          "Band -> tridiagonal by pipelined bulge chasing, in place on float64 or float32 bands [B, n, width] (lower "
           "band storage, width >= 2 * bandwidth, bandwidth <= bulge_chase_max_bandwidth()) on the current "
           "CUDA stream, a cluster of blocks_per_matrix blocks per matrix (0: chosen); returns (diagonals [B, n], subdiagonals [B, n - 1])",
           pybind11::arg("bands"), pybind11::arg("bandwidth"), pybind11::arg("blocks_per_matrix") = 0);

@@ -18,17 +18,18 @@ at::Tensor reduce_to_band_(at::Tensor a, int64_t bandwidth, int64_t panel_kernel
                            int64_t panel_kernel_rows_per_panel, int64_t panel_blocks_per_panel);
 
 #ifdef SPECTRUM_FAST_WITH_CUDA
-// Householder QR of B panels [B, m, b] float64 on a CUDA device (rows contiguous, any row and
-// batch stride), in place on the current stream, in LAPACK geqrf's layout; returns tau [B, min(m, b)].
-// blocks_per_panel: -1, one block per panel streaming it from global memory
-// (householder_panels.cu); 0 or more, a cluster of that many blocks per panel holding it in shared
-// memory (householder_panels_cluster.cu; 0 chooses), or the former where the panel does not fit.
+// Householder QR of B panels [B, m, b] float64 or float32 on a CUDA device (rows contiguous, any
+// row and batch stride), in place on the current stream, in LAPACK geqrf's layout; returns tau
+// [B, min(m, b)] of the panels' dtype. blocks_per_panel: -1, one block per panel streaming it from
+// global memory (householder_panels.cu); 0 or more, a cluster of that many blocks per panel
+// holding it in shared memory (householder_panels_cluster.cu; 0 chooses), or the former where the
+// panel does not fit.
 at::Tensor householder_panels_(at::Tensor panels, int64_t blocks_per_panel);
 int64_t householder_panels_max_columns();
 // Band -> tridiagonal by bulge chasing, sweeps pipelined, in place on bands [B, n, width] float64
-// (lower band storage, width >= 2 * bandwidth) on the current stream -> (diagonals [B, n],
-// subdiagonals [B, n - 1]). blocks_per_matrix: a cluster of that many blocks per matrix (1 to
-// bulge_chase_max_blocks_per_matrix()); 0 chooses from n, the batch and the device.
+// or float32 (lower band storage, width >= 2 * bandwidth) on the current stream -> (diagonals
+// [B, n], subdiagonals [B, n - 1]). blocks_per_matrix: a cluster of that many blocks per matrix (1
+// to bulge_chase_max_blocks_per_matrix()); 0 chooses from n, the batch and the device.
 std::tuple<at::Tensor, at::Tensor> band_to_tridiagonal_(at::Tensor bands, int64_t bandwidth, int64_t blocks_per_matrix);
 int64_t bulge_chase_max_bandwidth();
 int64_t bulge_chase_max_blocks_per_matrix();

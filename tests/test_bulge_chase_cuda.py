@@ -42,6 +42,24 @@ def test_pipelined_chase_keeps_the_eigenvalues(n, b):
         assert np.abs(left[k]).max() / scale < 1e-13, f"{kind}: not tridiagonal, seed={SEED}"
 
 
+@pytest.mark.parametrize("n,b", [(40, 8), (1000, 32), (700, 16)])
+def test_float32_chase_keeps_the_eigenvalues_to_float32_rounding(n, b):
+    """The float32 instantiation against the float32 band's float64 eigenvalues: within 2e-6 of
+    the largest (the csrc issue's float32 bound), nothing left past the first subdiagonal."""
+    rng = np.random.default_rng(SEED + 17 * n + b)
+    dense = np.stack([band_matrix(n, b, kind, rng) for kind in ("random", "spiked", "clustered")]).astype(np.float32)
+    bands = band.lower_band(torch.from_numpy(dense).cuda(), 2 * b)
+    d, e = CUDA_OPS.band_to_tridiagonal_(bands, b)
+    assert d.dtype == torch.float32
+    d, e, left = d.double().cpu().numpy(), e.double().cpu().numpy(), bands[:, :, 2:].double().cpu().numpy()
+    for k in range(dense.shape[0]):
+        truth = np.linalg.eigvalsh(dense[k].astype(np.float64))
+        got = scipy.linalg.eigvalsh_tridiagonal(d[k], e[k])
+        scale = max(np.abs(truth).max(), 1e-30)
+        assert np.abs(got - truth).max() / scale < 2e-6, f"seed={SEED}"
+        assert np.abs(left[k]).max() / scale < 1e-6, f"not tridiagonal, seed={SEED}"
+
+
 @pytest.mark.parametrize("n,b", [(1000, 32), (2100, 32), (700, 16), (300, 5)])
 def test_chase_over_a_cluster_of_blocks_gives_the_same_tridiagonal_bit_for_bit(n, b):
     """Splitting a matrix's sweeps over 2..8 blocks of a cluster changes who does each step, not
@@ -82,8 +100,8 @@ def test_pipelined_chase_matches_the_triton_kernel_and_the_route_uses_it(monkeyp
 
 
 def test_pipelined_chase_refuses_what_it_cannot_do():
-    with pytest.raises(RuntimeError, match="float64"):
-        CUDA_OPS.band_to_tridiagonal_(torch.zeros(1, 10, 8, device="cuda"), 4)
+    with pytest.raises(RuntimeError, match="needs float64 or float32, got Half"):
+        CUDA_OPS.band_to_tridiagonal_(torch.zeros(1, 10, 8, device="cuda", dtype=torch.float16), 4)
     with pytest.raises(RuntimeError, match="bandwidth must be 1..32, got 40"):
         CUDA_OPS.band_to_tridiagonal_(torch.zeros(1, 100, 80, device="cuda", dtype=torch.float64), 40)
     with pytest.raises(RuntimeError, match="width 9 has no room for the bulges of bandwidth 8: give at least 16"):

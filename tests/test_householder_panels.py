@@ -70,6 +70,26 @@ def test_panel_qr_is_a_householder_qr(m, b, kind, blocks, seed):
         assert (tau[:, 0] == 0).all()
 
 
+@pytest.mark.parametrize("blocks", [-1, 0, 3])
+@pytest.mark.parametrize("m,b", [(5, 3), (33, 17), (1000, 32), (4064, 32)])
+def test_float32_panel_qr_is_a_householder_qr(m, b, blocks, seed):
+    """The float32 instantiation: the factorization holds to float32's rounding, and matches
+    torch.geqrf in float32 to a few units of it."""
+    gen = torch.Generator().manual_seed(seed)
+    p = panels(3, m, b, "scaled", gen).float()
+    qr = p.clone()
+    tau = CUDA_OPS.householder_panels_(qr, blocks)
+    assert tau.dtype == torch.float32 and torch.isfinite(tau).all() and torch.isfinite(qr).all()
+    r = min(m, b)
+    q = torch.linalg.householder_product(qr[..., :r].double(), tau.double())
+    scale = p.abs().amax().item()
+    assert ((q @ torch.triu(qr[..., :r, :]).double() - p.double()).abs().max() / scale).item() < 1e-5, f"seed={seed}"
+    eye = torch.eye(r, dtype=torch.float64, device=p.device)
+    assert (q.mT @ q - eye).abs().max().item() < 1e-5, f"seed={seed}"
+    ref_qr, ref_tau = torch.geqrf(p)
+    assert ((qr - ref_qr).abs().max() / scale).item() < 1e-4, f"seed={seed}"
+
+
 @pytest.mark.parametrize("m,blocks", [(8160, 0), (8160, 16), (2100, 5)])
 def test_clustered_panel_qr_on_tall_panels_matches_the_streaming_kernel(m, blocks, seed):
     """The two kernels add the same terms in different orders: the same factorization to rounding."""
@@ -100,8 +120,8 @@ def test_panel_qr_works_on_a_view_of_the_matrix(blocks, seed):
 
 
 def test_panel_qr_refuses_what_it_cannot_do():
-    with pytest.raises(RuntimeError, match="float64"):
-        CUDA_OPS.householder_panels_(torch.randn(2, 8, 4, device="cuda"))
+    with pytest.raises(RuntimeError, match="needs float64 or float32, got Half"):
+        CUDA_OPS.householder_panels_(torch.randn(2, 8, 4, device="cuda", dtype=torch.float16))
     with pytest.raises(RuntimeError, match="at most 32 columns, got 33"):
         CUDA_OPS.householder_panels_(torch.randn(2, 80, 33, device="cuda", dtype=torch.float64))
     with pytest.raises(RuntimeError, match="CUDA"):

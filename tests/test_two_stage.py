@@ -279,6 +279,20 @@ def test_gpu_stage_two_route_matches_syevd(device):
     assert ((got - truth).abs().max() / truth.abs().max()).item() < 1e-12, f"[seed={SEED}]"
 
 
+def test_gpu_stage_two_route_takes_float32(device):
+    """float32 Grams go through the same route (the compiled kernels in float32 where built, else
+    the Triton chase on the band upcast to float64) and come back as float64 eigenvalues, within
+    float32's rounding of the float32 matrix's own; float16 is refused with the route's name."""
+    n, batch = (40, 2) if device == "cpu" else (1024, 3)
+    g = random_gram(batch, n, 12, "spiked", device=device).float()
+    truth = torch.linalg.eigvalsh(g.double()).cpu()
+    got = eigen.eigvalsh_deferred(g.clone(), route="two_stage_gpu").result()
+    assert got.shape == (batch, n) and got.dtype == torch.float64
+    assert ((got - truth).abs().max() / truth.abs().max()).item() < 2e-6, f"[seed={SEED}]"
+    with pytest.raises(ValueError, match="two_stage_gpu route runs in float64 or float32 only"):
+        eigen.eigvalsh_deferred(g.half(), route="two_stage_gpu")
+
+
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_scan_gpu_stage_two_route_matches_float64_svd(kind, device):
     shapes = [(24, 60), (40, 33), (17, 17)] if device == "cpu" else [(256, 1024), (1024, 1024), (1536, 640)]

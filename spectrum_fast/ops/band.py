@@ -36,7 +36,7 @@ def panel_geqrf(panel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     from .. import _extension
 
     batch, m, w = panel.shape
-    wanted = (PANEL_KERNEL and panel.is_cuda and panel.dtype == torch.float64
+    wanted = (PANEL_KERNEL and panel.is_cuda and panel.dtype in (torch.float64, torch.float32)
               and (PANEL_CLUSTER or (batch >= PANEL_KERNEL_MIN_BATCH and batch * PANEL_KERNEL_ROWS_PER_PANEL >= m)))
     ext = _extension.cuda_ops() if wanted else None
     if ext is not None and w <= ext.householder_panels_max_columns():
@@ -127,7 +127,7 @@ CHASE_BLOCKS_PER_MATRIX = 0
 
 
 def band_to_tridiagonal(bands: torch.Tensor, bandwidth: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stage 2: symmetric bands in lower band storage ([B, n, width] float64, width >= 2 *
+    """Stage 2: symmetric bands in lower band storage ([B, n, width] float64 or float32, width >= 2 *
     bandwidth, lower_band's layout) reduced in place to similar tridiagonals -> (diagonals [B, n],
     subdiagonals [B, n - 1])."""
     from .. import _extension
@@ -136,5 +136,7 @@ def band_to_tridiagonal(bands: torch.Tensor, bandwidth: int) -> tuple[torch.Tens
     ext = _extension.cuda_ops() if CHASE_KERNEL and bands.is_cuda else None
     if ext is not None and bandwidth <= ext.bulge_chase_max_bandwidth():
         return ext.band_to_tridiagonal_(bands, bandwidth, CHASE_BLOCKS_PER_MATRIX)
+    if bands.dtype != torch.float64:  # the Triton chase is float64 only: chase the band in float64
+        return bulge.band_to_tridiagonal(bands.double(), bandwidth)
     return bulge.band_to_tridiagonal(bands, bandwidth)
 

@@ -228,7 +228,9 @@ def _two_stage_gpu(g: torch.Tensor) -> PendingEigenvalues:
     bands = band.lower_band(band.reduce_to_band_(g.contiguous(), width), 2 * width)  # room for the bulges
 
     def stage2() -> torch.Tensor:
-        return tridiagonal.tridiagonal_eigvalsh(*band.band_to_tridiagonal(bands, width))
+        d, e = band.band_to_tridiagonal(bands, width)
+        # A float32 band's tridiagonal (n + n - 1 numbers) is bisected in float64: nothing to save.
+        return tridiagonal.tridiagonal_eigvalsh(d.double(), e.double())
 
     if not bands.is_cuda:  # the CPU under the interpreter (tests)
         return PendingEigenvalues(ready=stage2())
@@ -245,10 +247,10 @@ def eigvalsh_deferred(g: torch.Tensor, route: str = "auto") -> PendingEigenvalue
         return PendingEigenvalues(ready=_syevd(g).to("cpu", torch.float64))
     if route not in ("two_stage", "two_stage_gpu"):
         raise ValueError(f"unknown eigen route {route!r}: use one of {ROUTES}")
-    if g.dtype != torch.float64:
-        raise ValueError(f"the {route} route runs in float64 only")
-    if route == "two_stage_gpu":
+    if route == "two_stage_gpu" and g.dtype in (torch.float64, torch.float32):
         return _two_stage_gpu(g)
+    if g.dtype != torch.float64:
+        raise ValueError(f"the {route} route runs in float64{' or float32' if route == 'two_stage_gpu' else ''} only")
     width = min(bandwidth_for(g.shape[-1]), max(1, g.shape[-1] - 1))
     bands = band.lower_band(band.reduce_to_band_(g, width), width)
     event = None
