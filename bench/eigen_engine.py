@@ -15,6 +15,7 @@ above (both backward stable to ~1e-15; LAPACK on 8192 would take minutes per mat
 Median of --repeats after a warm-up; the device is synchronized around each timing.
 
     python bench/eigen_engine.py --out $OUT [--cases 1024:64 2048:32 4096:8] [--repeats 3]
+    python bench/eigen_engine.py --dtype float32 --out $OUT   # float32 matrices, against float32 syevd
     python bench/eigen_engine.py --device cpu --cases 64:2 --repeats 1   # checks the script only
 
 (SPECTRUM_FAST_COMMIT names the commit when the checkout has no .git, as on the device tool.)
@@ -89,32 +90,38 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=list(CASES), help="n:batch")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--dtype", default="float64", choices=["float64", "float32"],
+                    help="the matrices' type (float32: against float32 syevd; errors against the float32 matrix's float64 eigenvalues)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     device = args.device
     res = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name() if device == "cuda" else "cpu",
            "torch": torch.__version__, "commit": os.environ.get("SPECTRUM_FAST_COMMIT") or git_commit(),
-           "command": " ".join(sys.argv), "extension": _extension.kernels_available(), "rows": []}
+           "command": " ".join(sys.argv), "extension": _extension.kernels_available(), "dtype": args.dtype, "rows": []}
     print(res["gpu"], res["torch"], res["extension"], flush=True)
     names = list(variants(device))
     print("| n | batch | syevd ms/matrix | " + " | ".join(f"{v} ms/matrix (x syevd)" for v in names)
-          + " | max eig error (rel.) | target |")
-    print("|---|---|---|" + "---|" * len(names) + "---|---|")
+          + " | max eig error (rel.) | syevd's error | target |")
+    print("|---|---|---|" + "---|" * len(names) + "---|---|---|")
     for case in args.cases:
         n, batch = (int(x) for x in case.split(":"))
-        g = grams(batch, n, device)
+        g = grams(batch, n, device).to(getattr(torch, args.dtype))
         syevd_s, syevd_vals = median_timed(lambda: torch.linalg.eigvalsh(g), torch.device(device), args.repeats)
         if n <= 2048:
             few = min(batch, 2)
-            truth = torch.from_numpy(np.linalg.eigvalsh(g[:few].cpu().numpy()))
-        else:
+            truth = torch.from_numpy(np.linalg.eigvalsh(g[:few].double().cpu().numpy()))
+        elif args.dtype == "float64":
             few, truth = batch, syevd_vals.cpu()
-        row = {"n": n, "batch": batch, "syevd_ms": 1e3 * syevd_s / batch, "variants": {}}
+        else:
+            few = min(batch, 2)
+            truth = torch.linalg.eigvalsh(g[:few].double()).cpu()
+        syevd_err = float(((syevd_vals[:few].double().cpu() - truth).abs().max() / truth.abs().max()).item())
+        row = {"n": n, "batch": batch, "syevd_ms": 1e3 * syevd_s / batch, "syevd_max_rel_err": syevd_err, "variants": {}}
         cells = []
         for name, (route, switches) in variants(device).items():
             with band_switches(switches):
                 seconds, vals = median_timed(lambda: eigen.eigvalsh(g.clone(), route), torch.device(device), args.repeats)
-            vals = vals.cpu()[:few]
+            vals = vals.cpu()[:few].double()
             err = float(((vals - truth).abs().max() / truth.abs().max()).item())
             ms = 1e3 * seconds / batch
             row["variants"][name] = {"ms": ms, "vs_syevd": syevd_s / seconds, "max_rel_err": err}
@@ -122,12 +129,13 @@ def main() -> None:
         worst = max(v["max_rel_err"] for v in row["variants"].values())
         res["rows"].append(row)
         print(f"| {n} | {batch} | {row['syevd_ms']:.2f} | " + " | ".join(cells)
-              + f" | {worst:.1e} | {f'{TARGETS[n]:.0f}x' if n in TARGETS else '-'} |", flush=True)
+              + f" | {worst:.1e} | {syevd_err:.1e} | {f'{TARGETS[n]:.0f}x' if n in TARGETS else '-'} |", flush=True)
         g = None  # freed before the next case allocates
         if device == "cuda":
             torch.cuda.empty_cache()
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "eigen_engine.json").write_text(json.dumps(res, indent=1))
+        name = "eigen_engine.json" if args.dtype == "float64" else f"eigen_engine_{args.dtype}.json"
+        (Path(args.out) / name).write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":
