@@ -191,7 +191,12 @@ bool launch(const at::Tensor& panels, const at::Tensor& tau, int blocks) {
   C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
   if (shared + attributes.sharedSizeBytes > static_cast<size_t>(limit)) return false;  // too tall for the cluster
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
-  if (blocks > 8) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  // A cluster the device cannot take (too big, or non-portable sizes refused) is not an error:
+  // the caller falls back to the streaming kernel. The failed call's error is cleared.
+  if (blocks > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(static_cast<unsigned>(batch * blocks));
   config.blockDim = dim3(kThreads);
@@ -204,7 +209,10 @@ bool launch(const at::Tensor& panels, const at::Tensor& tau, int blocks) {
   config.attrs = cluster;
   config.numAttrs = 1;
   int resident = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&resident, kernel, &config));
+  if (cudaOccupancyMaxActiveClusters(&resident, kernel, &config) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
   if (resident == 0) return false;  // no GPC takes a cluster this big with this much shared memory
   C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, panels.data_ptr<T>(), panels.stride(0), panels.stride(1),
                                     rows, cols, tau.data_ptr<T>(), blocks, chunk));
