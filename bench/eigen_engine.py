@@ -8,7 +8,8 @@ Per case n x batch (float64 Grams of spiked random weights, fresh every run): ti
   ``Triton chase, torch.geqrf`` (no compiled kernel, the route before them), ``no panel kernel``,
   ``every panel to the kernel`` (the panel rule's other side), ``chase on one block per matrix``
   (no cluster), ``panels on clusters`` (ops.band.PANEL_CLUSTER: every panel on a cluster of blocks
-  holding it in shared memory), ``stage 1 loop in C++`` (ops.band.STAGE1_IN_CPP);
+  holding it in shared memory), ``stage 1 updates grouped by 4`` (ops.band.STAGE1_PANELS_PER_UPDATE),
+  ``both of those``, ``stage 1 loop in C++`` (ops.band.STAGE1_IN_CPP);
 the throughput ratio of each against syevd, and its largest eigenvalue error relative to the
 largest eigenvalue, against float64 LAPACK on the host (numpy) for n <= 2048 and against syevd
 above (both backward stable to ~1e-15; LAPACK on 8192 would take minutes per matrix here).
@@ -68,6 +69,8 @@ def variants(device: str) -> dict[str, tuple[str, dict]]:
                     "every panel to the kernel": ("two_stage_gpu", EVERY_PANEL),
                     "chase on one block per matrix": ("two_stage_gpu", {"CHASE_BLOCKS_PER_MATRIX": 1}),
                     "panels on clusters": ("two_stage_gpu", {"PANEL_CLUSTER": True}),
+                    "stage 1 updates grouped by 4": ("two_stage_gpu", {"STAGE1_PANELS_PER_UPDATE": 4}),
+                    "both of those": ("two_stage_gpu", {"PANEL_CLUSTER": True, "STAGE1_PANELS_PER_UPDATE": 4}),
                     "stage 1 loop in C++": ("two_stage_gpu", {"STAGE1_IN_CPP": True})})
     return out
 

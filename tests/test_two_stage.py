@@ -348,6 +348,25 @@ def test_pending_matrices_do_not_depend_on_host_cores(monkeypatch):
     assert [(r.name, r.snr, r.n_signal) for r in lazy.rows] == [(r.name, r.snr, r.n_signal) for r in eager.rows]
 
 
+@pytest.mark.parametrize("group", [2, 3, 4])
+@pytest.mark.parametrize("n,width,kind", [(40, 8, "spiked"), (67, 16, "rank_deficient"), (130, 32, "spiked"),
+                                          (100, 7, "spiked"), (33, 32, "spiked"), (5, 1, "zero")])
+def test_stage1_with_grouped_updates_gives_the_same_band(n, width, kind, group, device, monkeypatch):
+    """ops.band.STAGE1_PANELS_PER_UPDATE > 1: the same reflectors with the trailing updates
+    grouped, so the same band to rounding; exactly banded; the Gram's eigenvalues kept."""
+    g = random_gram(3, n, n + width, kind, device=device)
+    ungrouped = band.reduce_to_band_(g.clone(), width)
+    monkeypatch.setattr(band, "STAGE1_PANELS_PER_UPDATE", group)
+    grouped = band.reduce_to_band_(g.clone(), width)
+    scale = g.abs().amax().item()
+    assert (grouped - ungrouped).abs().max().item() <= 1e-13 * max(scale, 1e-300), f"seed={SEED}"
+    outside = torch.ones(n, n, dtype=torch.bool, device=device).triu(width + 1)
+    assert (grouped[:, outside] == 0).all() and (grouped[:, outside.mT] == 0).all()
+    truth = torch.linalg.eigvalsh(g.cpu())
+    got = torch.linalg.eigvalsh(grouped.cpu())
+    assert ((got - truth).abs().max() / truth.abs().max().clamp_min(1e-300)).item() < 1e-13, f"seed={SEED}"
+
+
 @pytest.mark.skipif(not spectrum_fast.kernels_available()["_C"], reason="spectrum_fast._C is not built")
 @pytest.mark.parametrize("n,width,kind", [(40, 8, "spiked"), (67, 16, "rank_deficient"), (130, 32, "spiked"),
                                           (33, 40, "spiked"), (5, 1, "zero")])

@@ -65,6 +65,15 @@ def _panel_reflectors(panel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     return torch.triu(qr[..., :r, :]), v, t
 
 
+# Panels per trailing update in stage 1 (reduce_to_band_). With 1, every panel's two-sided update
+# reads and writes the whole trailing matrix (with Y's read, 3 passes over it per panel: the GEMMs'
+# bytes, near their floor on the H100, csrc/NOTES.md). With p > 1, panels 2..p of a group take
+# their columns and their Y from the matrix as it was at the group's start, corrected by the
+# group's earlier reflectors (skinny products), and the group's p updates go in as one of inner
+# size 2 p b: 1 + 2 / p passes per panel instead of 3. Off (1) until timed on a GPU.
+STAGE1_PANELS_PER_UPDATE = 1
+
+
 # Run the loop below in C++ (csrc/band_reduction.cpp: the same ATen operations in the same order,
 # without Python's cost per operation) where the extension is built. Off until timed on a GPU; the
 # tests check that both give the same band.
@@ -83,6 +92,8 @@ def reduce_to_band_(a: torch.Tensor, bandwidth: int) -> torch.Tensor:
         raise ValueError(f"reduce_to_band_ expects [B, n, n], got {tuple(a.shape)}")
     from .. import _extension
 
+    if STAGE1_PANELS_PER_UPDATE > 1:  # the C++ loop has one update per panel only
+        return _reduce_to_band_grouped_(a, bandwidth, STAGE1_PANELS_PER_UPDATE)
     ext = _extension.load() if STAGE1_IN_CPP else None
     if ext is not None and hasattr(ext, "reduce_to_band_"):
         kernel = PANEL_KERNEL and _extension.cuda_ops() is not None
@@ -101,6 +112,55 @@ def reduce_to_band_(a: torch.Tensor, bandwidth: int) -> torch.Tensor:
         y = trailing @ (v @ t)
         z = y - 0.5 * (v @ (t.mT @ (v.mT @ y)))
         trailing.baddbmm_(torch.cat([v, z], -1), torch.cat([z, v], -1).mT, alpha=-1)
+    return a
+
+
+def _reduce_to_band_grouped_(a: torch.Tensor, b: int, group: int) -> torch.Tensor:
+    """reduce_to_band_ with the trailing updates of ``group`` panels at a time (the same reflectors;
+    STAGE1_PANELS_PER_UPDATE says why). In a group starting at panel column k, M = a[r0:, r0:] with
+    r0 = k + b is the trailing matrix as it stands; panel i >= 2 of the group has its columns at
+    M[:, c:c+b], c = (i - 2) b, and its reflectors act on M's rows from s = (i - 1) b. Until the
+    group's update, M_now = M - sum_j (V_j Z_j^T + Z_j V_j^T) over the group's earlier panels j
+    (V_j, Z_j kept for rows >= s_j), so a panel's columns and Y = M_now V T come from M and those
+    products. Entries a panel finishes (its diagonal block, R and zeros, and their mirror) are
+    written as it goes; they lie outside M[s:, s:], which still holds M as it stood."""
+    n = a.shape[-1]
+    last = max(n - b - 1, 0)  # panels start at columns k < last, as in reduce_to_band_
+    k = 0
+    while k < last:
+        r0 = k + b
+        m = a[:, r0:, r0:]
+        panel = a[:, r0:, k : k + b]
+        r, v, t = _panel_reflectors(panel)
+        panel.zero_()
+        panel[:, : r.shape[-2], :] = r
+        a[:, k : k + b, r0:] = panel.mT
+        y = m @ (v @ t)
+        kept = [(0, v, y - 0.5 * (v @ (t.mT @ (v.mT @ y))))]  # (s_j, V_j, Z_j), rows >= s_j of M
+        while len(kept) < group and r0 + (len(kept) - 1) * b < last:
+            c = (len(kept) - 1) * b  # this panel's columns in M; its reflectors from row c + b
+            s = c + b
+            columns = m[:, c:, c : c + b].clone()
+            for s_j, v_j, z_j in kept:
+                vj, zj = v_j[:, c - s_j :], z_j[:, c - s_j :]
+                columns -= vj @ zj[:, :b].mT + zj @ vj[:, :b].mT
+            r, v, t = _panel_reflectors(columns[:, b:])
+            done = torch.zeros_like(columns)
+            done[:, :b] = columns[:, :b]
+            done[:, b : b + r.shape[-2]] = r
+            m[:, c:, c : c + b] = done
+            m[:, c : c + b, c:] = done.mT
+            w = v @ t
+            y = m[:, s:, s:] @ w
+            for s_j, v_j, z_j in kept:
+                vj, zj = v_j[:, s - s_j :], z_j[:, s - s_j :]
+                y -= vj @ (zj.mT @ w) + zj @ (vj.mT @ w)
+            kept.append((s, v, y - 0.5 * (v @ (t.mT @ (v.mT @ y)))))
+        s_last = kept[-1][0]
+        left = torch.cat([v_j[:, s_last - s_j :] for s_j, v_j, _ in kept] + [z_j[:, s_last - s_j :] for s_j, _, z_j in kept], -1)
+        right = torch.cat([z_j[:, s_last - s_j :] for s_j, _, z_j in kept] + [v_j[:, s_last - s_j :] for s_j, v_j, _ in kept], -1)
+        m[:, s_last:, s_last:].baddbmm_(left, right.mT, alpha=-1)
+        k += len(kept) * b
     return a
 
 
