@@ -6,7 +6,8 @@ products, one panel column at a time, so a 4096 float64 solve is bound by memory
 latency (117 ms on the H100, ~1 TFLOP/s). Reducing to a band of width ``bandwidth`` first moves
 the same flops into matrix-matrix products (tensor-core DGEMM) over n / bandwidth panels; the band
 is then small (n x (bandwidth + 1)) and its eigenvalues come from the GPU (band_to_tridiagonal,
-then kernels.tridiagonal) or from LAPACK on the host (ops.band_eigen). Orthogonal similarity transforms in float64: the eigenvalues are kept to
+then kernels.tridiagonal) or from LAPACK on the host (ops.band_eigen). Orthogonal similarity
+transforms in float64 (or float32 for float32 input on the GPU route): the eigenvalues are kept to
 backward-stable accuracy, like syevd's.
 """
 
@@ -19,8 +20,9 @@ import torch
 # block per panel) instead of torch.geqrf (one cuSOLVER call per matrix), for batches of at least
 # PANEL_KERNEL_MIN_BATCH and m / PANEL_KERNEL_ROWS_PER_PANEL panels: one block per panel streams
 # its panel column by column, so a few very tall panels leave most SMs idle and take longer than
-# cuSOLVER (H100, bench/eigen_engine.py, every panel to the kernel, per matrix: n = 4096 x 8
-# 62.4 ms against 68.1 without, n = 8192 x 4 446 against 384; csrc/NOTES.md).
+# cuSOLVER (H100, route per matrix with every panel to the kernel against none, both with the
+# compiled chase: n = 4096 x 8 62.4 against 68.1 ms, 8192 x 4 446 against 384;
+# bench/results/eigen_engine_h100_a0ebcdc.log).
 PANEL_KERNEL = True
 PANEL_KERNEL_ROWS_PER_PANEL = 512
 PANEL_KERNEL_MIN_BATCH = 1
@@ -157,9 +159,9 @@ def _reduce_to_band_grouped_(a: torch.Tensor, b: int, group: int) -> torch.Tenso
                 y -= vj @ (zj.mT @ w) + zj @ (vj.mT @ w)
             kept.append((s, v, y - 0.5 * (v @ (t.mT @ (v.mT @ y)))))
         s_last = kept[-1][0]
-        left = torch.cat([v_j[:, s_last - s_j :] for s_j, v_j, _ in kept] + [z_j[:, s_last - s_j :] for s_j, _, z_j in kept], -1)
-        right = torch.cat([z_j[:, s_last - s_j :] for s_j, _, z_j in kept] + [v_j[:, s_last - s_j :] for s_j, v_j, _ in kept], -1)
-        m[:, s_last:, s_last:].baddbmm_(left, right.mT, alpha=-1)
+        vs = [v_j[:, s_last - s_j :] for s_j, v_j, _ in kept]
+        zs = [z_j[:, s_last - s_j :] for s_j, _, z_j in kept]
+        m[:, s_last:, s_last:].baddbmm_(torch.cat(vs + zs, -1), torch.cat(zs + vs, -1).mT, alpha=-1)
         k += len(kept) * b
     return a
 
