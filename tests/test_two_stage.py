@@ -396,3 +396,18 @@ def test_stage1_loop_in_cpp_refuses_bad_arguments_with_a_message():
         ext.reduce_to_band_(torch.ones(2, 3, 4, dtype=torch.float64), 2)
     with pytest.raises(RuntimeError, match="bandwidth must be at least 1, got 0"):
         ext.reduce_to_band_(torch.ones(2, 4, 4, dtype=torch.float64), 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
+@pytest.mark.parametrize("limit_mib", [256, 512])
+def test_scan_peak_stays_within_max_gpu_memory(limit_mib):
+    """The planner sizes batches so that the scan's own peak (inputs, Grams, the upcast chunk, the
+    eigen route's temporaries) stays within max_gpu_memory, with batches planned for the GPU route
+    where "auto" takes it (engine.gpu_batch_plan); the SNRs stay exact."""
+    weights = {f"model.layers.{i}.mlp.w.weight": KINDS["spiked"](1024, 3000, 700 + i) for i in range(10)}
+    result = spectrum_fast.scan(weights, device="cuda", progress=False, max_gpu_memory=limit_mib << 20)
+    assert result.peak_gpu_bytes is not None and result.peak_gpu_bytes <= limit_mib << 20, (
+        f"peak {result.peak_gpu_bytes / 2**20:.0f} MiB over {limit_mib} MiB")
+    for row, w in zip(result.rows, weights.values()):
+        check_row(row, w, ("peak", limit_mib, row.name))
