@@ -32,7 +32,8 @@ std::tuple<at::Tensor, at::Tensor> panel_geqrf(const at::Tensor& panel, bool use
 
 at::Tensor reduce_to_band_(at::Tensor a, int64_t bandwidth, int64_t panel_kernel_min_batch,
                            int64_t panel_kernel_rows_per_panel, int64_t panel_blocks_per_panel) {
-  TORCH_CHECK(a.dim() == 3 && a.size(1) == a.size(2), "reduce_to_band_ expects [B, n, n], got ", spectrum_fast::dims(a.sizes()));
+  TORCH_CHECK(a.dim() == 3 && a.size(1) == a.size(2), "reduce_to_band_ expects [B, n, n], got ",
+              spectrum_fast::dims(a.sizes()));
   TORCH_CHECK(bandwidth >= 1, "reduce_to_band_: bandwidth must be at least 1, got ", spectrum_fast::num(bandwidth));
   const int64_t batch = a.size(0), n = a.size(2), b = bandwidth;
 #ifdef SPECTRUM_FAST_WITH_CUDA

@@ -270,9 +270,11 @@ int64_t bulge_chase_shared_bytes(int64_t n, int64_t bandwidth, bool float32) {
   const bool narrow = bandwidth <= 16;
   size_t bytes = 0;
   if (float32) {
-    bytes = narrow ? shared_bytes<float, 16>(nn, b, &ring, &steps_per_sweep) : shared_bytes<float, 32>(nn, b, &ring, &steps_per_sweep);
+    bytes = narrow ? shared_bytes<float, 16>(nn, b, &ring, &steps_per_sweep)
+                   : shared_bytes<float, 32>(nn, b, &ring, &steps_per_sweep);
   } else {
-    bytes = narrow ? shared_bytes<double, 16>(nn, b, &ring, &steps_per_sweep) : shared_bytes<double, 32>(nn, b, &ring, &steps_per_sweep);
+    bytes = narrow ? shared_bytes<double, 16>(nn, b, &ring, &steps_per_sweep)
+                   : shared_bytes<double, 32>(nn, b, &ring, &steps_per_sweep);
   }
   return static_cast<int64_t>(bytes);
 }

@@ -47,7 +47,8 @@ int64_t bulge_chase_max_bandwidth() { return 32; }
 
 int64_t bulge_chase_max_blocks_per_matrix() { return 8; }
 
-std::tuple<at::Tensor, at::Tensor> band_to_tridiagonal_(at::Tensor bands, int64_t bandwidth, int64_t blocks_per_matrix) {
+std::tuple<at::Tensor, at::Tensor> band_to_tridiagonal_(at::Tensor bands, int64_t bandwidth,
+                                                        int64_t blocks_per_matrix) {
   TORCH_CHECK(bands.is_cuda(), "band_to_tridiagonal_: needs a CUDA tensor, got ", bands.device());
   TORCH_CHECK(bands.scalar_type() == at::kDouble || bands.scalar_type() == at::kFloat,
               "band_to_tridiagonal_: needs float64 or float32, got ", bands.scalar_type());

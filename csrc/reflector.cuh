@@ -1,7 +1,8 @@
 // The Householder reflector every kernel here forms: LAPACK dlarfg's formulas for a column with
 // top element alpha and sum of squares sigma below it, without dlarfg's rescaling loop (Gram
-// entries are far from float64's range limits, and float32 Grams of bf16 weights from float32's). H = I - tau v v^T with v = (1, x_2 scale, ...)
-// maps the column to (beta, 0, ...); sigma == 0 gives the identity (tau = 0, beta = alpha).
+// entries are far from float64's range limits, and float32 Grams of bf16 weights from float32's).
+// H = I - tau v v^T with v = (1, x_2 scale, ...) maps the column to (beta, 0, ...); sigma == 0
+// gives the identity (tau = 0, beta = alpha).
 #pragma once
 
 template <typename T>
