@@ -51,3 +51,14 @@ def run_info(device: torch.device) -> dict:
         "commit": git_commit(),
         "command": shlex.join(["python3", *sys.argv]),
     }
+
+
+def cuda_kernels_or_exit(script: str):
+    """spectrum_fast._C with its CUDA kernels, or exit with the one line that says how to build it
+    (for the probes that time the compiled kernels on the device)."""
+    from spectrum_fast import _extension
+
+    ext = _extension.cuda_ops()
+    if ext is None:
+        sys.exit(f"{script}: spectrum_fast._C has no CUDA kernels: pip install --no-build-isolation -e . on the GPU machine")
+    return ext

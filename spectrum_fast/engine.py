@@ -88,10 +88,10 @@ def gpu_batch_plan(max_gpu_memory: int, precision: str = "float64", eigen_route:
     batch is planned for that route and gets syevd's workspace as matrices (less the two-stage
     temporaries, ops.eigen.two_stage_extra_bytes): for Llama-3-8B's 4096-wide matrices at 1.5 GiB,
     8 and 5 per batch instead of 4 and 3 (the GPU route's time per matrix falls with the batch:
-    bench/RESULTS.md, the eigen engine's table). Where syevd's
-    workspace alone would break the limit (k = 8192 float64: ~2.5 GiB), "auto" is narrowed to the
-    host two-stage route for that shape. One matrix per batch is the floor: a matrix bigger than
-    the limit is still scanned, and the peak reported."""
+    bench/RESULTS.md, the eigen engine's table). Where syevd's workspace alone would break the
+    limit (k = 8192 float64: ~2.5 GiB), "auto" is narrowed to the host two-stage route for that
+    shape. One matrix per batch is the floor: a matrix bigger than the limit is still scanned, and
+    the peak reported."""
     from .ops import band_eigen, eigen
     from .ops.gram import _CHUNK_BYTES
 

@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from spectrum_fast import _extension  # noqa: E402
+from run_info import cuda_kernels_or_exit  # noqa: E402
 from timing import median_timed  # noqa: E402
 
 
@@ -36,9 +36,7 @@ def main() -> None:
     ap.add_argument("--splits", nargs="+", type=int, default=[1, 2, 3, 4, 6, 8, 0])
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    ext = _extension.cuda_ops()
-    if ext is None:
-        sys.exit("chase_split.py: spectrum_fast._C has no CUDA kernels: pip install --no-build-isolation -e . on the GPU machine")
+    ext = cuda_kernels_or_exit("chase_split.py")
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
     print("| n | batch | " + " | ".join(f"split {s or 'auto'} ms/matrix" for s in args.splits) + " | same bits |")
     print("|---|---|" + "---|" * (len(args.splits) + 1))

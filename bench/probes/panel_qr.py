@@ -28,18 +28,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from spectrum_fast import _extension  # noqa: E402
 from spectrum_fast.ops import band, eigen  # noqa: E402
+from eigen_engine import grams  # noqa: E402
+from run_info import cuda_kernels_or_exit  # noqa: E402
 from timing import median_timed  # noqa: E402
 
 CUDA = torch.device("cuda")
 CASES = ("1024:32:64", "2048:32:32", "4096:32:8", "4096:32:32", "4096:16:8", "8192:32:2")
-
-
-def grams(batch: int, n: int) -> torch.Tensor:
-    w = torch.randn(batch, n, n + n // 2, device="cuda", dtype=torch.float64)
-    w[:, : max(1, n // 16)] *= 30.0
-    return w @ w.mT
 
 
 def main() -> None:
@@ -50,16 +45,14 @@ def main() -> None:
     ap.add_argument("--scan-llama-layers", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
-    ext = _extension.cuda_ops()
-    if ext is None:
-        sys.exit("panel_qr.py: spectrum_fast._C has no CUDA kernels: pip install --no-build-isolation -e . on the GPU machine")
+    ext = cuda_kernels_or_exit("panel_qr.py")
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
     print("| n | width | batch | panel QR torch / kernel ms | stage 1 torch / kernel ms per matrix | "
           "two_stage_gpu torch / kernel ms per matrix | syevd ms per matrix | max eig diff (kernel route) |")
     print("|---|---|---|---|---|---|---|---|")
     for case in args.cases:
         n, width, batch = (int(x) for x in case.split(":"))
-        g = grams(batch, n)
+        g = grams(batch, n, "cuda")
         truth = torch.linalg.eigvalsh(g)
         panel = g[:, width:, :width]
         qr_torch = median_timed(lambda: torch.geqrf(panel), CUDA, args.repeats)[0]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,20 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from spectrum_fast import _extension  # noqa: E402
 from spectrum_fast.kernels import tridiagonal  # noqa: E402
 from spectrum_fast.ops import band  # noqa: E402
-
-
-def grams(batch: int, n: int) -> torch.Tensor:
-    w = torch.randn(batch, n, n + n // 2, device="cuda", dtype=torch.float64)
-    w[:, : max(1, n // 16)] *= 30.0
-    return w @ w.mT
-
-
-def timed(fn):
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    out = fn()
-    torch.cuda.synchronize()
-    return out, time.perf_counter() - t0
+from eigen_engine import EVERY_PANEL, band_switches, grams  # noqa: E402
+from timing import timed  # noqa: E402
 
 
 def main() -> None:
@@ -47,22 +34,25 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=12)
     args = ap.parse_args()
     compiled = _extension.cuda_ops() is not None
-    band.PANEL_KERNEL, band.CHASE_KERNEL = compiled, compiled
-    band.PANEL_KERNEL_MIN_BATCH, band.PANEL_KERNEL_ROWS_PER_PANEL = 1, 1 << 30
     print(torch.cuda.get_device_name(), torch.__version__, "compiled kernels:", compiled, flush=True)
-    b = args.width
-    for case in args.cases:
+    with band_switches({**EVERY_PANEL, "PANEL_KERNEL": compiled, "CHASE_KERNEL": compiled}):
+        profile_cases(args.cases, args.width, args.top)
+
+
+def profile_cases(cases: list[str], b: int, top: int) -> None:
+    cuda = torch.device("cuda")
+    for case in cases:
         n, batch = (int(x) for x in case.split(":"))
-        for warm in (True, False):
-            g = grams(batch, n)
-            a, t1 = timed(lambda: band.reduce_to_band_(g, b))
-            bands, t2 = timed(lambda: band.lower_band(a, 2 * b))
-            de, t3 = timed(lambda: band.band_to_tridiagonal(bands, b))
-            _, t4 = timed(lambda: tridiagonal.tridiagonal_eigvalsh(*de))
+        for _ in range(2):  # the first run warms up (compiles, workspaces); the second is timed
+            g = grams(batch, n, "cuda")
+            t1, a = timed(lambda: band.reduce_to_band_(g, b), cuda)
+            t2, bands = timed(lambda: band.lower_band(a, 2 * b), cuda)
+            t3, de = timed(lambda: band.band_to_tridiagonal(bands, b), cuda)
+            t4, _ = timed(lambda: tridiagonal.tridiagonal_eigvalsh(*de), cuda)
         ms = [1e3 * t / batch for t in (t1, t2, t3, t4)]
         print(f"\n## n={n} batch={batch} width={b}: ms per matrix: stage 1 {ms[0]:.2f}, lower_band {ms[1]:.2f}, "
               f"chase {ms[2]:.2f}, tridiagonal {ms[3]:.2f}, total {sum(ms):.2f}", flush=True)
-        g = grams(batch, n)
+        g = grams(batch, n, "cuda")
         torch.cuda.synchronize()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             band.reduce_to_band_(g, b)
@@ -70,7 +60,7 @@ def main() -> None:
         rows = [(e.device_time_total, e.count, e.key) for e in prof.key_averages() if e.device_time_total > 0]
         total = sum(r[0] for r in rows)
         print(f"stage 1 kernels: {total / 1e3 / batch:.2f} ms per matrix of GPU time, {sum(r[1] for r in rows)} launches")
-        for t, count, key in sorted(rows, reverse=True)[: args.top]:
+        for t, count, key in sorted(rows, reverse=True)[:top]:
             print(f"  {t / 1e3 / batch:8.3f} ms/matrix {100 * t / total:5.1f}% x{count:5d}  {key[:110]}")
 
 

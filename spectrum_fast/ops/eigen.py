@@ -116,11 +116,17 @@ def gpu_stage2_available(device: torch.device) -> bool:
     return device.type == "cuda" and bulge.available(device) and tridiagonal.available(device)
 
 
+def _two_stage_gpu_takes(n: int, device: torch.device) -> bool:
+    """Whether the GPU route can take float64 [*, n, n] on ``device`` (its kernels there, n within
+    GPU_STAGE2_MAX_N); the size floor, TWO_STAGE_MIN_N, is the caller's."""
+    return n <= GPU_STAGE2_MAX_N and gpu_stage2_available(device)
+
+
 def gpu_route_first(n: int, device: torch.device) -> bool:
     """Whether "auto" gives float64 [*, n, n] on ``device`` to "two_stage_gpu" whatever else is
     busy (it comes first in AUTO_ROUTES and qualifies), so a planner can count on it."""
-    return (AUTO_ROUTES[0] == "two_stage_gpu" and device.type == "cuda" and n >= TWO_STAGE_MIN_N["cuda"]
-            and n <= GPU_STAGE2_MAX_N and gpu_stage2_available(device))
+    return (AUTO_ROUTES[0] == "two_stage_gpu" and n >= TWO_STAGE_MIN_N.get(device.type, 1 << 30)
+            and _two_stage_gpu_takes(n, device))
 
 
 def choose_route(n: int, device: torch.device, dtype: torch.dtype) -> str:
@@ -131,7 +137,7 @@ def choose_route(n: int, device: torch.device, dtype: torch.dtype) -> str:
     for route in AUTO_ROUTES:
         if route == "two_stage" and band_eigen.available() and band_eigen.backlog() < band_eigen.host_workers():
             return route
-        if route == "two_stage_gpu" and n <= GPU_STAGE2_MAX_N and gpu_stage2_available(device):
+        if route == "two_stage_gpu" and _two_stage_gpu_takes(n, device):
             return route
         if route == "syevd":
             return route
