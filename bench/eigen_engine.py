@@ -5,17 +5,17 @@ Per case n x batch (float64 Grams of spiked random weights, fresh every run): ti
 - ``syevd``: torch.linalg.eigvalsh on the whole batch (one call);
 - ``ours``: spectrum_fast.ops.eigen.eigvalsh(route="two_stage_gpu") with the package's defaults;
 - where spectrum_fast._C has its CUDA kernels, the same with one of ops.band's switches changed:
-  ``Triton chase, torch.geqrf`` (no compiled kernel, the route before them), ``no panel kernel``,
-  ``every panel to the kernel`` (the panel rule's other side), ``chase on one block per matrix``
-  (no cluster), ``panels on clusters`` (ops.band.PANEL_CLUSTER: every panel on a cluster of blocks
-  holding it in shared memory), ``stage 1 updates grouped by 4`` (ops.band.STAGE1_PANELS_PER_UPDATE),
-  ``both of those``, ``stage 1 loop in C++`` (ops.band.STAGE1_IN_CPP);
+  ``Triton chase, torch.geqrf`` (no compiled kernel, the route before them), ``no panel kernel``
+  (torch.geqrf), ``panels streamed`` (ops.band.PANEL_CLUSTER off: one block per panel streaming
+  it, under the batch rule), ``stage 1 ungrouped`` (ops.band.STAGE1_PANELS_PER_UPDATE 1: one
+  trailing update per panel), ``chase on one block per matrix`` (no cluster);
+  --variants picks some of them;
 the throughput ratio of each against syevd, and its largest eigenvalue error relative to the
 largest eigenvalue, against float64 LAPACK on the host (numpy) for n <= 2048 and against syevd
 above (both backward stable to ~1e-15; LAPACK on 8192 would take minutes per matrix here).
 Median of --repeats after a warm-up; the device is synchronized around each timing.
 
-    python bench/eigen_engine.py --out $OUT [--cases 1024:64 2048:32 4096:8] [--repeats 3]
+    python bench/eigen_engine.py --out $OUT [--cases 1024:64 2048:32 4096:8] [--repeats 3] [--variants ours]
     python bench/eigen_engine.py --dtype float32 --out $OUT   # float32 matrices, against float32 syevd
     python bench/eigen_engine.py --device cpu --cases 64:2 --repeats 1   # checks the script only
 
@@ -54,9 +54,6 @@ def grams(batch: int, n: int, device: str) -> torch.Tensor:
     return w @ w.mT
 
 
-# The compiled panel QR for every panel, whatever the batch.
-EVERY_PANEL = {"PANEL_KERNEL": True, "PANEL_KERNEL_MIN_BATCH": 1, "PANEL_KERNEL_ROWS_PER_PANEL": 1 << 30}
-
 
 def variants(device: str) -> dict[str, tuple[str, dict]]:
     """name -> (route, ops.band switches set for it; the others keep the package's defaults)."""
@@ -66,12 +63,9 @@ def variants(device: str) -> dict[str, tuple[str, dict]]:
     if _extension.cuda_ops() is not None:
         out.update({"Triton chase, torch.geqrf": ("two_stage_gpu", {"PANEL_KERNEL": False, "CHASE_KERNEL": False}),
                     "no panel kernel": ("two_stage_gpu", {"PANEL_KERNEL": False}),
-                    "every panel to the kernel": ("two_stage_gpu", EVERY_PANEL),
-                    "chase on one block per matrix": ("two_stage_gpu", {"CHASE_BLOCKS_PER_MATRIX": 1}),
-                    "panels on clusters": ("two_stage_gpu", {"PANEL_CLUSTER": True}),
-                    "stage 1 updates grouped by 4": ("two_stage_gpu", {"STAGE1_PANELS_PER_UPDATE": 4}),
-                    "both of those": ("two_stage_gpu", {"PANEL_CLUSTER": True, "STAGE1_PANELS_PER_UPDATE": 4}),
-                    "stage 1 loop in C++": ("two_stage_gpu", {"STAGE1_IN_CPP": True})})
+                    "panels streamed": ("two_stage_gpu", {"PANEL_CLUSTER": False}),
+                    "stage 1 ungrouped": ("two_stage_gpu", {"STAGE1_PANELS_PER_UPDATE": 1}),
+                    "chase on one block per matrix": ("two_stage_gpu", {"CHASE_BLOCKS_PER_MATRIX": 1})})
     return out
 
 
@@ -95,14 +89,21 @@ def main() -> None:
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--dtype", default="float64", choices=["float64", "float32"],
                     help="the matrices' type (float32: against float32 syevd; errors against the float32 matrix's float64 eigenvalues)")
+    ap.add_argument("--variants", nargs="+", help="the variants to time (default: all there are; 'ours' is one)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     device = args.device
+    chosen = variants(device)
+    if args.variants:
+        unknown = sorted(set(args.variants) - set(chosen))
+        if unknown:
+            sys.exit(f"eigen_engine: no variant {', '.join(map(repr, unknown))} here; there are {', '.join(map(repr, chosen))}")
+        chosen = {name: chosen[name] for name in args.variants}
     res = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name() if device == "cuda" else "cpu",
            "torch": torch.__version__, "commit": os.environ.get("SPECTRUM_FAST_COMMIT") or git_commit(),
            "command": " ".join(sys.argv), "extension": _extension.kernels_available(), "dtype": args.dtype, "rows": []}
     print(res["gpu"], res["torch"], res["extension"], flush=True)
-    names = list(variants(device))
+    names = list(chosen)
     print("| n | batch | syevd ms/matrix | " + " | ".join(f"{v} ms/matrix (x syevd)" for v in names)
           + " | max eig error (rel.) | syevd's error | target |")
     print("|---|---|---|" + "---|" * len(names) + "---|---|---|")
@@ -121,7 +122,7 @@ def main() -> None:
         syevd_err = float(((syevd_vals[:few].double().cpu() - truth).abs().max() / truth.abs().max()).item())
         row = {"n": n, "batch": batch, "syevd_ms": 1e3 * syevd_s / batch, "syevd_max_rel_err": syevd_err, "variants": {}}
         cells = []
-        for name, (route, switches) in variants(device).items():
+        for name, (route, switches) in chosen.items():
             with band_switches(switches):
                 seconds, vals = median_timed(lambda: eigen.eigvalsh(g.clone(), route), torch.device(device), args.repeats)
             vals = vals.cpu()[:few].double()

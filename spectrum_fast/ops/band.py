@@ -28,9 +28,11 @@ PANEL_KERNEL_ROWS_PER_PANEL = 512
 PANEL_KERNEL_MIN_BATCH = 1
 # Factor every panel (with PANEL_KERNEL on) on a cluster of blocks per panel that holds it in
 # shared memory (csrc/householder_panels_cluster.cu) instead of one block streaming it, whatever
-# the batch: meant for the small batches and tall panels the rule above gives to cuSOLVER. Off
-# until it has run on a GPU (written without one; tests/test_householder_panels.py checks it).
-PANEL_CLUSTER = False
+# the batch (the rule above is then moot). H100, route per matrix, clusters against the rule at
+# 394157b: 1024 x 64 1.01 against 1.05 ms, 2048 x 32 4.67 against 5.18, 4096 x 8 36.7 against
+# 47.9, 4096 x 32 18.7 against 20.8, 8192 x 4 188 against 223
+# (bench/results/eigen_engine_h100_394157b.log).
+PANEL_CLUSTER = True
 
 
 def panel_geqrf(panel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,8 +74,13 @@ def _panel_reflectors(panel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
 # bytes, near their floor on the H100, csrc/NOTES.md). With p > 1, panels 2..p of a group take
 # their columns and their Y from the matrix as it was at the group's start, corrected by the
 # group's earlier reflectors (skinny products), and the group's p updates go in as one of inner
-# size 2 p b: 1 + 2 / p passes per panel instead of 3. Off (1) until timed on a GPU.
-STAGE1_PANELS_PER_UPDATE = 1
+# size 2 p b: 1 + 2 / p passes per panel instead of 3. Used for n >= STAGE1_GROUPED_MIN_N:
+# H100, route per matrix with clustered panels, grouped by 4 against not at 394157b: 2048 x 32
+# 4.50 against 4.67 ms, 4096 x 8 36.9 against 36.7, 4096 x 32 16.0 against 18.7, 8192 x 4 170
+# against 188; 1024 x 64 1.06 against 1.01, where a panel's skinny corrections cost more than the
+# pass they save (bench/results/eigen_engine_h100_394157b.log).
+STAGE1_PANELS_PER_UPDATE = 4
+STAGE1_GROUPED_MIN_N = 2048
 
 
 # Run the loop below in C++ (csrc/band_reduction.cpp: the same ATen operations in the same order,
@@ -94,8 +101,8 @@ def reduce_to_band_(a: torch.Tensor, bandwidth: int) -> torch.Tensor:
         raise ValueError(f"reduce_to_band_ expects [B, n, n], got {tuple(a.shape)}")
     from .. import _extension
 
-    if STAGE1_PANELS_PER_UPDATE > 1:  # the C++ loop has one update per panel only
-        return _reduce_to_band_grouped_(a, bandwidth, STAGE1_PANELS_PER_UPDATE)
+    if STAGE1_PANELS_PER_UPDATE > 1 and a.shape[-1] >= STAGE1_GROUPED_MIN_N:
+        return _reduce_to_band_grouped_(a, bandwidth, STAGE1_PANELS_PER_UPDATE)  # C++ loop: 1 per update
     ext = _extension.load() if STAGE1_IN_CPP else None
     if ext is not None and hasattr(ext, "reduce_to_band_"):
         kernel = PANEL_KERNEL and _extension.cuda_ops() is not None

@@ -76,9 +76,11 @@ def syevd_extra_bytes(k: int, itemsize: int = 8) -> int:
 def two_stage_extra_bytes(k: int, itemsize: int = 8) -> int:
     """Device bytes the two-stage routes add per k x k matrix of a batch, at their largest: stage
     1's panel temporaries (ops.band.reduce_to_band_: about a dozen k x bandwidth blocks alive at
-    once in the first step) and the band storage handed to stage 2 (k x 2 bandwidth)."""
+    once in the first step) and the band storage handed to stage 2 (k x 2 bandwidth), all float64;
+    float32 matrices (itemsize 4) add their float64 copy (_two_stage_gpu says why)."""
     width = GPU_BANDWIDTH
-    return (12 * k * width + 2 * k * width) * itemsize
+    upcast = k * k * 8 if itemsize < 8 else 0
+    return (12 * k * width + 2 * k * width) * 8 + upcast
 
 
 def _syevd(g: torch.Tensor) -> torch.Tensor:
@@ -231,12 +233,16 @@ def _two_stage_gpu(g: torch.Tensor) -> PendingEigenvalues:
         raise ValueError(f"the two_stage_gpu eigen route needs triton and a CUDA device, not {g.device}")
     k = g.shape[-1]
     width = min(bandwidth_for(k, "two_stage_gpu"), max(1, k - 1))
-    bands = band.lower_band(band.reduce_to_band_(g.contiguous(), width), 2 * width)  # room for the bulges
+    # float32 matrices are solved in float64. Stage 1 in float32 alone left 1.5-2.6e-6 of the
+    # largest eigenvalue on clustered and repeated Grams (n = 1000, 2048, CPU) and the whole route
+    # in float32 2.5-5.5e-6 on the H100 (n = 1000-4100, tests/test_eigen_engine_gpu.py at 394157b):
+    # over the 2e-6 bound that cuSOLVER's float32 syevd keeps (6e-7 to 1e-6 there). float64 GEMMs
+    # run on the H100's tensor cores at about float32's SIMT rate, so little is lost but memory.
+    bands = band.lower_band(band.reduce_to_band_(g.to(torch.float64).contiguous(), width), 2 * width)
 
     def stage2() -> torch.Tensor:
         d, e = band.band_to_tridiagonal(bands, width)
-        # A float32 band's tridiagonal (n + n - 1 numbers) is bisected in float64: nothing to save.
-        return tridiagonal.tridiagonal_eigvalsh(d.double(), e.double())
+        return tridiagonal.tridiagonal_eigvalsh(d, e)
 
     if not bands.is_cuda:  # the CPU under the interpreter (tests)
         return PendingEigenvalues(ready=stage2())
