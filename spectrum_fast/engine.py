@@ -86,8 +86,9 @@ def gpu_batch_plan(max_gpu_memory: int, precision: str = "float64", eigen_route:
     the Gram and their panels and bands are small). Where "auto" will take the GPU route anyway
     (ops.eigen.choose_route tries it first: float64, n within its limits, the kernels there), the
     batch is planned for that route and gets syevd's workspace as matrices (less the two-stage
-    temporaries, ops.eigen.two_stage_extra_bytes): for Llama-3-8B's 4096-wide matrices at 1.5 GiB,
-    8 and 5 per batch instead of 4 and 3 (the GPU route's time per matrix falls with the batch:
+    temporaries, ops.eigen.two_stage_extra_bytes, and the bands of earlier batches waiting in the
+    chase pool, ops.eigen.chase_pool_bytes): for Llama-3-8B's 4096-wide matrices at 1.5 GiB, 7 and
+    5 per batch instead of 4 and 3 (the GPU route's time per matrix falls with the batch:
     bench/RESULTS.md, the eigen engine's table). Where syevd's workspace alone would break the
     limit (k = 8192 float64: ~2.5 GiB), "auto" is narrowed to the host two-stage route for that
     shape. One matrix per batch is the floor: a matrix bigger than the limit is still scanned, and
@@ -111,6 +112,8 @@ def gpu_batch_plan(max_gpu_memory: int, precision: str = "float64", eigen_route:
                 route = "two_stage"
             else:
                 fixed += syevd
+        if route == "two_stage_gpu":
+            fixed += eigen.chase_pool_bytes(k)  # earlier batches' bands waiting for their chase
         budget = max_gpu_memory - fixed
         if route in ("two_stage", "two_stage_gpu"):  # their temporaries grow with the batch
             per_matrix = matrix_device_bytes(n, m, dtype)

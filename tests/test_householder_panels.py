@@ -157,8 +157,9 @@ def test_band_reduction_with_the_kernel_keeps_the_eigenvalues(n, width, clustere
 def test_panel_kernel_takes_batches_with_enough_panels(monkeypatch, seed):
     """With PANEL_KERNEL on, ops.band sends a batch to the kernel when it has at least
     PANEL_KERNEL_MIN_BATCH and m / PANEL_KERNEL_ROWS_PER_PANEL panels (below that torch.geqrf's
-    per-matrix loop was faster on the H100)."""
+    per-matrix loop was faster on the H100), with panels streamed (PANEL_CLUSTER off)."""
     monkeypatch.setattr(band, "PANEL_KERNEL", True)
+    monkeypatch.setattr(band, "PANEL_CLUSTER", False)
     monkeypatch.setattr(band, "PANEL_KERNEL_MIN_BATCH", 8)
     calls = []
     monkeypatch.setattr(CUDA_OPS, "householder_panels_", lambda p, *rest, f=CUDA_OPS.householder_panels_: calls.append(p.shape) or f(p, *rest))

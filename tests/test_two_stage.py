@@ -191,10 +191,11 @@ def test_gpu_batch_plan_counts_on_the_gpu_route_where_auto_takes_it(monkeypatch)
     budget, route = plan(4096, 14336, "bfloat16")
     per_matrix = matrix_device_bytes(4096, 14336, "bfloat16")
     assert route == "two_stage_gpu"
-    assert budget == (limit - _CHUNK_BYTES) * per_matrix // (per_matrix + eigen.two_stage_extra_bytes(4096))
-    assert budget // per_matrix * (per_matrix + eigen.two_stage_extra_bytes(4096)) + _CHUNK_BYTES <= limit
+    fixed = _CHUNK_BYTES + eigen.chase_pool_bytes(4096)
+    assert budget == (limit - fixed) * per_matrix // (per_matrix + eigen.two_stage_extra_bytes(4096))
+    assert budget // per_matrix * (per_matrix + eigen.two_stage_extra_bytes(4096)) + fixed <= limit
     assert [plan(n, m, "bfloat16")[0] // matrix_device_bytes(n, m, "bfloat16")
-            for n, m in ((4096, 4096), (4096, 14336))] == [8, 5]
+            for n, m in ((4096, 4096), (4096, 14336))] == [7, 5]
     assert plan(256, 4096, "bfloat16")[1] == "auto"  # below TWO_STAGE_MIN_N: syevd
     assert plan(8192, 28672, "bfloat16")[1] == "two_stage"  # above GPU_STAGE2_MAX_N: as before
     assert gpu_batch_plan(limit, eigen_route="syevd")(4096, 14336, "bfloat16")[1] == "syevd"  # forced stays
@@ -277,6 +278,28 @@ def test_gpu_stage_two_route_matches_syevd(device):
     got = pending.result()
     assert got.shape == (batch, n) and got.dtype == torch.float64 and got.device.type == "cpu"
     assert ((got - truth).abs().max() / truth.abs().max()).item() < 1e-12, f"[seed={SEED}]"
+
+
+def test_gpu_stage_two_pools_bands_of_several_calls(device, monkeypatch):
+    """ops.eigen.CHASE_POOL_MATRICES: bands wait until enough matrices of one size are pooled (or
+    one of them is asked for), then one stage-2 solve takes them all; each call gets its own rows,
+    equal to float64 truth, whatever the order results are asked in."""
+    monkeypatch.setattr(eigen, "CHASE_POOL_MATRICES", 5)
+    n = 24 if device == "cpu" else 600
+    grams = [random_gram(batch, n, 40 + i, "spiked", device=device) for i, batch in enumerate((2, 2, 1, 2, 1))]
+    truths = [torch.linalg.eigvalsh(g).cpu() for g in grams]
+    solves = []
+    stage2 = eigen._stage2
+    monkeypatch.setattr(eigen, "_stage2", lambda bands, width: solves.append(bands.shape[0]) or stage2(bands, width))
+    pending = [eigen.eigvalsh_deferred(g.clone(), route="two_stage_gpu") for g in grams[:3]]
+    assert solves == [5]  # 2 + 2 + 1 reached the pool's size
+    later = [eigen.eigvalsh_deferred(g.clone(), route="two_stage_gpu") for g in grams[3:]]
+    assert solves == [5] and not later[0].done() and not later[1].done()  # 3 waiting
+    got = [p.result() for p in reversed(pending + later)][::-1]  # the last asked first
+    assert solves == [5, 3] and not eigen._band_pools
+    for values, truth in zip(got, truths):
+        assert values.shape == truth.shape
+        assert ((values - truth).abs().max() / truth.abs().max()).item() < 1e-12, f"[seed={SEED}]"
 
 
 def test_gpu_stage_two_route_takes_float32(device):

@@ -149,21 +149,30 @@ def choose_route(n: int, device: torch.device, dtype: torch.dtype) -> str:
 class PendingEigenvalues:
     """Eigenvalues being computed; ``result()`` -> [B, k] float64 on the host, ascending.
 
-    Three kinds: ready (a tensor), host band solves (futures), or a copy from the GPU that lands
-    in ``ready`` once ``event`` has passed (solves on a side stream)."""
+    Four kinds: ready (a tensor), host band solves (futures), a copy from the GPU that lands in
+    ``ready`` once ``event`` has passed (solves on a side stream), or bands waiting in a chase pool
+    (``launch`` starts the pool's solve, which lands here as the kind before)."""
 
     def __init__(self, ready: torch.Tensor | None = None, futures: list[Future] | None = None,
-                 event: torch.cuda.Event | None = None):
+                 event: torch.cuda.Event | None = None, launch: Callable[[], None] | None = None):
         self._ready = ready
         self._futures = futures or []
         self._event = event
+        self._launch = launch
+
+    def _land(self, ready: torch.Tensor, event: torch.cuda.Event | None) -> None:
+        self._ready, self._event, self._launch = ready, event, None
 
     def done(self) -> bool:
+        if self._launch is not None:
+            return False  # waits for its pool to fill, or for result()
         if self._event is not None:
             return self._event.query()
         return all(f.done() for f in self._futures)
 
     def result(self) -> torch.Tensor:
+        if self._launch is not None:
+            self._launch()
         if self._event is not None:
             self._event.synchronize()
             self._event = None
@@ -196,6 +205,8 @@ def _side_stream(device: torch.device, pool: int) -> torch.cuda.Stream:
 def _solve_on_side_stream(inputs: torch.Tensor, pool: int, solve: Callable[[], torch.Tensor]) -> PendingEigenvalues:
     """Run ``solve`` (which reads ``inputs``, made on the current stream) on one of ``pool`` side
     streams; its eigenvalues come to pinned host memory asynchronously."""
+    if not inputs.is_cuda:  # the CPU under the interpreter (tests): at once
+        return PendingEigenvalues(ready=solve().to(torch.float64))
     stream = _side_stream(inputs.device, pool)
     stream.wait_stream(torch.cuda.current_stream(inputs.device))  # the inputs are complete
     with torch.cuda.stream(stream):
@@ -225,8 +236,8 @@ GPU_STAGE2_STREAMS = 8
 def _two_stage_gpu(g: torch.Tensor) -> PendingEigenvalues:
     """Both stages on g's device: dense -> band (ops.band) at GPU_BANDWIDTH, band -> tridiagonal by
     bulge chasing (kernels.bulge) and the tridiagonal's eigenvalues by bisection
-    (kernels.tridiagonal), those two on a side stream (GPU_STAGE2_STREAMS); only the eigenvalues
-    come to the host."""
+    (kernels.tridiagonal), those two on a side stream (GPU_STAGE2_STREAMS), the bands of several
+    calls together where CHASE_POOL_MATRICES says so; only the eigenvalues come to the host."""
     from ..kernels import bulge, tridiagonal
 
     if not (bulge.available(g.device) and tridiagonal.available(g.device)):  # the interpreter counts here
@@ -239,14 +250,58 @@ def _two_stage_gpu(g: torch.Tensor) -> PendingEigenvalues:
     # over the 2e-6 bound that cuSOLVER's float32 syevd keeps (6e-7 to 1e-6 there). float64 GEMMs
     # run on the H100's tensor cores at about float32's SIMT rate, so little is lost but memory.
     bands = band.lower_band(band.reduce_to_band_(g.to(torch.float64).contiguous(), width), 2 * width)
+    if CHASE_POOL_MATRICES > 1:
+        return _pooled(bands, width)
+    return _solve_on_side_stream(bands, GPU_STAGE2_STREAMS, lambda: _stage2(bands, width))
 
-    def stage2() -> torch.Tensor:
-        d, e = band.band_to_tridiagonal(bands, width)
-        return tridiagonal.tridiagonal_eigvalsh(d, e)
 
-    if not bands.is_cuda:  # the CPU under the interpreter (tests)
-        return PendingEigenvalues(ready=stage2())
-    return _solve_on_side_stream(bands, GPU_STAGE2_STREAMS, stage2)
+def _stage2(bands: torch.Tensor, width: int) -> torch.Tensor:
+    from ..kernels import tridiagonal
+
+    d, e = band.band_to_tridiagonal(bands, width)
+    return tridiagonal.tridiagonal_eigvalsh(d, e)
+
+
+# Chase the bands of consecutive two_stage_gpu calls of one size in one launch once at least this
+# many matrices wait (or when one of them is asked for; 0 or 1: every call on its own). The scan's
+# batches are small under its memory budget (Llama-3-8B's 4096-wide Grams at 1.5 GiB: 8 and 5 per
+# batch) while a band is n x 2 bandwidth (2 MiB at n = 4096), and the chase's time per matrix
+# falls with the matrices in one launch (H100, n = 4096: 19.4 ms per matrix at batch 8,
+# bench/probes/stage_profile_h100_c22742c.log, against 6.1 at batch 32,
+# bench/probes/chase_split_h100_cluster.log).
+CHASE_POOL_MATRICES = 32
+
+
+def chase_pool_bytes(k: int) -> int:
+    """Device bytes that bands of k x k matrices hold while they wait in the chase pool, at most:
+    CHASE_POOL_MATRICES bands and their concatenation for the launch."""
+    return 2 * CHASE_POOL_MATRICES * k * 2 * GPU_BANDWIDTH * 8 if CHASE_POOL_MATRICES > 1 else 0
+
+# Bands waiting for a chase: (device, n, width) -> [(bands, their pending eigenvalues)].
+_band_pools: dict[tuple, list[tuple[torch.Tensor, PendingEigenvalues]]] = {}
+
+
+def _pooled(bands: torch.Tensor, width: int) -> PendingEigenvalues:
+    key = (bands.device, bands.shape[-2], width)
+    pending = PendingEigenvalues(launch=lambda: _launch_pool(key))
+    pool = _band_pools.setdefault(key, [])
+    pool.append((bands, pending))
+    if sum(b.shape[0] for b, _ in pool) >= CHASE_POOL_MATRICES:
+        _launch_pool(key)
+    return pending
+
+
+def _launch_pool(key: tuple) -> None:
+    """One stage-2 solve of every band waiting under ``key``; each pending gets its rows."""
+    pool = _band_pools.pop(key, None)
+    if not pool:
+        return
+    bands = torch.cat([b for b, _ in pool]) if len(pool) > 1 else pool[0][0]
+    solved = _solve_on_side_stream(bands, GPU_STAGE2_STREAMS, lambda: _stage2(bands, key[2]))
+    row = 0
+    for b, pending in pool:
+        pending._land(solved._ready[row : row + b.shape[0]], solved._event)
+        row += b.shape[0]
 
 
 def eigvalsh_deferred(g: torch.Tensor, route: str = "auto") -> PendingEigenvalues:

@@ -1,0 +1,125 @@
+"""Probe (device tool): where the exact scan of Llama-3-8B-shaped weights already on the GPU spends
+its time (bench/gpu_scan_vs_spectrum.py's "compute alone"), and how it moves with the GPU memory
+budget (batch sizes) and the chase pool (ops.eigen.CHASE_POOL_MATRICES).
+
+Weights: bench/workloads.py's 8B layers generated on the GPU (no disk). Per --budgets GiB and
+--pools size: the scan's wall time (median of --repeats after a warm-up), the eigen batches it
+made (n x batch, route); then, for the first budget and pool, one scan under torch.profiler: the
+top --top CUDA kernels by total time, the sum of all kernel time (streams overlap, so the sum can
+exceed the wall), and the timeline: how long the GPU ran any kernel, and each stream's busy time.
+
+    python bench/probes/scan_profile.py --layers 32 --budgets 1.5 3 6 --pools 0 32 [--top 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import spectrum_fast  # noqa: E402
+from spectrum_fast import ops  # noqa: E402
+from spectrum_fast.ops import eigen  # noqa: E402
+from workloads import llama3_8b_layer  # noqa: E402
+
+
+def scan_seconds(weights: dict, budget: int) -> float:
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    spectrum_fast.scan(weights, device="cuda", progress=False, max_gpu_memory=budget)
+    torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--budgets", type=float, nargs="+", default=[1.5], help="max_gpu_memory values, GiB")
+    ap.add_argument("--pools", type=int, nargs="+", default=[eigen.CHASE_POOL_MATRICES],
+                    help="ops.eigen.CHASE_POOL_MATRICES values")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--top", type=int, default=15)
+    args = ap.parse_args()
+    print(torch.cuda.get_device_name(), torch.__version__, spectrum_fast.kernels_available(), flush=True)
+    weights = {}
+    for layer in range(args.layers):
+        weights.update(llama3_8b_layer(layer))
+    torch.cuda.synchronize()
+    spectrum_fast.scan(llama3_8b_layer(0), device="cuda", progress=False)  # warm-up: CUDA, cuSOLVER, Triton
+
+    batches: collections.Counter = collections.Counter()
+    solve = ops.eigvalsh_deferred
+
+    def counted(g, route="auto"):
+        taken = eigen.choose_route(g.shape[-1], g.device, g.dtype) if route == "auto" else route
+        batches[(g.shape[-1], g.shape[0], taken)] += 1
+        return solve(g, route)
+
+    for gib in args.budgets:
+        for pool in args.pools:
+            eigen.CHASE_POOL_MATRICES = pool
+            budget = int(gib * (1 << 30))
+            batches.clear()
+            ops.eigvalsh_deferred = counted
+            try:
+                first = scan_seconds(weights, budget)
+            finally:
+                ops.eigvalsh_deferred = solve
+            times = [first] + [scan_seconds(weights, budget) for _ in range(args.repeats - 1)]
+            plan = ", ".join(f"{n}x{b} {route} ({count})" for (n, b, route), count in sorted(batches.items()))
+            print(f"budget {gib} GiB, pool {pool}: {statistics.median(times):.2f} s (all "
+                  f"{', '.join(f'{x:.2f}' for x in times)}); eigen batches n x batch route (count): {plan}", flush=True)
+
+    eigen.CHASE_POOL_MATRICES = args.pools[0]
+    budget = int(args.budgets[0] * (1 << 30))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        wall = scan_seconds(weights, budget)
+    kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total = sum(e.device_time_total for e in kernels) / 1e6
+    print(f"profiled scan at {args.budgets[0]} GiB, pool {args.pools[0]}: wall {wall:.2f} s (profiler on), "
+          f"kernel time summed {total:.2f} s")
+    for e in sorted(kernels, key=lambda e: -e.device_time_total)[: args.top]:
+        print(f"  {e.device_time_total / 1e6:7.3f} s  {e.count:6d} calls  {e.key[:110]}")
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        timeline(json.loads(trace.read_text()))
+
+
+def busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end) intervals (microseconds in) -> seconds."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total / 1e6
+
+
+def timeline(trace: dict) -> None:
+    kernels = [e for e in trace.get("traceEvents", []) if e.get("cat") == "kernel" and "dur" in e]
+    if not kernels:
+        print("timeline: no kernel events in the trace")
+        return
+    span = (max(e["ts"] + e["dur"] for e in kernels) - min(e["ts"] for e in kernels)) / 1e6
+    by_stream = collections.defaultdict(list)
+    for e in kernels:
+        by_stream[e.get("args", {}).get("stream", e.get("tid"))].append((e["ts"], e["ts"] + e["dur"]))
+    every = [iv for ivs in by_stream.values() for iv in ivs]
+    print(f"timeline: first kernel to last {span:.2f} s, some kernel running {busy_seconds(every):.2f} s")
+    for stream, ivs in sorted(by_stream.items(), key=lambda kv: -busy_seconds(kv[1])):
+        print(f"  stream {stream}: busy {busy_seconds(ivs):.2f} s, {len(ivs)} kernels")
+
+
+if __name__ == "__main__":
+    main()
