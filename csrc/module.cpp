@@ -13,7 +13,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
           "Dense -> band in place on symmetric [B, n, n] (ops.band.reduce_to_band_'s operations, the loop in "
           "C++), on the tensor's device and current stream",
           pybind11::arg("a"), pybind11::arg("bandwidth"), pybind11::arg("panel_kernel_min_batch") = 0,
-          pybind11::arg("panel_kernel_rows_per_panel") = 128, pybind11::arg("panel_blocks_per_panel") = -1);
+          pybind11::arg("panel_kernel_rows_per_panel") = 128, pybind11::arg("panel_blocks_per_panel") = -1,
+          // The loop only calls ATen: without the GIL, the scan's reader and host threads run while it
+          // queues a batch's thousands of launches (what bounds the 8B scan, csrc/NOTES.md).
+          pybind11::call_guard<pybind11::gil_scoped_release>());
 #ifdef SPECTRUM_FAST_WITH_CUDA
   mod.def("householder_panels_", &householder_panels_,
           "Householder QR of float64 or float32 panels [B, m, b] (b <= householder_panels_max_columns()) on the "

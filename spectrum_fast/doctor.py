@@ -67,6 +67,9 @@ def _operation_lines(device: torch.device) -> list[str]:
         else:
             panel = "torch.geqrf (one cuSOLVER call per matrix)"
         loop = "C++ (_C.reduce_to_band_)" if band.STAGE1_IN_CPP and k["_C"] else "Python"
+        if band.STAGE1_PANELS_PER_UPDATE > 1:
+            loop += (f" (n >= {band.STAGE1_GROUPED_MIN_N}: Python, one trailing update per "
+                     f"{band.STAGE1_PANELS_PER_UPDATE} panels)")
         lines.append(f"  two-stage route, stage 1: loop in {loop}, panel QR by {panel}")
         chase = ("compiled pipelined chase (_C.band_to_tridiagonal_)" if band.CHASE_KERNEL and k["_C.bulge_chase"]
                  else "Triton bulge chase")

@@ -87,8 +87,8 @@ def gpu_batch_plan(max_gpu_memory: int, precision: str = "float64", eigen_route:
     (ops.eigen.choose_route tries it first: float64, n within its limits, the kernels there), the
     batch is planned for that route and gets syevd's workspace as matrices (less the two-stage
     temporaries, ops.eigen.two_stage_extra_bytes, and the bands of earlier batches waiting in the
-    chase pool, ops.eigen.chase_pool_bytes): for Llama-3-8B's 4096-wide matrices at 1.5 GiB, 7 and
-    5 per batch instead of 4 and 3 (the GPU route's time per matrix falls with the batch:
+    chase pool, ops.eigen.chase_pool_bytes, where it is on): for Llama-3-8B's 4096-wide matrices at
+    1.5 GiB, 8 and 5 per batch instead of 4 and 3 (the GPU route's time per matrix falls with the batch:
     bench/RESULTS.md, the eigen engine's table). Where syevd's workspace alone would break the
     limit (k = 8192 float64: ~2.5 GiB), "auto" is narrowed to the host two-stage route for that
     shape. One matrix per batch is the floor: a matrix bigger than the limit is still scanned, and

@@ -187,6 +187,7 @@ def test_gpu_batch_plan_counts_on_the_gpu_route_where_auto_takes_it(monkeypatch)
 
     limit = 3 << 29
     monkeypatch.setattr(eigen, "gpu_stage2_available", lambda device: True)
+    monkeypatch.setattr(eigen, "CHASE_POOL_MATRICES", 32)  # its waiting bands count too
     plan = gpu_batch_plan(limit, device=torch.device("cuda"))
     budget, route = plan(4096, 14336, "bfloat16")
     per_matrix = matrix_device_bytes(4096, 14336, "bfloat16")
@@ -196,6 +197,9 @@ def test_gpu_batch_plan_counts_on_the_gpu_route_where_auto_takes_it(monkeypatch)
     assert budget // per_matrix * (per_matrix + eigen.two_stage_extra_bytes(4096)) + fixed <= limit
     assert [plan(n, m, "bfloat16")[0] // matrix_device_bytes(n, m, "bfloat16")
             for n, m in ((4096, 4096), (4096, 14336))] == [7, 5]
+    monkeypatch.setattr(eigen, "CHASE_POOL_MATRICES", 0)
+    assert [gpu_batch_plan(limit, device=torch.device("cuda"))(n, m, "bfloat16")[0] // matrix_device_bytes(n, m, "bfloat16")
+            for n, m in ((4096, 4096), (4096, 14336))] == [8, 5]
     assert plan(256, 4096, "bfloat16")[1] == "auto"  # below TWO_STAGE_MIN_N: syevd
     assert plan(8192, 28672, "bfloat16")[1] == "two_stage"  # above GPU_STAGE2_MAX_N: as before
     assert gpu_batch_plan(limit, eigen_route="syevd")(4096, 14336, "bfloat16")[1] == "syevd"  # forced stays

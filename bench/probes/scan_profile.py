@@ -1,20 +1,25 @@
 """Probe (device tool): where the exact scan of Llama-3-8B-shaped weights already on the GPU spends
 its time (bench/gpu_scan_vs_spectrum.py's "compute alone"), and how it moves with the GPU memory
-budget (batch sizes) and the chase pool (ops.eigen.CHASE_POOL_MATRICES).
+budget (batch sizes) and module switches (--variants).
 
 Weights: bench/workloads.py's 8B layers generated on the GPU (no disk). Per --budgets GiB and
---pools size: the scan's wall time (median of --repeats after a warm-up), the eigen batches it
-made (n x batch, route); then, for the first budget and pool, one scan under torch.profiler: the
-top --top CUDA kernels by total time, the sum of all kernel time (streams overlap, so the sum can
-exceed the wall), and the timeline: how long the GPU ran any kernel, and each stream's busy time.
+variant: the scan's wall time (median of --repeats after a warm-up, the variants interleaved), the
+eigen batches it made (n x batch, route); then, for the first budget and variant, one scan under
+torch.profiler: the top --top CUDA kernels by total time, the sum of all kernel time (streams
+overlap, so the sum can exceed the wall), and the timeline: how long the GPU ran any kernel, and
+each stream's busy time. A variant is "default" (the package as it is) or comma-separated
+MODULE.NAME=VALUE settings of spectrum_fast.ops.band, ops.eigen or engine (VALUE a Python literal).
 
-    python bench/probes/scan_profile.py --layers 32 --budgets 1.5 3 6 --pools 0 32 [--top 15]
+    python bench/probes/scan_profile.py --layers 32 --budgets 1.5 3 \
+        --variants default band.STAGE1_IN_CPP=True,band.STAGE1_PANELS_PER_UPDATE=1 eigen.CHASE_POOL_MATRICES=32
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
+import contextlib
 import json
 import statistics
 import sys
@@ -28,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import spectrum_fast  # noqa: E402
-from spectrum_fast import ops  # noqa: E402
-from spectrum_fast.ops import eigen  # noqa: E402
+from spectrum_fast import engine, ops  # noqa: E402
+from spectrum_fast.ops import band, eigen  # noqa: E402
 from workloads import llama3_8b_layer  # noqa: E402
 
 
@@ -41,15 +46,40 @@ def scan_seconds(weights: dict, budget: int) -> float:
     return time.perf_counter() - t
 
 
+MODULES = {"band": band, "eigen": eigen, "engine": engine}
+
+
+@contextlib.contextmanager
+def variant(settings: str):
+    """The variant's MODULE.NAME=VALUE settings applied inside the block, restored after it."""
+    saved = []
+    try:
+        for item in [] if settings == "default" else settings.split(","):
+            target, value = item.split("=", 1)
+            module_name, name = target.strip().split(".", 1)
+            module = MODULES[module_name]
+            if not hasattr(module, name):
+                raise SystemExit(f"scan_profile: {module_name} has no setting {name}")
+            saved.append((module, name, getattr(module, name)))
+            setattr(module, name, ast.literal_eval(value.strip()))
+        yield
+    finally:
+        for module, name, value in reversed(saved):
+            setattr(module, name, value)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--budgets", type=float, nargs="+", default=[1.5], help="max_gpu_memory values, GiB")
-    ap.add_argument("--pools", type=int, nargs="+", default=[eigen.CHASE_POOL_MATRICES],
-                    help="ops.eigen.CHASE_POOL_MATRICES values")
+    ap.add_argument("--variants", nargs="+", default=["default"],
+                    help='"default" or MODULE.NAME=VALUE[,MODULE.NAME=VALUE...] (modules: band, eigen, engine)')
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args()
+    for v in args.variants:  # a misspelt setting stops here, before the weights are made
+        with variant(v):
+            pass
     print(torch.cuda.get_device_name(), torch.__version__, spectrum_fast.kernels_available(), flush=True)
     weights = {}
     for layer in range(args.layers):
@@ -66,27 +96,30 @@ def main() -> None:
         return solve(g, route)
 
     for gib in args.budgets:
-        for pool in args.pools:
-            eigen.CHASE_POOL_MATRICES = pool
-            budget = int(gib * (1 << 30))
-            batches.clear()
-            ops.eigvalsh_deferred = counted
-            try:
-                first = scan_seconds(weights, budget)
-            finally:
-                ops.eigvalsh_deferred = solve
-            times = [first] + [scan_seconds(weights, budget) for _ in range(args.repeats - 1)]
-            plan = ", ".join(f"{n}x{b} {route} ({count})" for (n, b, route), count in sorted(batches.items()))
-            print(f"budget {gib} GiB, pool {pool}: {statistics.median(times):.2f} s (all "
-                  f"{', '.join(f'{x:.2f}' for x in times)}); eigen batches n x batch route (count): {plan}", flush=True)
+        budget = int(gib * (1 << 30))
+        times: dict[str, list[float]] = {v: [] for v in args.variants}
+        plans: dict[str, str] = {}
+        for _ in range(args.repeats):
+            for v in args.variants:
+                with variant(v):
+                    batches.clear()
+                    ops.eigvalsh_deferred = counted
+                    try:
+                        times[v].append(scan_seconds(weights, budget))
+                    finally:
+                        ops.eigvalsh_deferred = solve
+                    plans[v] = ", ".join(f"{n}x{b} {route} ({count})" for (n, b, route), count in sorted(batches.items()))
+        for v in args.variants:
+            print(f"budget {gib} GiB, {v}: {statistics.median(times[v]):.2f} s (all "
+                  f"{', '.join(f'{x:.2f}' for x in times[v])}); eigen batches n x batch route (count): {plans[v]}",
+                  flush=True)
 
-    eigen.CHASE_POOL_MATRICES = args.pools[0]
     budget = int(args.budgets[0] * (1 << 30))
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+    with variant(args.variants[0]), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         wall = scan_seconds(weights, budget)
     kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
     total = sum(e.device_time_total for e in kernels) / 1e6
-    print(f"profiled scan at {args.budgets[0]} GiB, pool {args.pools[0]}: wall {wall:.2f} s (profiler on), "
+    print(f"profiled scan at {args.budgets[0]} GiB, {args.variants[0]}: wall {wall:.2f} s (profiler on), "
           f"kernel time summed {total:.2f} s")
     for e in sorted(kernels, key=lambda e: -e.device_time_total)[: args.top]:
         print(f"  {e.device_time_total / 1e6:7.3f} s  {e.count:6d} calls  {e.key[:110]}")

@@ -268,8 +268,12 @@ def _stage2(bands: torch.Tensor, width: int) -> torch.Tensor:
 # batch) while a band is n x 2 bandwidth (2 MiB at n = 4096), and the chase's time per matrix
 # falls with the matrices in one launch (H100, n = 4096: 19.4 ms per matrix at batch 8,
 # bench/probes/stage_profile_h100_c22742c.log, against 6.1 at batch 32,
-# bench/probes/chase_split_h100_cluster.log).
-CHASE_POOL_MATRICES = 32
+# bench/probes/chase_split_h100_cluster.log). Off: in the 8B scan with the weights on the GPU it
+# did not pay (H100, same run: 7.02 s with a pool of 32 against 6.68 s without, both noisy;
+# bench/probes/scan_profile_h100_94cb104.log). That scan is bound by launching stage 1's kernels
+# from Python (190,000 on the current stream; a kernel runs 4.7 s of the 8.5 s under the profiler),
+# not by the chase; worth another look once it is not.
+CHASE_POOL_MATRICES = 0
 
 
 def chase_pool_bytes(k: int) -> int:
