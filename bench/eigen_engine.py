@@ -8,7 +8,8 @@ Per case n x batch (float64 Grams of spiked random weights, fresh every run): ti
   ``Triton chase, torch.geqrf`` (no compiled kernel, the route before them), ``no panel kernel``
   (torch.geqrf), ``panels streamed`` (ops.band.PANEL_CLUSTER off: one block per panel streaming
   it, under the batch rule), ``stage 1 ungrouped`` (ops.band.STAGE1_PANELS_PER_UPDATE 1: one
-  trailing update per panel), ``chase on one block per matrix`` (no cluster);
+  trailing update per panel), ``chase on one block per matrix`` (no cluster), ``V and T in one
+  launch`` (ops.band.COMPACT_WY_KERNEL);
   --variants picks some of them;
 the throughput ratio of each against syevd, and its largest eigenvalue error relative to the
 largest eigenvalue, against float64 LAPACK on the host (numpy) for n <= 2048 and against syevd
@@ -65,7 +66,8 @@ def variants(device: str) -> dict[str, tuple[str, dict]]:
                     "no panel kernel": ("two_stage_gpu", {"PANEL_KERNEL": False}),
                     "panels streamed": ("two_stage_gpu", {"PANEL_CLUSTER": False}),
                     "stage 1 ungrouped": ("two_stage_gpu", {"STAGE1_PANELS_PER_UPDATE": 1}),
-                    "chase on one block per matrix": ("two_stage_gpu", {"CHASE_BLOCKS_PER_MATRIX": 1})})
+                    "chase on one block per matrix": ("two_stage_gpu", {"CHASE_BLOCKS_PER_MATRIX": 1}),
+                    "V and T in one launch": ("two_stage_gpu", {"COMPACT_WY_KERNEL": True})})
     return out
 
 

@@ -1,5 +1,5 @@
 // spectrum_fast._C's CUDA entry points: argument checks around the launchers of
-// csrc/householder_panels.cu and bulge_chase.cu (which assume valid arguments). Every launch goes
+// csrc/householder_panels*.cu, compact_wy.cu and bulge_chase.cu (which assume valid arguments). Every launch goes
 // to the current CUDA stream of the tensor's device. Numbers in messages: messages.h.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -41,6 +41,28 @@ at::Tensor householder_panels_(at::Tensor panels, int64_t blocks_per_panel) {
     if (!clustered) launch_householder_panels(panels, tau);
   }
   return tau;
+}
+
+std::tuple<at::Tensor, at::Tensor> compact_wy(at::Tensor qr, at::Tensor tau) {
+  TORCH_CHECK(qr.is_cuda(), "compact_wy: needs a CUDA tensor, got ", qr.device());
+  TORCH_CHECK(qr.scalar_type() == at::kDouble || qr.scalar_type() == at::kFloat,
+              "compact_wy: needs float64 or float32, got ", qr.scalar_type());
+  TORCH_CHECK(qr.dim() == 3, "compact_wy: needs factored panels [B, m, w], got ", dims(qr.sizes()));
+  TORCH_CHECK(qr.stride(2) == 1, "compact_wy: each panel row must be contiguous (stride 1 along w)");
+  TORCH_CHECK(tau.device() == qr.device() && tau.scalar_type() == qr.scalar_type(),
+              "compact_wy: tau must be on the panels' device, in their dtype");
+  const int64_t batch = qr.size(0), m = qr.size(1), r = std::min(qr.size(1), qr.size(2));
+  TORCH_CHECK(tau.dim() == 2 && tau.size(0) == batch && tau.size(1) == r, "compact_wy: tau must be [",
+              num(batch), ", ", num(r), "], got ", dims(tau.sizes()));
+  TORCH_CHECK(r <= householder_panels_max_columns(), "compact_wy: at most ", num(householder_panels_max_columns()),
+              " reflectors per panel, got ", num(r));
+  TORCH_CHECK(batch <= 2147483647LL, "compact_wy: too many panels for one launch");
+  const c10::cuda::CUDAGuard guard(qr.device());
+  // Poisoned: an entry the kernel failed to write shows up as NaN.
+  at::Tensor v = at::full({batch, m, r}, NAN, qr.options());
+  at::Tensor t = at::full({batch, r, r}, NAN, qr.options());
+  if (batch > 0 && r > 0) launch_compact_wy(qr, tau.contiguous(), v, t);
+  return {v, t};
 }
 
 int64_t bulge_chase_max_bandwidth() { return 32; }

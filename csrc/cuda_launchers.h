@@ -15,6 +15,10 @@ void launch_householder_panels(const at::Tensor& panels, const at::Tensor& tau);
 bool launch_householder_panels_cluster(const at::Tensor& panels, const at::Tensor& tau, int64_t blocks_per_panel);
 int64_t householder_panels_cluster_max_blocks();
 
+// V [B, m, r] and T [B, r, r] (contiguous, the panels' dtype) of the compact WY form of factored
+// panels qr [B, m, w] (stride 1 along w) with tau [B, r] (contiguous), r = min(m, w) <= 32.
+void launch_compact_wy(const at::Tensor& qr, const at::Tensor& tau, const at::Tensor& v, const at::Tensor& t);
+
 // Dynamic shared memory one block of the chase needs for n at this bandwidth (<= 32).
 int64_t bulge_chase_shared_bytes(int64_t n, int64_t bandwidth, bool float32);
 // The chase in place on contiguous bands [B, n, width], width >= 2 * bandwidth, n > 2, bandwidth

@@ -25,6 +25,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
           "a cluster of k blocks",
           pybind11::arg("panels"), pybind11::arg("blocks_per_panel") = -1);
   mod.def("householder_panels_max_columns", &householder_panels_max_columns);
+  mod.def("compact_wy", &compact_wy,
+          "The compact WY form of panels factored in geqrf's layout (qr [B, m, w], rows contiguous; tau [B, r], "
+          "r = min(m, w) <= householder_panels_max_columns()) on the current CUDA stream -> (V [B, m, r], T [B, r, r]) "
+          "with H_0 ... H_{r-1} = I - V T V^T; V's columns are zero where tau is 0",
+          pybind11::arg("qr"), pybind11::arg("tau"));
   mod.def("band_to_tridiagonal_", &band_to_tridiagonal_,
           "Band -> tridiagonal by pipelined bulge chasing, in place on float64 or float32 bands [B, n, width] (lower "
           "band storage, width >= 2 * bandwidth, bandwidth <= bulge_chase_max_bandwidth()) on the current "

@@ -26,6 +26,11 @@ at::Tensor reduce_to_band_(at::Tensor a, int64_t bandwidth, int64_t panel_kernel
 // panel does not fit.
 at::Tensor householder_panels_(at::Tensor panels, int64_t blocks_per_panel);
 int64_t householder_panels_max_columns();
+// The compact WY form of panels factored in geqrf's layout (qr [B, m, w], rows contiguous; tau
+// [B, r], r = min(m, w) <= householder_panels_max_columns()) on the current stream -> (V [B, m, r]
+// explicit, unit lower trapezoidal, zero columns where tau is 0; T [B, r, r] upper triangular),
+// with H_0 ... H_{r-1} = I - V T V^T.
+std::tuple<at::Tensor, at::Tensor> compact_wy(at::Tensor qr, at::Tensor tau);
 // Band -> tridiagonal by bulge chasing, sweeps pipelined, in place on bands [B, n, width] float64
 // or float32 (lower band storage, width >= 2 * bandwidth) on the current stream -> (diagonals
 // [B, n], subdiagonals [B, n - 1]). blocks_per_matrix: a cluster of that many blocks per matrix (1

@@ -9,6 +9,7 @@ import platform
 import torch
 
 from . import __version__
+from . import _extension
 from ._extension import kernels_available
 
 # Matrix sizes (the Gram's side, min(n, m)) the eigen-route lines are given for.
@@ -59,11 +60,15 @@ def _operation_lines(device: torch.device) -> list[str]:
              "  Gram: float64 matmul of float64-upcast chunks (exact); float32 option: fp32 accumulate, TF32 off"]
     routes = "; ".join(f"n={n}: {ROUTE_WORDS[eigen.choose_route(n, device, torch.float64)]}" for n in SIZES)
     lines.append(f"  eigenvalues (float64, host threads idle): {routes}")
+    routes32 = "; ".join(f"n={n}: {ROUTE_WORDS[eigen.choose_route(n, device, torch.float32)]}" for n in SIZES)
+    lines.append(f"  eigenvalues (float32: the float32 option; the GPU route solves them in float64): {routes32}")
     if device.type == "cuda":
         if band.PANEL_KERNEL and k["_C.householder_panels"]:
             panel = ("compiled kernel on a cluster of blocks per panel (_C.householder_panels_)" if band.PANEL_CLUSTER
                      else f"compiled kernel (_C.householder_panels_) where batch x {band.PANEL_KERNEL_ROWS_PER_PANEL} "
                           "rows cover the panel, else torch.geqrf")
+            if band.COMPACT_WY_KERNEL and hasattr(_extension.cuda_ops(), "compact_wy"):
+                panel += ", V and T in one launch (_C.compact_wy, Python loop only)"
         else:
             panel = "torch.geqrf (one cuSOLVER call per matrix)"
         loop = "C++ (_C.reduce_to_band_)" if band.STAGE1_IN_CPP and k["_C"] else "Python"

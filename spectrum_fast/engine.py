@@ -103,7 +103,7 @@ def gpu_batch_plan(max_gpu_memory: int, precision: str = "float64", eigen_route:
         fixed = _CHUNK_BYTES if precision == "float64" else 0
         itemsize = 8 if precision == "float64" else 4
         route = eigen_route
-        if route == "auto" and precision == "float64" and eigen.gpu_route_first(k, cuda):
+        if route == "auto" and eigen.gpu_route_first(k, cuda, getattr(torch, precision)):
             route = "two_stage_gpu"
         if route not in ("two_stage", "two_stage_gpu"):  # both work in place on the Gram
             syevd = eigen.syevd_extra_bytes(k, itemsize)

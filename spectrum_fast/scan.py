@@ -58,8 +58,9 @@ def scan(
     types: "auto" (>=2-D weights in the numbered blocks), "all" (also embeddings, head, norms),
         or a list of type names / regexes matched exactly against each type.
     device: where the maths runs; default cuda when available, else cpu.
-    precision: "float64" (exact: float64 Gram and eigen solve) or "float32" (faster; off by
-        1e-5..1e-1 relative on spiky matrices, see the README's Precision section).
+    precision: "float64" (exact: float64 Gram and eigen solve) or "float32" (a float32 Gram, for
+        GPUs with slow float64; off by 1e-5..1e-1 relative on spiky matrices, see the README's
+        Precision section).
     pool_experts: group ``mlp.experts.<e>.down_proj`` of all e into one type ``mlp.experts.*.down_proj``.
     model_name: names the output files (default: the hub id in config.json, or the folder name).
     max_gpu_memory: bytes of GPU memory the scan may allocate (default 1.5 GiB); batches are sized

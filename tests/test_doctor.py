@@ -29,8 +29,11 @@ def test_doctor_reports_the_build_and_the_routes(tmp_path):
 
 def test_doctor_follows_the_route_choice(monkeypatch):
     monkeypatch.setattr(eigen, "choose_route", lambda n, device, dtype: "two_stage" if n >= 4096 else "syevd")
-    line = next(x for x in doctor.report("cpu") if x.strip().startswith("eigenvalues"))
+    line = next(x for x in doctor.report("cpu") if x.strip().startswith("eigenvalues (float64"))
     assert "n=1024: torch.linalg.eigvalsh" in line and "n=4096: two-stage, bands on the host" in line
+    monkeypatch.setattr(eigen, "choose_route", lambda n, device, dtype: "two_stage_gpu" if dtype == torch.float32 else "syevd")
+    line = next(x for x in doctor.report("cpu") if x.strip().startswith("eigenvalues (float32"))
+    assert "n=4096: two-stage, all on the GPU" in line
 
 
 def test_doctor_bad_device_is_one_line(tmp_path):

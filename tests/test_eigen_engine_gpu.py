@@ -117,6 +117,23 @@ def test_float32_grams_solved_to_float64_accuracy(n, kind, monkeypatch):
     assert err < 1e-12, f"{kind} n={n}: {err:.1e} (syevd float32: {syevd_err:.1e}; seed={SEED})"
 
 
+@pytest.mark.parametrize("kind", ["clustered", "spiked"])
+def test_auto_gives_float32_to_the_route_measured_faster(kind):
+    """"auto" with float32 Grams: the GPU route, solved in float64, on the GPUs where it was measured
+    faster than float32 syevd (ops.eigen.FLOAT32_GPU_ROUTE_CAPABILITIES), else float32 syevd; the
+    GPU route to float64's accuracy, syevd within the issue's float32 bound."""
+    device = torch.device("cuda")
+    n = 1100
+    expected = "two_stage_gpu" if eigen.float32_to_gpu_route(device) and eigen.gpu_stage2_available(device) else "syevd"
+    assert eigen.choose_route(n, device, torch.float32) == expected
+    gen = torch.Generator().manual_seed(SEED + 3 * n + KINDS.index(kind))
+    g32 = torch.stack([gram(n, kind, gen) for _ in range(3)]).float()
+    truth = truth_of(g32.double())
+    got = eigen.eigvalsh(g32.clone()).double().cpu()
+    err = ((got - truth).abs().max() / truth.abs().max()).item()
+    assert err < (1e-12 if expected == "two_stage_gpu" else 2e-6), f"{expected} {kind}: {err:.1e} (seed={SEED})"
+
+
 def test_scan_selection_through_the_compiled_route_is_float64_truths():
     """The issue's "SNR and selection identical to float64 truth": a synthetic model whose matrices
     all take the two-stage GPU route (k >= 512: panel kernel, chase), bf16 spiked weights of

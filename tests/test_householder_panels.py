@@ -132,9 +132,66 @@ def test_panel_qr_refuses_what_it_cannot_do():
         CUDA_OPS.householder_panels_(torch.randn(2, 4, 8, device="cuda", dtype=torch.float64).mT)
 
 
+def apply_q_transposed(v, t, x):
+    """Q^T x with Q = I - V T V^T, without forming Q."""
+    return x - v @ (t.mT @ (v.mT @ x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("m,b", [(1, 1), (5, 3), (3, 5), (31, 16), (64, 32), (65, 32), (1000, 32), (4064, 32), (517, 7)])
+@pytest.mark.parametrize("kind", ["random", "scaled", "zero_column", "zero_below"])
+def test_compact_wy_kernel_matches_the_aten_operations(m, b, kind, dtype, seed, monkeypatch):
+    """_C.compact_wy (ops.band.COMPACT_WY_KERNEL) against _panel_reflectors' ATen operations on the
+    same factored panels: the same R and V bit for bit (copies), T upper triangular and the same
+    operator Q = I - V T V^T to rounding (T may differ where tau is 0: any T leaves an identity
+    reflector out), and Q^T panel = [R; 0]."""
+    gen = torch.Generator().manual_seed(seed)
+    p = panels(3, m, b, kind, gen).to(dtype)
+    qr = p.clone()
+    tau = CUDA_OPS.householder_panels_(qr, -1)
+    monkeypatch.setattr(band, "panel_geqrf", lambda panel: (qr, tau))
+    monkeypatch.setattr(band, "COMPACT_WY_KERNEL", False)
+    r_ref, v_ref, t_ref = band._panel_reflectors(p)
+    monkeypatch.setattr(band, "COMPACT_WY_KERNEL", True)
+    calls = []
+    monkeypatch.setattr(CUDA_OPS, "compact_wy", lambda *a, f=CUDA_OPS.compact_wy: calls.append(1) or f(*a))
+    r_k, v_k, t_k = band._panel_reflectors(p)
+    assert calls, "the kernel did not run"
+    assert torch.isfinite(v_k).all() and torch.isfinite(t_k).all()
+    assert torch.equal(r_k, r_ref) and torch.equal(v_k, v_ref), f"seed={seed}"
+    assert torch.equal(torch.triu(t_k), t_k)
+    tol = 1e-13 if dtype == torch.float64 else 2e-5
+    x = torch.randn(3, m, 4, generator=gen, dtype=torch.float64).to(p)
+    ref = apply_q_transposed(v_ref, t_ref, x)
+    assert (apply_q_transposed(v_k, t_k, x) - ref).abs().max().item() < tol * max(ref.abs().max().item(), 1.0), f"seed={seed}"
+    rows = min(m, b)
+    reduced = apply_q_transposed(v_k, t_k, p)
+    scale = p.abs().amax().item()
+    assert (reduced[:, :rows] - r_k).abs().max().item() < tol * max(scale, 1e-300), f"seed={seed}"
+    if m > rows:
+        assert reduced[:, rows:].abs().max().item() < tol * max(scale, 1e-300), f"seed={seed}"
+
+
+def test_compact_wy_refuses_what_it_cannot_do():
+    qr = torch.randn(2, 40, 8, device="cuda", dtype=torch.float64)
+    tau = torch.rand(2, 8, device="cuda", dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="needs float64 or float32, got Half"):
+        CUDA_OPS.compact_wy(qr.half(), tau.half())
+    with pytest.raises(RuntimeError, match=r"tau must be \[2, 8\], got \[2, 7\]"):
+        CUDA_OPS.compact_wy(qr, tau[:, :7])
+    with pytest.raises(RuntimeError, match="dtype"):
+        CUDA_OPS.compact_wy(qr, tau.float())
+    with pytest.raises(RuntimeError, match="at most 32 reflectors per panel, got 33"):
+        CUDA_OPS.compact_wy(torch.randn(1, 80, 33, device="cuda", dtype=torch.float64),
+                            torch.rand(1, 33, device="cuda", dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="contiguous"):
+        CUDA_OPS.compact_wy(torch.randn(2, 8, 40, device="cuda", dtype=torch.float64).mT, tau)
+
+
+@pytest.mark.parametrize("compact_wy", [False, True])
 @pytest.mark.parametrize("clustered", [False, True])
 @pytest.mark.parametrize("n,width", [(520, 32), (1024, 32), (700, 16), (333, 32)])
-def test_band_reduction_with_the_kernel_keeps_the_eigenvalues(n, width, clustered, seed, monkeypatch):
+def test_band_reduction_with_the_kernel_keeps_the_eigenvalues(n, width, clustered, compact_wy, seed, monkeypatch):
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(3, n, n + 5, generator=gen, dtype=torch.float64)
     w[:, : max(1, n // 10)] *= 300.0
@@ -144,6 +201,7 @@ def test_band_reduction_with_the_kernel_keeps_the_eigenvalues(n, width, clustere
     monkeypatch.setattr(band, "PANEL_KERNEL_ROWS_PER_PANEL", 1 << 20)  # every panel to the kernel
     monkeypatch.setattr(band, "PANEL_CLUSTER", clustered)
     monkeypatch.setattr(band, "PANEL_KERNEL_MIN_BATCH", 1)
+    monkeypatch.setattr(band, "COMPACT_WY_KERNEL", compact_wy)
     calls = []
     monkeypatch.setattr(CUDA_OPS, "householder_panels_", lambda p, *rest, f=CUDA_OPS.householder_panels_: calls.append(1) or f(p, *rest))
     banded = band.reduce_to_band_(g.clone(), width)

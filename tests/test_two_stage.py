@@ -130,10 +130,17 @@ def test_auto_route_balances_gpu_and_host(monkeypatch):
     monkeypatch.setattr(eigen, "gpu_stage2_available", lambda device: True)
     assert eigen.choose_route(4096, cuda, torch.float64) == "two_stage_gpu"  # the GPU kernels first
     assert eigen.choose_route(8192, cuda, torch.float64) == "two_stage"  # too long a chase per matrix
+    monkeypatch.setattr(eigen, "float32_to_gpu_route", lambda device: True)  # measured: the H100
+    assert eigen.choose_route(4096, cuda, torch.float32) == "two_stage_gpu"  # solved there in float64
+    assert eigen.choose_route(8192, cuda, torch.float32) == "syevd"  # the host bands are float64 only
+    assert eigen.choose_route(256, cuda, torch.float32) == "syevd"
+    assert eigen.choose_route(4096, cuda, torch.float16) == "syevd"
+    monkeypatch.setattr(eigen, "float32_to_gpu_route", lambda device: False)  # GPUs not measured
+    assert eigen.choose_route(4096, cuda, torch.float32) == "syevd"
     monkeypatch.setattr(eigen, "gpu_stage2_available", lambda device: False)
     assert eigen.choose_route(4096, cuda, torch.float64) == "two_stage"  # no Triton: host bands
     assert eigen.choose_route(256, cuda, torch.float64) == "syevd"  # small: syevd is as fast
-    assert eigen.choose_route(4096, cuda, torch.float32) == "syevd"  # two-stage is float64 only
+    assert eigen.choose_route(4096, cuda, torch.float32) == "syevd"  # no Triton: nothing but syevd
     monkeypatch.setattr(band_eigen, "backlog", lambda: band_eigen.host_workers())
     assert eigen.choose_route(4096, cuda, torch.float64) == "syevd"  # host busy, no Triton: cuSOLVER
     monkeypatch.setattr(eigen, "AUTO_ROUTES", ("two_stage", "two_stage_gpu", "syevd"))
@@ -203,7 +210,12 @@ def test_gpu_batch_plan_counts_on_the_gpu_route_where_auto_takes_it(monkeypatch)
     assert plan(256, 4096, "bfloat16")[1] == "auto"  # below TWO_STAGE_MIN_N: syevd
     assert plan(8192, 28672, "bfloat16")[1] == "two_stage"  # above GPU_STAGE2_MAX_N: as before
     assert gpu_batch_plan(limit, eigen_route="syevd")(4096, 14336, "bfloat16")[1] == "syevd"  # forced stays
+    monkeypatch.setattr(eigen, "float32_to_gpu_route", lambda device: False)
     assert gpu_batch_plan(limit, precision="float32")(4096, 14336, "bfloat16")[1] == "auto"
+    monkeypatch.setattr(eigen, "float32_to_gpu_route", lambda device: True)
+    budget, route = gpu_batch_plan(limit, precision="float32")(4096, 14336, "bfloat16")
+    assert route == "two_stage_gpu"  # planned with the float64 copy the route makes
+    assert budget == (limit - eigen.chase_pool_bytes(4096)) * per_matrix // (per_matrix + eigen.two_stage_extra_bytes(4096, 4))
     monkeypatch.setattr(eigen, "gpu_stage2_available", lambda device: False)
     assert [gpu_batch_plan(limit)(n, m, "bfloat16")[0] // matrix_device_bytes(n, m, "bfloat16")
             for n, m in ((4096, 4096), (4096, 14336))] == [4, 3]

@@ -49,11 +49,24 @@ def panel_geqrf(panel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.geqrf(panel)
 
 
+# Form each panel's V and T in one launch (csrc/compact_wy.cu) instead of the ten or so ATen
+# operations below, where the panel kernel factored it (rows contiguous). Meant for the scan, which
+# is bound by queueing stage 1's operations (csrc/NOTES.md). Off until timed on a GPU (written
+# without one; tests/test_householder_panels.py checks it against the operations below).
+COMPACT_WY_KERNEL = False
+
+
 def _panel_reflectors(panel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Householder QR of a batch of tall panels [B, m, w] -> (R [B, r, w], V [B, m, r], T [B, r, r])
     with Q = I - V T V^T (the "UT" compact form) and Q^T panel = [R; 0], r = min(m, w)."""
+    from .. import _extension
+
     qr, tau = panel_geqrf(panel)
     r = tau.shape[-1]
+    ext = _extension.cuda_ops() if COMPACT_WY_KERNEL and qr.is_cuda and qr.stride(-1) == 1 else None
+    if ext is not None and qr.dtype in (torch.float64, torch.float32) and r <= ext.householder_panels_max_columns():
+        v, t = ext.compact_wy(qr, tau)
+        return torch.triu(qr[..., :r, :]), v, t
     v = torch.tril(qr[..., :r], -1)
     v.diagonal(dim1=-2, dim2=-1).fill_(1)
     # tau == 0 means "reflector is the identity" (the column below the diagonal was already zero);

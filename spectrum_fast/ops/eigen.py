@@ -124,16 +124,35 @@ def _two_stage_gpu_takes(n: int, device: torch.device) -> bool:
     return n <= GPU_STAGE2_MAX_N and gpu_stage2_available(device)
 
 
-def gpu_route_first(n: int, device: torch.device) -> bool:
-    """Whether "auto" gives float64 [*, n, n] on ``device`` to "two_stage_gpu" whatever else is
-    busy (it comes first in AUTO_ROUTES and qualifies), so a planner can count on it."""
-    return (AUTO_ROUTES[0] == "two_stage_gpu" and n >= TWO_STAGE_MIN_N.get(device.type, 1 << 30)
-            and _two_stage_gpu_takes(n, device))
+# GPUs (compute capability) where "auto" gives float32 matrices to the GPU route, which solves them
+# in float64 (_two_stage_gpu): measured on the H100 only (c22742c, bench/eigen_engine.py --dtype
+# float32: 3.8x to 11.3x float32 syevd from n = 1024 to 8192, to float64's accuracy). A GPU whose
+# float64 runs at a small fraction of float32's rate (most consumer parts) would lose.
+FLOAT32_GPU_ROUTE_CAPABILITIES = ((9, 0),)
+
+
+def float32_to_gpu_route(device: torch.device) -> bool:
+    """Whether "auto" may give float32 matrices on ``device`` to "two_stage_gpu"."""
+    return device.type == "cuda" and tuple(torch.cuda.get_device_capability(device)) in FLOAT32_GPU_ROUTE_CAPABILITIES
+
+
+def gpu_route_first(n: int, device: torch.device, dtype: torch.dtype = torch.float64) -> bool:
+    """Whether "auto" gives [*, n, n] matrices of ``dtype`` on ``device`` to "two_stage_gpu"
+    whatever else is busy (it comes first in AUTO_ROUTES for float64, alone for float32, and
+    qualifies), so a planner can count on it."""
+    if n < TWO_STAGE_MIN_N.get(device.type, 1 << 30) or not _two_stage_gpu_takes(n, device):
+        return False
+    if dtype == torch.float32:
+        return float32_to_gpu_route(device)
+    return dtype == torch.float64 and AUTO_ROUTES[0] == "two_stage_gpu"
 
 
 def choose_route(n: int, device: torch.device, dtype: torch.dtype) -> str:
-    """The route for the next batch of [*, n, n] matrices: the first of AUTO_ROUTES that can take
-    it now."""
+    """The route for the next batch of [*, n, n] matrices: for float64, the first of AUTO_ROUTES
+    that can take it now; for float32, the GPU route where FLOAT32_GPU_ROUTE_CAPABILITIES says,
+    else syevd (the host bands are float64 only)."""
+    if dtype == torch.float32:
+        return "two_stage_gpu" if gpu_route_first(n, device, dtype) else "syevd"
     if dtype != torch.float64 or n < TWO_STAGE_MIN_N.get(device.type, 1 << 30):
         return "syevd"
     for route in AUTO_ROUTES:
