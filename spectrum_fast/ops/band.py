@@ -162,10 +162,12 @@ def _reduce_to_band_grouped_(a: torch.Tensor, b: int, group: int) -> torch.Tenso
         while len(kept) < group and r0 + (len(kept) - 1) * b < last:
             c = (len(kept) - 1) * b  # this panel's columns in M; its reflectors from row c + b
             s = c + b
-            columns = m[:, c:, c : c + b].clone()
-            for s_j, v_j, z_j in kept:
-                vj, zj = v_j[:, c - s_j :], z_j[:, c - s_j :]
-                columns -= vj @ zj[:, :b].mT + zj @ vj[:, :b].mT
+            # sum_j V_j Z_j^T + Z_j V_j^T over the earlier panels, rows >= c, as one product
+            # [V_1..V_j Z_1..Z_j] [Z_1..Z_j V_1..V_j]^T (fewer launches than one pair per panel).
+            vs = [v_j[:, c - s_j :] for s_j, v_j, _ in kept]
+            zs = [z_j[:, c - s_j :] for s_j, _, z_j in kept]
+            vz, zv = torch.cat(vs + zs, -1), torch.cat(zs + vs, -1)
+            columns = m[:, c:, c : c + b] - vz @ zv[:, :b].mT
             r, v, t = _panel_reflectors(columns[:, b:])
             done = torch.zeros_like(columns)
             done[:, :b] = columns[:, :b]
@@ -173,10 +175,7 @@ def _reduce_to_band_grouped_(a: torch.Tensor, b: int, group: int) -> torch.Tenso
             m[:, c:, c : c + b] = done
             m[:, c : c + b, c:] = done.mT
             w = v @ t
-            y = m[:, s:, s:] @ w
-            for s_j, v_j, z_j in kept:
-                vj, zj = v_j[:, s - s_j :], z_j[:, s - s_j :]
-                y -= vj @ (zj.mT @ w) + zj @ (vj.mT @ w)
+            y = m[:, s:, s:] @ w - vz[:, b:] @ (zv[:, b:].mT @ w)  # the same sum, rows >= s
             kept.append((s, v, y - 0.5 * (v @ (t.mT @ (v.mT @ y)))))
         s_last = kept[-1][0]
         vs = [v_j[:, s_last - s_j :] for s_j, v_j, _ in kept]
