@@ -1,5 +1,5 @@
 """Probe (device): do host threads (one CUDA stream each) or CPU LAPACK overlap cuSOLVER syevd?"""
-import os, time, threading
+import time, threading
 import torch
 
 dev = "cuda"
@@ -45,7 +45,7 @@ X = torch.randn(4096, 4096, dtype=torch.float64)
 G = X @ X.T
 t = time.perf_counter(); torch.linalg.eigvalsh(G); print("cpu eigvalsh 4096 fp64 16 threads s", time.perf_counter() - t, flush=True)
 t = time.perf_counter(); torch.linalg.eigvalsh(G); print("cpu eigvalsh 4096 fp64 16 threads s", time.perf_counter() - t, flush=True)
-import numpy as np, scipy.linalg as sl
+import scipy.linalg as sl
 Gn = G.numpy()
 for drv in ("evd", "evr", "ev"):
     t = time.perf_counter(); sl.eigh(Gn, eigvals_only=True, driver=drv); print("scipy", drv, time.perf_counter() - t, flush=True)
