@@ -300,6 +300,7 @@ def chase_pool_bytes(k: int) -> int:
     CHASE_POOL_MATRICES bands and their concatenation for the launch."""
     return 2 * CHASE_POOL_MATRICES * k * 2 * GPU_BANDWIDTH * 8 if CHASE_POOL_MATRICES > 1 else 0
 
+
 # Bands waiting for a chase: (device, n, width) -> [(bands, their pending eigenvalues)].
 _band_pools: dict[tuple, list[tuple[torch.Tensor, PendingEigenvalues]]] = {}
 
