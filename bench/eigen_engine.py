@@ -9,7 +9,7 @@ Per case n x batch (float64 Grams of spiked random weights, fresh every run): ti
   (torch.geqrf), ``panels streamed`` (ops.band.PANEL_CLUSTER off: one block per panel streaming
   it, under the batch rule), ``stage 1 ungrouped`` (ops.band.STAGE1_PANELS_PER_UPDATE 1: one
   trailing update per panel), ``chase on one block per matrix`` (no cluster), ``V and T in one
-  launch`` (ops.band.COMPACT_WY_KERNEL);
+  launch`` (ops.band.COMPACT_WY_KERNEL), ``stage 1 loop in C++`` (ops.band.STAGE1_IN_CPP);
   --variants picks some of them;
 the throughput ratio of each against syevd, and its largest eigenvalue error relative to the
 largest eigenvalue, against float64 LAPACK on the host (numpy) for n <= 2048 and against syevd
@@ -67,7 +67,8 @@ def variants(device: str) -> dict[str, tuple[str, dict]]:
                     "panels streamed": ("two_stage_gpu", {"PANEL_CLUSTER": False}),
                     "stage 1 ungrouped": ("two_stage_gpu", {"STAGE1_PANELS_PER_UPDATE": 1}),
                     "chase on one block per matrix": ("two_stage_gpu", {"CHASE_BLOCKS_PER_MATRIX": 1}),
-                    "V and T in one launch": ("two_stage_gpu", {"COMPACT_WY_KERNEL": True})})
+                    "V and T in one launch": ("two_stage_gpu", {"COMPACT_WY_KERNEL": True}),
+                    "stage 1 loop in C++": ("two_stage_gpu", {"STAGE1_IN_CPP": True})})
     return out
 
 

@@ -14,6 +14,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
           "C++), on the tensor's device and current stream",
           pybind11::arg("a"), pybind11::arg("bandwidth"), pybind11::arg("panel_kernel_min_batch") = 0,
           pybind11::arg("panel_kernel_rows_per_panel") = 128, pybind11::arg("panel_blocks_per_panel") = -1,
+          pybind11::arg("panels_per_update") = 1, pybind11::arg("compact_wy") = false,
           // The loop only calls ATen: without the GIL, the scan's reader and host threads run while it
           // queues a batch's thousands of launches (what bounds the 8B scan, csrc/NOTES.md).
           pybind11::call_guard<pybind11::gil_scoped_release>());

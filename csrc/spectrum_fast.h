@@ -13,9 +13,12 @@ at::Tensor snr_statistics(const at::Tensor& eigvals, int64_t n, int64_t m);
 // ops.band.reduce_to_band_'s operations with the loop in C++. Panels go to householder_panels_
 // (CUDA builds) when panel_kernel_min_batch > 0, B >= panel_kernel_min_batch and
 // B * panel_kernel_rows_per_panel >= the panel's rows, with householder_panels_'s
-// blocks_per_panel = panel_blocks_per_panel.
+// blocks_per_panel = panel_blocks_per_panel; their V and T to compact_wy where compact_wy is set
+// (CUDA builds, panels the kernel factored). panels_per_update > 1: one trailing update per that
+// many panels (ops.band._reduce_to_band_grouped_'s operations).
 at::Tensor reduce_to_band_(at::Tensor a, int64_t bandwidth, int64_t panel_kernel_min_batch,
-                           int64_t panel_kernel_rows_per_panel, int64_t panel_blocks_per_panel);
+                           int64_t panel_kernel_rows_per_panel, int64_t panel_blocks_per_panel,
+                           int64_t panels_per_update, bool compact_wy);
 
 #ifdef SPECTRUM_FAST_WITH_CUDA
 // Householder QR of B panels [B, m, b] float64 or float32 on a CUDA device (rows contiguous, any

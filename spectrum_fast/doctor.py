@@ -68,13 +68,13 @@ def _operation_lines(device: torch.device) -> list[str]:
                      else f"compiled kernel (_C.householder_panels_) where batch x {band.PANEL_KERNEL_ROWS_PER_PANEL} "
                           "rows cover the panel, else torch.geqrf")
             if band.COMPACT_WY_KERNEL and hasattr(_extension.cuda_ops(), "compact_wy"):
-                panel += ", V and T in one launch (_C.compact_wy, Python loop only)"
+                panel += ", V and T in one launch (_C.compact_wy)"
         else:
             panel = "torch.geqrf (one cuSOLVER call per matrix)"
         loop = "C++ (_C.reduce_to_band_)" if band.STAGE1_IN_CPP and k["_C"] else "Python"
         if band.STAGE1_PANELS_PER_UPDATE > 1:
-            loop += (f" (n >= {band.STAGE1_GROUPED_MIN_N}: Python, one trailing update per "
-                     f"{band.STAGE1_PANELS_PER_UPDATE} panels)")
+            loop += (f", one trailing update per {band.STAGE1_PANELS_PER_UPDATE} panels for "
+                     f"n >= {band.STAGE1_GROUPED_MIN_N}")
         lines.append(f"  two-stage route, stage 1: loop in {loop}, panel QR by {panel}")
         chase = ("compiled pipelined chase (_C.band_to_tridiagonal_)" if band.CHASE_KERNEL and k["_C.bulge_chase"]
                  else "Triton bulge chase")

@@ -229,15 +229,19 @@ def test_panel_kernel_takes_batches_with_enough_panels(monkeypatch, seed):
     assert calls == [many.shape]
 
 
-def test_stage1_loop_in_cpp_matches_python_on_the_gpu(seed, monkeypatch):
-    """_C.reduce_to_band_ (the loop in C++, panels to the kernel) against ops.band's Python loop
-    with the same panels: the same bands, to rounding."""
+@pytest.mark.parametrize("group,compact_wy", [(1, False), (4, False), (1, True), (4, True)])
+def test_stage1_loop_in_cpp_matches_python_on_the_gpu(group, compact_wy, seed, monkeypatch):
+    """_C.reduce_to_band_ (the loop in C++, panels to the kernel; grouped updates; V and T by
+    compact_wy) against ops.band's Python loop with the same settings: the same bands, to rounding."""
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(4, 300, 450, generator=gen, dtype=torch.float64)
     w[:, :20] *= 300.0
     g = (w @ w.mT).cuda()
     monkeypatch.setattr(band, "PANEL_KERNEL", True)
     monkeypatch.setattr(band, "PANEL_KERNEL_MIN_BATCH", 1)
+    monkeypatch.setattr(band, "STAGE1_PANELS_PER_UPDATE", group)
+    monkeypatch.setattr(band, "STAGE1_GROUPED_MIN_N", 1)
+    monkeypatch.setattr(band, "COMPACT_WY_KERNEL", compact_wy)
     python = band.reduce_to_band_(g.clone(), 32)
     monkeypatch.setattr(band, "STAGE1_IN_CPP", True)
     compiled = band.reduce_to_band_(g.clone(), 32)

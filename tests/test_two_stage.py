@@ -412,21 +412,24 @@ def test_stage1_with_grouped_updates_gives_the_same_band(n, width, kind, group, 
 
 
 @pytest.mark.skipif(not spectrum_fast.kernels_available()["_C"], reason="spectrum_fast._C is not built")
+@pytest.mark.parametrize("group", [1, 2, 4])
 @pytest.mark.parametrize("n,width,kind", [(40, 8, "spiked"), (67, 16, "rank_deficient"), (130, 32, "spiked"),
-                                          (33, 40, "spiked"), (5, 1, "zero")])
-def test_stage1_loop_in_cpp_gives_the_same_band(n, width, kind, monkeypatch):
-    """_C.reduce_to_band_ runs ops.band.reduce_to_band_'s operations in the same order: on the
-    CPU the bands are equal bit for bit."""
+                                          (33, 40, "spiked"), (5, 1, "zero"), (100, 7, "spiked")])
+def test_stage1_loop_in_cpp_gives_the_same_band(n, width, kind, group, monkeypatch):
+    """_C.reduce_to_band_ runs ops.band.reduce_to_band_'s operations in the same order, one
+    trailing update per panel or per group of panels: on the CPU the bands are equal bit for bit."""
     g = random_gram(3, n, n + width, kind)
+    monkeypatch.setattr(band, "STAGE1_PANELS_PER_UPDATE", group)
+    monkeypatch.setattr(band, "STAGE1_GROUPED_MIN_N", 1)
     python = band.reduce_to_band_(g.clone(), width)
     monkeypatch.setattr(band, "STAGE1_IN_CPP", True)
     calls = []
     from spectrum_fast import _extension
 
     ext = _extension.load()
-    monkeypatch.setattr(ext, "reduce_to_band_", lambda *a, f=ext.reduce_to_band_: calls.append(1) or f(*a))
+    monkeypatch.setattr(ext, "reduce_to_band_", lambda *a, f=ext.reduce_to_band_: calls.append(a[5]) or f(*a))
     compiled = band.reduce_to_band_(g.clone(), width)
-    assert calls, "the C++ loop did not run"
+    assert calls == [group], "the C++ loop did not run, or not grouped as asked"
     assert torch.equal(compiled, python), f"seed={SEED}"
 
 
@@ -440,6 +443,8 @@ def test_stage1_loop_in_cpp_refuses_bad_arguments_with_a_message():
         ext.reduce_to_band_(torch.ones(2, 3, 4, dtype=torch.float64), 2)
     with pytest.raises(RuntimeError, match="bandwidth must be at least 1, got 0"):
         ext.reduce_to_band_(torch.ones(2, 4, 4, dtype=torch.float64), 0)
+    with pytest.raises(RuntimeError, match="panels_per_update must be at least 1, got 0"):
+        ext.reduce_to_band_(torch.ones(2, 4, 4, dtype=torch.float64), 2, 0, 128, -1, 0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -50,9 +50,10 @@ def panel_geqrf(panel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # Form each panel's V and T in one launch (csrc/compact_wy.cu) instead of the ten or so ATen
-# operations below, where the panel kernel factored it (rows contiguous). Meant for the scan, which
-# is bound by queueing stage 1's operations (csrc/NOTES.md). Off until timed on a GPU (written
-# without one; tests/test_householder_panels.py checks it against the operations below).
+# operations below (in the C++ loop too), where the panel kernel factored it (rows contiguous).
+# Meant for the scan, which is bound by queueing stage 1's operations (csrc/NOTES.md). Off until
+# timed on a GPU (written without one; tests/test_householder_panels.py checks it against the
+# operations below).
 COMPACT_WY_KERNEL = False
 
 
@@ -96,9 +97,10 @@ STAGE1_PANELS_PER_UPDATE = 4
 STAGE1_GROUPED_MIN_N = 2048
 
 
-# Run the loop below in C++ (csrc/band_reduction.cpp: the same ATen operations in the same order,
-# without Python's cost per operation) where the extension is built. Off until timed on a GPU; the
-# tests check that both give the same band.
+# Run the loops below (ungrouped or grouped) in C++ (csrc/band_reduction.cpp: the same ATen
+# operations in the same order, without Python's cost per operation and without the GIL) where the
+# extension is built. Off until timed in the scan, which is bound by queueing these operations
+# (csrc/NOTES.md); the tests check that both give the same band.
 STAGE1_IN_CPP = False
 
 
@@ -114,14 +116,17 @@ def reduce_to_band_(a: torch.Tensor, bandwidth: int) -> torch.Tensor:
         raise ValueError(f"reduce_to_band_ expects [B, n, n], got {tuple(a.shape)}")
     from .. import _extension
 
-    if STAGE1_PANELS_PER_UPDATE > 1 and a.shape[-1] >= STAGE1_GROUPED_MIN_N:
-        return _reduce_to_band_grouped_(a, bandwidth, STAGE1_PANELS_PER_UPDATE)  # C++ loop: 1 per update
+    group = STAGE1_PANELS_PER_UPDATE if a.shape[-1] >= STAGE1_GROUPED_MIN_N else 1
     ext = _extension.load() if STAGE1_IN_CPP else None
     if ext is not None and hasattr(ext, "reduce_to_band_"):
         kernel = PANEL_KERNEL and _extension.cuda_ops() is not None
+        compact = COMPACT_WY_KERNEL and kernel
         if kernel and PANEL_CLUSTER:  # every panel, as panel_geqrf does
-            return ext.reduce_to_band_(a, bandwidth, 1, 1 << 40, 0)
-        return ext.reduce_to_band_(a, bandwidth, PANEL_KERNEL_MIN_BATCH if kernel else 0, PANEL_KERNEL_ROWS_PER_PANEL, -1)
+            return ext.reduce_to_band_(a, bandwidth, 1, 1 << 40, 0, max(group, 1), compact)
+        return ext.reduce_to_band_(a, bandwidth, PANEL_KERNEL_MIN_BATCH if kernel else 0, PANEL_KERNEL_ROWS_PER_PANEL, -1,
+                                   max(group, 1), compact)
+    if group > 1:
+        return _reduce_to_band_grouped_(a, bandwidth, group)
     n, b = a.shape[-1], bandwidth
     for k in range(0, max(n - b - 1, 0), b):
         p0 = k + b
