@@ -150,6 +150,16 @@ def test_auto_route_balances_gpu_and_host(monkeypatch):
     assert eigen.choose_route(4096, cuda, torch.float64) == "two_stage"  # the order is AUTO_ROUTES'
 
 
+def test_float32_goes_to_the_gpu_route_only_where_measured(monkeypatch):
+    """ops.eigen.float32_to_gpu_route: compute capability 9.0 (the H100, where the GPU route beat
+    float32 syevd), not a GPU with slow float64 (8.6: most consumer cards), never the CPU."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert eigen.float32_to_gpu_route(torch.device("cuda"))
+    assert not eigen.float32_to_gpu_route(torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    assert not eigen.float32_to_gpu_route(torch.device("cuda"))
+
+
 def test_syevd_in_slices_matches_one_call(monkeypatch):
     """The syevd route solves big batches a few matrices per call (bounding eigvalsh's input copy);
     the slices must give what one call gives, in order."""
