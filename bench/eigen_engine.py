@@ -73,16 +73,22 @@ def variants(device: str) -> dict[str, tuple[str, dict]]:
 
 
 @contextlib.contextmanager
-def band_switches(switches: dict):
-    """ops.band's module switches set to ``switches`` inside the block, restored after it."""
-    saved = {name: getattr(band, name) for name in switches}
+def module_switches(module, switches: dict):
+    """``module``'s switches (module-level settings) set to ``switches`` inside the block, restored
+    after it."""
+    saved = {name: getattr(module, name) for name in switches}
     for name, value in switches.items():
-        setattr(band, name, value)
+        setattr(module, name, value)
     try:
         yield
     finally:
         for name, value in saved.items():
-            setattr(band, name, value)
+            setattr(module, name, value)
+
+
+def band_switches(switches: dict):
+    """ops.band's switches set to ``switches`` inside the block, restored after it."""
+    return module_switches(band, switches)
 
 
 def main() -> None:

@@ -75,16 +75,23 @@ at::Tensor z_of(const at::Tensor& y, const at::Tensor& v, const at::Tensor& t) {
   return y - 0.5 * at::matmul(v, at::matmul(t.mT(), at::matmul(v.mT(), y)));
 }
 
+// ops.band._factor_panel_: panel k of `a` -> its R and zeros in place, mirrored into rows k..k+b-1;
+// returns the panel's (V, T).
+std::pair<at::Tensor, at::Tensor> factor_panel(at::Tensor& a, int64_t k, int64_t b, const PanelOptions& opt) {
+  at::Tensor panel = a.slice(1, k + b).slice(2, k, k + b);
+  auto [upper, v, t] = panel_reflectors(panel, opt);
+  panel.zero_();
+  panel.narrow(1, 0, upper.size(-2)).copy_(upper);
+  a.slice(1, k, k + b).slice(2, k + b).copy_(panel.mT());
+  return {v, t};
+}
+
 // One trailing update per panel (ops.band.reduce_to_band_'s loop).
 void reduce_ungrouped(at::Tensor& a, int64_t b, const PanelOptions& opt) {
   const int64_t n = a.size(2);
   for (int64_t k = 0; k < std::max<int64_t>(n - b - 1, 0); k += b) {
     const int64_t p0 = k + b;
-    at::Tensor panel = a.slice(1, p0).slice(2, k, k + b);
-    auto [upper, v, t] = panel_reflectors(panel, opt);
-    panel.zero_();
-    panel.narrow(1, 0, upper.size(-2)).copy_(upper);
-    a.slice(1, k, k + b).slice(2, p0).copy_(panel.mT());
+    auto [v, t] = factor_panel(a, k, b, opt);
     at::Tensor trailing = a.slice(1, p0).slice(2, p0);
     at::Tensor y = at::matmul(trailing, at::matmul(v, t));
     at::Tensor z = z_of(y, v, t);
@@ -99,7 +106,7 @@ void reduce_grouped(at::Tensor& a, int64_t b, int64_t group, const PanelOptions&
     int64_t s;
     at::Tensor v, z;
   };
-  // [V_1..V_j Z_1..Z_j] and [Z_1..Z_j V_1..V_j] of the kept panels, rows from `row` of M.
+  // ops.band._stacked: [V_1..V_j Z_1..Z_j] and [Z_1..Z_j V_1..V_j] of the kept panels, rows from `row` of M.
   auto stacked = [](const std::vector<Kept>& kept, int64_t row) {
     std::vector<at::Tensor> vs, zs;
     for (const Kept& j : kept) {
@@ -115,11 +122,7 @@ void reduce_grouped(at::Tensor& a, int64_t b, int64_t group, const PanelOptions&
   while (k < last) {
     const int64_t r0 = k + b;
     at::Tensor m = a.slice(1, r0).slice(2, r0);
-    at::Tensor panel = a.slice(1, r0).slice(2, k, k + b);
-    auto [upper, v0, t0] = panel_reflectors(panel, opt);
-    panel.zero_();
-    panel.narrow(1, 0, upper.size(-2)).copy_(upper);
-    a.slice(1, k, k + b).slice(2, r0).copy_(panel.mT());
+    auto [v0, t0] = factor_panel(a, k, b, opt);
     at::Tensor y0 = at::matmul(m, at::matmul(v0, t0));
     std::vector<Kept> kept{{0, v0, z_of(y0, v0, t0)}};
     while (static_cast<int64_t>(kept.size()) < group && r0 + (static_cast<int64_t>(kept.size()) - 1) * b < last) {

@@ -17,12 +17,21 @@
 using spectrum_fast::dims;
 using spectrum_fast::num;
 
+namespace {
+
+// The checks every entry point starts with: a CUDA tensor of float64 or float32.
+void check_cuda_floating(const at::Tensor& t, const char* op) {
+  TORCH_CHECK(t.is_cuda(), op, ": needs a CUDA tensor, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == at::kDouble || t.scalar_type() == at::kFloat, op,
+              ": needs float64 or float32, got ", t.scalar_type());
+}
+
+}  // namespace
+
 int64_t householder_panels_max_columns() { return 32; }
 
 at::Tensor householder_panels_(at::Tensor panels, int64_t blocks_per_panel) {
-  TORCH_CHECK(panels.is_cuda(), "householder_panels_: needs a CUDA tensor, got ", panels.device());
-  TORCH_CHECK(panels.scalar_type() == at::kDouble || panels.scalar_type() == at::kFloat,
-              "householder_panels_: needs float64 or float32, got ", panels.scalar_type());
+  check_cuda_floating(panels, "householder_panels_");
   TORCH_CHECK(panels.dim() == 3, "householder_panels_: needs [B, m, b], got ", dims(panels.sizes()));
   TORCH_CHECK(panels.stride(2) == 1, "householder_panels_: each panel row must be contiguous (stride 1 along b)");
   TORCH_CHECK(panels.size(2) <= householder_panels_max_columns(), "householder_panels_: at most ",
@@ -44,9 +53,7 @@ at::Tensor householder_panels_(at::Tensor panels, int64_t blocks_per_panel) {
 }
 
 std::tuple<at::Tensor, at::Tensor> compact_wy(at::Tensor qr, at::Tensor tau) {
-  TORCH_CHECK(qr.is_cuda(), "compact_wy: needs a CUDA tensor, got ", qr.device());
-  TORCH_CHECK(qr.scalar_type() == at::kDouble || qr.scalar_type() == at::kFloat,
-              "compact_wy: needs float64 or float32, got ", qr.scalar_type());
+  check_cuda_floating(qr, "compact_wy");
   TORCH_CHECK(qr.dim() == 3, "compact_wy: needs factored panels [B, m, w], got ", dims(qr.sizes()));
   TORCH_CHECK(qr.stride(2) == 1, "compact_wy: each panel row must be contiguous (stride 1 along w)");
   TORCH_CHECK(tau.device() == qr.device() && tau.scalar_type() == qr.scalar_type(),
@@ -71,9 +78,7 @@ int64_t bulge_chase_max_blocks_per_matrix() { return 8; }
 
 std::tuple<at::Tensor, at::Tensor> band_to_tridiagonal_(at::Tensor bands, int64_t bandwidth,
                                                         int64_t blocks_per_matrix) {
-  TORCH_CHECK(bands.is_cuda(), "band_to_tridiagonal_: needs a CUDA tensor, got ", bands.device());
-  TORCH_CHECK(bands.scalar_type() == at::kDouble || bands.scalar_type() == at::kFloat,
-              "band_to_tridiagonal_: needs float64 or float32, got ", bands.scalar_type());
+  check_cuda_floating(bands, "band_to_tridiagonal_");
   TORCH_CHECK(bands.dim() == 3 && bands.is_contiguous(), "band_to_tridiagonal_: needs a contiguous [B, n, width]");
   TORCH_CHECK(bandwidth >= 1 && bandwidth <= bulge_chase_max_bandwidth(), "band_to_tridiagonal_: bandwidth must be 1..",
               num(bulge_chase_max_bandwidth()), ", got ", num(bandwidth));

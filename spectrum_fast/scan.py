@@ -20,7 +20,8 @@ from .targets import plan_tasks, require_some
 # sizes each shape's batches to it (engine.gpu_batch_plan). With syevd's workspace reserved,
 # 1.5 GiB gave Llama-3-8B's 4096-wide matrices a batch budget of 768 MiB, which ran as fast as
 # 1 GiB or 1.5 GiB batches on the H100 with stage 2 on the host (bench/probes/memory_budget.log);
-# 640 MiB was slower (batches too small for stage 1). The GPU route's batches now get 1408 MiB less their temporaries (engine.gpu_batch_plan).
+# 640 MiB was slower (batches too small for stage 1). Batches the GPU route takes get the budget
+# less the upcast chunk and their temporaries instead (engine.gpu_batch_plan).
 DEFAULT_MAX_GPU_MEMORY = 3 << 29
 DEFAULT_CPU_BUDGET = 512 << 20
 

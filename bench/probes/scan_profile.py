@@ -24,7 +24,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -35,37 +34,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import spectrum_fast  # noqa: E402
 from spectrum_fast import engine, ops  # noqa: E402
 from spectrum_fast.ops import band, eigen  # noqa: E402
+from eigen_engine import module_switches  # noqa: E402
+from timing import timed  # noqa: E402
 from workloads import llama3_8b_layer  # noqa: E402
 
 
 def scan_seconds(weights: dict, budget: int) -> float:
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    spectrum_fast.scan(weights, device="cuda", progress=False, max_gpu_memory=budget)
-    torch.cuda.synchronize()
-    return time.perf_counter() - t
+    return timed(lambda: spectrum_fast.scan(weights, device="cuda", progress=False, max_gpu_memory=budget),
+                 torch.device("cuda"))[0]
 
 
 MODULES = {"band": band, "eigen": eigen, "engine": engine}
 
 
+def parse_variant(settings: str) -> dict:
+    """"default" -> {}; "MODULE.NAME=VALUE,..." -> {module: {NAME: value}} (names checked)."""
+    parsed: dict = {}
+    for item in [] if settings == "default" else settings.split(","):
+        target, value = item.split("=", 1)
+        module_name, name = target.strip().split(".", 1)
+        module = MODULES[module_name]
+        if not hasattr(module, name):
+            raise SystemExit(f"scan_profile: {module_name} has no setting {name}")
+        parsed.setdefault(module, {})[name] = ast.literal_eval(value.strip())
+    return parsed
+
+
 @contextlib.contextmanager
 def variant(settings: str):
-    """The variant's MODULE.NAME=VALUE settings applied inside the block, restored after it."""
-    saved = []
-    try:
-        for item in [] if settings == "default" else settings.split(","):
-            target, value = item.split("=", 1)
-            module_name, name = target.strip().split(".", 1)
-            module = MODULES[module_name]
-            if not hasattr(module, name):
-                raise SystemExit(f"scan_profile: {module_name} has no setting {name}")
-            saved.append((module, name, getattr(module, name)))
-            setattr(module, name, ast.literal_eval(value.strip()))
+    """The variant's settings applied inside the block (eigen_engine.module_switches), restored after it."""
+    with contextlib.ExitStack() as stack:
+        for module, switches in parse_variant(settings).items():
+            stack.enter_context(module_switches(module, switches))
         yield
-    finally:
-        for module, name, value in reversed(saved):
-            setattr(module, name, value)
 
 
 def main() -> None:
@@ -78,8 +79,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args()
     for v in args.variants:  # a misspelt setting stops here, before the weights are made
-        with variant(v):
-            pass
+        parse_variant(v)
     print(torch.cuda.get_device_name(), torch.__version__, spectrum_fast.kernels_available(), flush=True)
     weights = {}
     for layer in range(args.layers):

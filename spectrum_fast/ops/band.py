@@ -7,8 +7,8 @@ latency (117 ms on the H100, ~1 TFLOP/s). Reducing to a band of width ``bandwidt
 the same flops into matrix-matrix products (tensor-core DGEMM) over n / bandwidth panels; the band
 is then small (n x (bandwidth + 1)) and its eigenvalues come from the GPU (band_to_tridiagonal,
 then kernels.tridiagonal) or from LAPACK on the host (ops.band_eigen). Orthogonal similarity
-transforms in float64 (or float32 for float32 input on the GPU route): the eigenvalues are kept to
-backward-stable accuracy, like syevd's.
+transforms in float64 (the GPU route upcasts float32 input, ops.eigen._two_stage_gpu says why):
+the eigenvalues are kept to backward-stable accuracy, like syevd's.
 """
 
 from __future__ import annotations
@@ -116,30 +116,50 @@ def reduce_to_band_(a: torch.Tensor, bandwidth: int) -> torch.Tensor:
         raise ValueError(f"reduce_to_band_ expects [B, n, n], got {tuple(a.shape)}")
     from .. import _extension
 
-    group = STAGE1_PANELS_PER_UPDATE if a.shape[-1] >= STAGE1_GROUPED_MIN_N else 1
+    group = max(STAGE1_PANELS_PER_UPDATE, 1) if a.shape[-1] >= STAGE1_GROUPED_MIN_N else 1
     ext = _extension.load() if STAGE1_IN_CPP else None
     if ext is not None and hasattr(ext, "reduce_to_band_"):
         kernel = PANEL_KERNEL and _extension.cuda_ops() is not None
-        compact = COMPACT_WY_KERNEL and kernel
-        if kernel and PANEL_CLUSTER:  # every panel, as panel_geqrf does
-            return ext.reduce_to_band_(a, bandwidth, 1, 1 << 40, 0, max(group, 1), compact)
-        return ext.reduce_to_band_(a, bandwidth, PANEL_KERNEL_MIN_BATCH if kernel else 0, PANEL_KERNEL_ROWS_PER_PANEL, -1,
-                                   max(group, 1), compact)
+        if kernel and PANEL_CLUSTER:  # every panel to the clustered kernel, as panel_geqrf does
+            rule = (1, 1 << 40, 0)
+        else:
+            rule = (PANEL_KERNEL_MIN_BATCH if kernel else 0, PANEL_KERNEL_ROWS_PER_PANEL, -1)
+        return ext.reduce_to_band_(a, bandwidth, *rule, group, COMPACT_WY_KERNEL and kernel)
     if group > 1:
         return _reduce_to_band_grouped_(a, bandwidth, group)
     n, b = a.shape[-1], bandwidth
     for k in range(0, max(n - b - 1, 0), b):
         p0 = k + b
-        panel = a[:, p0:, k : k + b]
-        r, v, t = _panel_reflectors(panel)
-        panel.zero_()
-        panel[:, : r.shape[-2], :] = r
-        a[:, k : k + b, p0:] = panel.mT
+        v, t = _factor_panel_(a, k, b)
         trailing = a[:, p0:, p0:]
         y = trailing @ (v @ t)
-        z = y - 0.5 * (v @ (t.mT @ (v.mT @ y)))
+        z = _z_of(y, v, t)
         trailing.baddbmm_(torch.cat([v, z], -1), torch.cat([z, v], -1).mT, alpha=-1)
     return a
+
+
+def _factor_panel_(a: torch.Tensor, k: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Panel k (columns k..k+b-1, rows k+b..) of ``a`` -> its R and zeros in place, mirrored into
+    rows k..k+b-1; returns the panel's (V, T)."""
+    panel = a[:, k + b :, k : k + b]
+    r, v, t = _panel_reflectors(panel)
+    panel.zero_()
+    panel[:, : r.shape[-2], :] = r
+    a[:, k : k + b, k + b :] = panel.mT
+    return v, t
+
+
+def _z_of(y: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Z = Y - V (T^T V^T Y) / 2: with it the two-sided update is A - V Z^T - Z V^T."""
+    return y - 0.5 * (v @ (t.mT @ (v.mT @ y)))
+
+
+def _stacked(kept: list[tuple[int, torch.Tensor, torch.Tensor]], row: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[V_1..V_j Z_1..Z_j] and [Z_1..Z_j V_1..V_j] of the kept panels (s_j, V_j, Z_j), rows >= ``row``
+    of the group's trailing matrix: sum_j V_j Z_j^T + Z_j V_j^T is then one product of the two."""
+    vs = [v_j[:, row - s_j :] for s_j, v_j, _ in kept]
+    zs = [z_j[:, row - s_j :] for s_j, _, z_j in kept]
+    return torch.cat(vs + zs, -1), torch.cat(zs + vs, -1)
 
 
 def _reduce_to_band_grouped_(a: torch.Tensor, b: int, group: int) -> torch.Tensor:
@@ -157,21 +177,13 @@ def _reduce_to_band_grouped_(a: torch.Tensor, b: int, group: int) -> torch.Tenso
     while k < last:
         r0 = k + b
         m = a[:, r0:, r0:]
-        panel = a[:, r0:, k : k + b]
-        r, v, t = _panel_reflectors(panel)
-        panel.zero_()
-        panel[:, : r.shape[-2], :] = r
-        a[:, k : k + b, r0:] = panel.mT
+        v, t = _factor_panel_(a, k, b)
         y = m @ (v @ t)
-        kept = [(0, v, y - 0.5 * (v @ (t.mT @ (v.mT @ y))))]  # (s_j, V_j, Z_j), rows >= s_j of M
+        kept = [(0, v, _z_of(y, v, t))]  # (s_j, V_j, Z_j), rows >= s_j of M
         while len(kept) < group and r0 + (len(kept) - 1) * b < last:
             c = (len(kept) - 1) * b  # this panel's columns in M; its reflectors from row c + b
             s = c + b
-            # sum_j V_j Z_j^T + Z_j V_j^T over the earlier panels, rows >= c, as one product
-            # [V_1..V_j Z_1..Z_j] [Z_1..Z_j V_1..V_j]^T (fewer launches than one pair per panel).
-            vs = [v_j[:, c - s_j :] for s_j, v_j, _ in kept]
-            zs = [z_j[:, c - s_j :] for s_j, _, z_j in kept]
-            vz, zv = torch.cat(vs + zs, -1), torch.cat(zs + vs, -1)
+            vz, zv = _stacked(kept, c)  # the group's earlier panels, rows >= c, in one product
             columns = m[:, c:, c : c + b] - vz @ zv[:, :b].mT
             r, v, t = _panel_reflectors(columns[:, b:])
             done = torch.zeros_like(columns)
@@ -181,11 +193,10 @@ def _reduce_to_band_grouped_(a: torch.Tensor, b: int, group: int) -> torch.Tenso
             m[:, c : c + b, c:] = done.mT
             w = v @ t
             y = m[:, s:, s:] @ w - vz[:, b:] @ (zv[:, b:].mT @ w)  # the same sum, rows >= s
-            kept.append((s, v, y - 0.5 * (v @ (t.mT @ (v.mT @ y)))))
+            kept.append((s, v, _z_of(y, v, t)))
         s_last = kept[-1][0]
-        vs = [v_j[:, s_last - s_j :] for s_j, v_j, _ in kept]
-        zs = [z_j[:, s_last - s_j :] for s_j, _, z_j in kept]
-        m[:, s_last:, s_last:].baddbmm_(torch.cat(vs + zs, -1), torch.cat(zs + vs, -1).mT, alpha=-1)
+        vz, zv = _stacked(kept, s_last)
+        m[:, s_last:, s_last:].baddbmm_(vz, zv.mT, alpha=-1)
         k += len(kept) * b
     return a
 
