@@ -154,13 +154,26 @@ __device__ void sweep_step(T* band, int64_t width, int n, int b, int sweep, int 
     // The new reflector annihilates the block's first column below its top; from the left.
     const auto h = make_reflector(blk[0], r);
     const T v2 = r < len2 ? (r == 0 ? T(1) : blk[0] * h.scale) : T(0);
+    // The column sums v^T blk through the warp's tile: lane r writes its row v_r blk[r][c], lane c
+    // adds column c in row order, every lane reads the sums back. (31 warp reductions by shuffle,
+    // 5 levels each, were most of a step's instructions.) The tile is free: two_sided, the last to
+    // use it, ended with __syncwarp.
+    if (r < BW) {
 #pragma unroll
-    for (int c = 1; c < BW; ++c) {
-      if (c < len1) {
-        const T col = warp_all_sum(v2 * blk[c]);
-        blk[c] -= h.tau * v2 * col;
-      }
+      for (int c = 1; c < BW; ++c) s.tile[r][c] = c < len1 ? v2 * blk[c] : T(0);
     }
+    __syncwarp();
+    if (r >= 1 && r < BW) {
+      T sum = T(0);
+#pragma unroll
+      for (int k = 0; k < BW; ++k) sum += s.tile[k][r];
+      s.w[r] = sum;
+    }
+    __syncwarp();
+    const T tau_v = h.tau * v2;
+#pragma unroll
+    for (int c = 1; c < BW; ++c)
+      if (c < len1) blk[c] -= tau_v * s.w[c];
     blk[0] = r == 0 ? h.beta : T(0);
     __syncwarp();  // every lane has read v (the old slot) before it is replaced
     if (r < len2) slot[r] = v2;
