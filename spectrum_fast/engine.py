@@ -52,15 +52,19 @@ def matrix_device_bytes(n: int, m: int, dtype: str) -> int:
 # against 12.3-14.0 s (H100, bench/probes/cold_overlap_h100_eb543d5.log and _8d6966a.log).
 BATCH_ORDER = "shape"
 
+# Most matrices per batch, however many the memory budget would allow.
+MAX_BATCH = 64
+
 
 def plan_batches(tasks: list[MatrixTask], budget_bytes: int | Callable[[int, int, str], tuple[int, str]],
-                 max_batch: int = 64, eigen_route: str = "auto", order: str | None = None) -> list[Batch]:
-    """Group same-shape, same-dtype matrices (first-seen order) into batches, run in ``order``
-    (default BATCH_ORDER).
+                 max_batch: int | None = None, eigen_route: str = "auto", order: str | None = None) -> list[Batch]:
+    """Group same-shape, same-dtype matrices (first-seen order) into batches of at most ``max_batch``
+    (default MAX_BATCH), run in ``order`` (default BATCH_ORDER).
 
     ``budget_bytes`` is the bytes of matrices (matrix_device_bytes) per batch, or a function
     (n, m, dtype) -> (bytes, eigen route) that decides per shape (gpu_batch_plan)."""
     order = order or BATCH_ORDER
+    max_batch = max_batch or MAX_BATCH
     if order not in ("shape", "model"):
         raise ValueError(f"batch order must be 'shape' or 'model', not {order!r}")
     groups: dict[tuple[int, int, str], list[MatrixTask]] = {}
@@ -317,22 +321,13 @@ def _prefetched(source: WeightSource, batches: list[Batch], device: torch.device
                 ring.free()  # the reader has stopped: wait for the last copies, unpin
 
 
-# Elements per step of the finiteness check: torch.isfinite builds |x| and three boolean masks
-# the size of its input, which on a whole batch was the scan's GPU peak (memory_trace.log).
-_CHECK_ELEMENTS = 16 << 20
-
-
 def _finite_and_nonzero(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of ``flat`` ([B, N]): all entries finite; some entry nonzero. In column slices, so
-    the temporaries stay near _CHECK_ELEMENTS elements whatever the batch."""
-    finite = torch.ones(flat.shape[0], dtype=torch.bool, device=flat.device)
-    nonzero = torch.zeros_like(finite)
-    step = max(1, _CHECK_ELEMENTS // max(1, flat.shape[0]))
-    for start in range(0, flat.shape[1], step):
-        part = flat[:, start : start + step]
-        finite &= torch.isfinite(part).all(dim=1)
-        nonzero |= (part != 0).any(dim=1)
-    return finite, nonzero
+    """Per row of ``flat`` ([B, N]): all entries finite; some entry nonzero. One reduction pass
+    and no temporaries: the largest |entry| per row (a NaN anywhere makes it NaN, an inf inf)
+    tells both. (isfinite and != 0 on column slices took four passes over strided slices: 12% of
+    a DeepSeek-V2 scan's GPU time on the H100.)"""
+    peak = torch.linalg.vector_norm(flat, float("inf"), dim=1)
+    return torch.isfinite(peak), peak != 0
 
 
 # Matrices whose eigenvalues may be pending at once, whatever the host's core count. The GPU chase
@@ -433,8 +428,11 @@ def run_batches(
             torch.cuda.current_stream(device).wait_stream(copy_stream)  # this batch's copies are done
         flat = w.reshape(len(batch.tasks), -1)
         finite, nonzero = _finite_and_nonzero(flat)
-        # A non-finite matrix would poison nothing else, but LAPACK may refuse it: zero it first.
-        w.masked_fill_(~finite.view(-1, 1, 1), 0)
+        # A non-finite matrix would poison nothing else, but LAPACK may refuse it: zero its NaNs and
+        # infs first (its row reports "nonfinite" whatever its values become). Finite matrices are
+        # left as they are, so no mask is needed: one contiguous pass, where masked_fill_ with the
+        # per-matrix mask broadcast ran at a tenth of the memory bandwidth.
+        torch.nan_to_num_(w, nan=0.0, posinf=0.0, neginf=0.0)
         g = ops.gram(w, precision)
         del w, flat, upcoming
         pending = ops.eigvalsh_deferred(g, eigen_route if batch.eigen_route == "auto" else batch.eigen_route)

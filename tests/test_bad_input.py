@@ -227,11 +227,16 @@ def test_cli_argparse_error(cli_runs, case):
 
 
 # -- the library: bad tensors ---------------------------------------------------------------------------
-def _lib_scan(state, **kw):
-    return spectrum_fast.scan(state, device="cpu", progress=False, **kw)
+def _lib_scan(state, device="cpu", **kw):
+    return spectrum_fast.scan(state, device=device, progress=False, **kw)
 
 
-def test_nonfinite_and_zero_rows(seed):
+ON_GPU = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                         reason="needs a CUDA GPU")])
+
+
+@pytest.mark.parametrize("device", ["cpu", ON_GPU])
+def test_nonfinite_and_zero_rows(seed, device):
     state = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(40, 24) for i in range(6)}
     state["model.layers.1.mlp.up_proj.weight"][3, 5] = float("nan")
     state["model.layers.2.mlp.up_proj.weight"][0, 0] = float("inf")
@@ -240,7 +245,10 @@ def test_nonfinite_and_zero_rows(seed):
     state["model.layers.0.mlp.down_proj.weight"] = torch.randn(24, 40)
     state["model.layers.1.mlp.down_proj.weight"] = torch.full((24, 40), float("nan"))
     state["model.layers.2.mlp.down_proj.weight"] = torch.randn(24, 40, dtype=torch.float64)
-    result = _lib_scan(state)
+    kept = {name: w.clone() for name, w in state.items()}
+    result = _lib_scan(state, device)
+    for name, w in state.items():  # the caller's tensors are never written, NaNs and infs included
+        torch.testing.assert_close(w, kept[name], rtol=0, atol=0, equal_nan=True, msg=name)
     rows = {r.name: r for r in result.rows}
     assert len(rows) == 9
     bad = {"model.layers.1.mlp.up_proj", "model.layers.2.mlp.up_proj", "model.layers.3.mlp.up_proj",

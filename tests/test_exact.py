@@ -165,6 +165,28 @@ def test_gram_chunks_along_the_long_side(monkeypatch):
     assert eigvalsh(g).shape == (40,)
 
 
+@pytest.mark.parametrize("triangle", [False, True])
+@pytest.mark.parametrize("k", [1, 2, 25])
+@pytest.mark.parametrize("chunk_matrices", [0.5, 1, 2, 3, 10])
+def test_gram_of_a_batch_in_chunks_of_whole_or_partial_matrices(chunk_matrices, k, triangle, monkeypatch):
+    """Batches go in chunks of whole matrices where one fits (a partial last group too), else one
+    matrix at a time in slices along the long side; by one product or the 2 x 2 block triangle
+    (odd k too), mirrored exactly; every matrix's Gram is its own, to float64."""
+    import importlib
+
+    gram_mod = importlib.import_module("spectrum_fast.ops.gram")
+    monkeypatch.setitem(gram_mod.BLOCK_TRIANGLE, "cpu", triangle)
+    w = torch.stack([spiked(k, 70, 30 + i) if k > 2 else torch.randn(k, 70).to(torch.bfloat16) + 0.5
+                     for i in range(7)])  # Grams of the k side
+    monkeypatch.setattr(gram_mod, "_CHUNK_BYTES", int(8 * k * 70 * chunk_matrices))
+    g = gram(w)
+    truth = w.double() @ w.double().mT
+    torch.testing.assert_close(g, truth, rtol=1e-14, atol=1e-14)
+    assert torch.equal(g, g.mT) or not triangle
+    torch.testing.assert_close(gram(w.mT), truth, rtol=1e-14, atol=1e-14)  # the short side is found
+    torch.testing.assert_close(gram(w[3]), truth[3], rtol=1e-14, atol=1e-14)  # one matrix, no batch
+
+
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -255,20 +277,22 @@ def test_gpu_scan_stopped_by_a_read_error_ends_cleanly_and_unpins(tmp_path):
     assert len(result.rows) == len(weights)
 
 
-def test_finite_and_nonzero_check_in_slices(monkeypatch):
-    """The per-matrix finiteness / nonzero check works in column slices; a NaN, an inf or a lone
-    nonzero in any slice, first or last, must still be seen."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_finite_and_nonzero_check(dtype):
+    """The per-matrix finiteness / nonzero check: a NaN, an inf (either sign) or a lone nonzero
+    anywhere in a row, first entry or last, must be seen; a NaN beside an inf too."""
     from spectrum_fast import engine
 
-    monkeypatch.setattr(engine, "_CHECK_ELEMENTS", 20)  # 5 matrices -> slices of 4 columns
-    flat = torch.zeros(5, 30, dtype=torch.bfloat16)
-    flat[0] = torch.randn(30, dtype=torch.bfloat16) + 3  # ok
+    flat = torch.zeros(7, 30, dtype=dtype)
+    flat[0] = torch.randn(30).to(dtype) + 3  # ok
     flat[1, 29] = float("nan")
     flat[2, 0] = float("-inf")
-    flat[3, 29] = 0.5  # one nonzero, in the last slice
+    flat[3, 29] = 0.5  # one nonzero, the last entry
+    flat[5, 3], flat[5, 4] = float("inf"), float("nan")
+    flat[6, 0] = float("nan")  # a NaN in an otherwise zero row
     finite, nonzero = engine._finite_and_nonzero(flat)  # row 4: all zero
-    assert finite.tolist() == [True, False, False, True, True]
-    assert nonzero.tolist() == [True, True, True, True, False]
+    assert finite.tolist() == [True, False, False, True, True, False, False]
+    assert nonzero[[0, 3]].all() and not nonzero[4]
 
 
 def test_peak_host_counts_pinned_buffers_on_gpu_scans(monkeypatch):

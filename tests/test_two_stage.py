@@ -205,6 +205,7 @@ def test_gpu_batch_plan_counts_on_the_gpu_route_where_auto_takes_it(monkeypatch)
     limit = 3 << 29
     monkeypatch.setattr(eigen, "gpu_stage2_available", lambda device: True)
     monkeypatch.setattr(eigen, "CHASE_POOL_MATRICES", 32)  # its waiting bands count too
+    monkeypatch.setattr(eigen, "CHASE_POOL_MAX_N", 4096)
     plan = gpu_batch_plan(limit, device=torch.device("cuda"))
     budget, route = plan(4096, 14336, "bfloat16")
     per_matrix = matrix_device_bytes(4096, 14336, "bfloat16")
@@ -214,6 +215,10 @@ def test_gpu_batch_plan_counts_on_the_gpu_route_where_auto_takes_it(monkeypatch)
     assert budget // per_matrix * (per_matrix + eigen.two_stage_extra_bytes(4096)) + fixed <= limit
     assert [plan(n, m, "bfloat16")[0] // matrix_device_bytes(n, m, "bfloat16")
             for n, m in ((4096, 4096), (4096, 14336))] == [7, 5]
+    monkeypatch.setattr(eigen, "CHASE_POOL_MAX_N", 2048)  # 4096 bands are not pooled: they take no room
+    assert eigen.chase_pool_bytes(4096) == 0 and eigen.chase_pool_bytes(2048) > 0
+    assert [gpu_batch_plan(limit, device=torch.device("cuda"))(n, m, "bfloat16")[0] // matrix_device_bytes(n, m, "bfloat16")
+            for n, m in ((4096, 4096), (4096, 14336))] == [8, 5]
     monkeypatch.setattr(eigen, "CHASE_POOL_MATRICES", 0)
     assert [gpu_batch_plan(limit, device=torch.device("cuda"))(n, m, "bfloat16")[0] // matrix_device_bytes(n, m, "bfloat16")
             for n, m in ((4096, 4096), (4096, 14336))] == [8, 5]
@@ -312,6 +317,7 @@ def test_gpu_stage_two_pools_bands_of_several_calls(device, monkeypatch):
     equal to float64 truth, whatever the order results are asked in."""
     monkeypatch.setattr(eigen, "CHASE_POOL_MATRICES", 5)
     n = 24 if device == "cpu" else 600
+    assert n <= eigen.CHASE_POOL_MAX_N
     grams = [random_gram(batch, n, 40 + i, "spiked", device=device) for i, batch in enumerate((2, 2, 1, 2, 1))]
     truths = [torch.linalg.eigvalsh(g).cpu() for g in grams]
     solves = []
@@ -326,6 +332,10 @@ def test_gpu_stage_two_pools_bands_of_several_calls(device, monkeypatch):
     for values, truth in zip(got, truths):
         assert values.shape == truth.shape
         assert ((values - truth).abs().max() / truth.abs().max()).item() < 1e-12, f"[seed={SEED}]"
+    monkeypatch.setattr(eigen, "CHASE_POOL_MAX_N", n - 1)  # bigger than the pool takes: solved on its own
+    alone = eigen.eigvalsh_deferred(grams[0].clone(), route="two_stage_gpu")
+    assert solves == [5, 3, 2] and not eigen._band_pools
+    assert ((alone.result() - truths[0]).abs().max() / truths[0].abs().max()).item() < 1e-12, f"[seed={SEED}]"
 
 
 def test_gpu_stage_two_route_takes_float32(device):

@@ -1,8 +1,10 @@
-"""Probe (device tool): where the exact scan of Llama-3-8B-shaped weights already on the GPU spends
-its time (bench/gpu_scan_vs_spectrum.py's "compute alone"), and how it moves with the GPU memory
-budget (batch sizes) and module switches (--variants).
+"""Probe (device tool): where the exact scan of model-shaped weights already on the GPU spends its
+time (bench/gpu_scan_vs_spectrum.py's "compute alone" for --workload llama3-8b, gpu_workloads.py's
+"weights on the GPU" for deepseek-v2-moe), and how it moves with the GPU memory budget (batch
+sizes) and module switches (--variants).
 
-Weights: bench/workloads.py's 8B layers generated on the GPU (no disk). Per --budgets GiB and
+Weights: generated on the GPU (no disk): --layers of Llama-3-8B (bench/workloads.py's 8B layers,
+7 matrices each) or of DeepSeek-V2's MoE layers (480 expert matrices each, generated_like). Per --budgets GiB and
 variant: the scan's wall time (median of --repeats after a warm-up, the variants interleaved), the
 eigen batches it made (n x batch, route); then, for the first budget and variant, one scan under
 torch.profiler: the top --top CUDA kernels by total time, the sum of all kernel time (streams
@@ -36,7 +38,7 @@ from spectrum_fast import engine, ops  # noqa: E402
 from spectrum_fast.ops import band, eigen  # noqa: E402
 from eigen_engine import module_switches  # noqa: E402
 from timing import timed  # noqa: E402
-from workloads import llama3_8b_layer  # noqa: E402
+from workloads import deepseek_v2_moe_layout, generated_like, kind_of, llama3_8b_layer  # noqa: E402
 
 
 def scan_seconds(weights: dict, budget: int) -> float:
@@ -69,9 +71,21 @@ def variant(settings: str):
         yield
 
 
+def model_weights(workload: str, layers: int) -> dict[str, torch.Tensor]:
+    """The workload's first ``layers`` layers, bf16 on the GPU."""
+    if workload == "llama3-8b":
+        weights = {}
+        for layer in range(layers):
+            weights.update(llama3_8b_layer(layer))
+        return weights
+    return {name: generated_like(shape, seed=i, kind=kind_of(i))
+            for i, (name, shape) in enumerate(deepseek_v2_moe_layout(layers))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--workload", choices=["llama3-8b", "deepseek-v2-moe"], default="llama3-8b")
+    ap.add_argument("--layers", type=int, default=32, help="layers scanned (MoE layers for deepseek-v2-moe)")
     ap.add_argument("--budgets", type=float, nargs="+", default=[1.5], help="max_gpu_memory values, GiB")
     ap.add_argument("--variants", nargs="+", default=["default"],
                     help='"default" or MODULE.NAME=VALUE[,MODULE.NAME=VALUE...] (modules: band, eigen, engine)')
@@ -80,12 +94,12 @@ def main() -> None:
     args = ap.parse_args()
     for v in args.variants:  # a misspelt setting stops here, before the weights are made
         parse_variant(v)
-    print(torch.cuda.get_device_name(), torch.__version__, spectrum_fast.kernels_available(), flush=True)
-    weights = {}
-    for layer in range(args.layers):
-        weights.update(llama3_8b_layer(layer))
+    print(torch.cuda.get_device_name(), torch.__version__, args.workload, args.layers, "layers",
+          spectrum_fast.kernels_available(), flush=True)
+    weights = model_weights(args.workload, args.layers)
     torch.cuda.synchronize()
-    spectrum_fast.scan(llama3_8b_layer(0), device="cuda", progress=False)  # warm-up: CUDA, cuSOLVER, Triton
+    warm_up = dict(list(weights.items())[:7])
+    spectrum_fast.scan(warm_up, device="cuda", progress=False)  # warm-up: CUDA, cuSOLVER, Triton
 
     batches: collections.Counter = collections.Counter()
     solve = ops.eigvalsh_deferred

@@ -269,7 +269,7 @@ def _two_stage_gpu(g: torch.Tensor) -> PendingEigenvalues:
     # over the 2e-6 bound that cuSOLVER's float32 syevd keeps (6e-7 to 1e-6 there). float64 GEMMs
     # run on the H100's tensor cores at about float32's SIMT rate, so little is lost but memory.
     bands = band.lower_band(band.reduce_to_band_(g.to(torch.float64).contiguous(), width), 2 * width)
-    if CHASE_POOL_MATRICES > 1:
+    if pools_chases(k):
         return _pooled(bands, width)
     return _solve_on_side_stream(bands, GPU_STAGE2_STREAMS, lambda: _stage2(bands, width))
 
@@ -282,23 +282,29 @@ def _stage2(bands: torch.Tensor, width: int) -> torch.Tensor:
 
 
 # Chase the bands of consecutive two_stage_gpu calls of one size in one launch once at least this
-# many matrices wait (or when one of them is asked for; 0 or 1: every call on its own). The scan's
-# batches are small under its memory budget (Llama-3-8B's 4096-wide Grams at 1.5 GiB: 8 and 5 per
-# batch) while a band is n x 2 bandwidth (2 MiB at n = 4096), and the chase's time per matrix
-# falls with the matrices in one launch (H100, n = 4096: 19.4 ms per matrix at batch 8,
-# bench/probes/stage_profile_h100_c22742c.log, against 6.1 at batch 32,
-# bench/probes/chase_split_h100_cluster.log). Off: in the 8B scan with the weights on the GPU it
-# did not pay (H100, same run: 7.02 s with a pool of 32 against 6.68 s without, both noisy;
-# bench/probes/scan_profile_h100_94cb104.log). That scan is bound by launching stage 1's kernels
-# from Python (190,000 on the current stream; a kernel runs 4.7 s of the 8.5 s under the profiler),
-# not by the chase; worth another look once it is not.
-CHASE_POOL_MATRICES = 0
+# many matrices wait (or when one of them is asked for; 0 or 1: every call on its own), for sizes
+# up to CHASE_POOL_MAX_N. The chase runs one block per matrix, so its time per matrix falls with
+# the matrices in one launch until the SMs are full (H100, n = 1536: 1.28 ms per matrix at batch
+# 32, 0.61 at 96; bench/probes/chase_split_h100_1effe4b.log), while the scan's batches are small
+# under its memory budget (DeepSeek-V2's 1536 x 5120 experts at 1.5 GiB: 36). A band is small
+# (n x 2 bandwidth: 0.75 MiB at n = 1536). H200, same run, 2 DeepSeek-V2 MoE layers on the GPU:
+# 2.15 s with a pool of 128 against 2.38 s without; Llama-3-8B 4.15 against 4.11 s (its 4096
+# Grams not pooled; pooling them too cost 4.91 against 4.16 s: the pool's room in the budget
+# shrank their batches from 8 and 5 to 3). bench/probes/scan_profile_h200_*.log.
+CHASE_POOL_MATRICES = 128
+# Only bands of matrices up to this size wait in the pool; bigger ones are chased call by call.
+CHASE_POOL_MAX_N = 2048
+
+
+def pools_chases(k: int) -> bool:
+    """Whether the bands of k x k matrices wait in the chase pool."""
+    return CHASE_POOL_MATRICES > 1 and k <= CHASE_POOL_MAX_N
 
 
 def chase_pool_bytes(k: int) -> int:
     """Device bytes that bands of k x k matrices hold while they wait in the chase pool, at most:
     CHASE_POOL_MATRICES bands and their concatenation for the launch."""
-    return 2 * CHASE_POOL_MATRICES * k * 2 * GPU_BANDWIDTH * 8 if CHASE_POOL_MATRICES > 1 else 0
+    return 2 * CHASE_POOL_MATRICES * k * 2 * GPU_BANDWIDTH * 8 if pools_chases(k) else 0
 
 
 # Bands waiting for a chase: (device, n, width) -> [(bands, their pending eigenvalues)].

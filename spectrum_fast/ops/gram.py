@@ -65,22 +65,56 @@ def gram(w: torch.Tensor, precision: str = "float64") -> torch.Tensor:
     raise ValueError(f"precision must be 'float64' or 'float32', not {precision!r}")
 
 
+# float64 Grams by the 2 x 2 block triangle (_accumulate_triangle), per device type. H100/H200 (the
+# same run, bench/probes/gram_f64_h200_*.log): 1536 x 5120 bf16 0.383 against 0.428 ms per matrix
+# with one product, 4096 x 14336 6.18 against 7.89 ms. Not measured on a CPU: off there.
+BLOCK_TRIANGLE = {"cuda": True, "cpu": False}
+
+
 def _gram_fp64_chunked(a: torch.Tensor) -> torch.Tensor:
+    """float64 Gram of ``a`` ([k, L] or [B, k, L]) with at most _CHUNK_BYTES of float64 input alive.
+
+    Whole matrices per chunk where one fits (DeepSeek-V2's 1536 x 5120 experts: two), so each
+    product runs the full depth L and writes its output once; chunking a batch along L instead
+    made products as shallow as 240 columns, each re-reading and re-writing the batch's Grams
+    (H100/H200: 0.64 against 0.43 ms per 1536 x 5120 matrix). A matrix bigger than a chunk is done
+    alone, in slices along L."""
     k, length = a.shape[-2], a.shape[-1]
-    batch = a.shape[0] if a.dim() == 3 else 1
-    step = max(1, min(length, _CHUNK_BYTES // max(1, 8 * k * batch)))
-    # Accumulated in place (no second [B, k, k] buffer), from zeros: baddbmm also for the first
-    # chunk, since batched matmul with a transposed operand took 2-4x longer on a CPU (MKL,
-    # torch 2.13: 256x1024 in 10.9 ms against 2.5 ms for baddbmm).
-    out = torch.zeros(*a.shape[:-1], k, dtype=torch.float64, device=a.device)
-    for start in range(0, length, step):
-        chunk = a[..., start : start + step].to(torch.float64)
-        if out.dim() == 3:
-            out.baddbmm_(chunk, chunk.mT)
-        else:
-            out.addmm_(chunk, chunk.mT)
-        del chunk  # else the next chunk is allocated while this one is still held: two at once
-    return out
+    batched = a if a.dim() == 3 else a.unsqueeze(0)
+    triangle = BLOCK_TRIANGLE.get(a.device.type, False) and k >= 2
+    accumulate = _accumulate_triangle if triangle else (lambda out, c: out.baddbmm_(c, c.mT))
+    # Accumulated in place, from zeros: baddbmm also where one chunk covers all of L, since batched
+    # matmul with a transposed operand took 2-4x longer on a CPU (MKL, torch 2.13: 256x1024 in
+    # 10.9 ms against 2.5 ms for baddbmm).
+    out = torch.zeros(batched.shape[0], k, k, dtype=torch.float64, device=a.device)
+    per_matrix = 8 * k * length
+    if per_matrix <= _CHUNK_BYTES:
+        group = _CHUNK_BYTES // per_matrix
+        for first in range(0, batched.shape[0], group):
+            chunk = batched[first : first + group].to(torch.float64)
+            accumulate(out[first : first + group], chunk)
+            del chunk  # else the next chunk is allocated while this one is still held: two at once
+    else:
+        step = max(1, _CHUNK_BYTES // (8 * k))
+        for i in range(batched.shape[0]):
+            for start in range(0, length, step):
+                chunk = batched[i : i + 1, :, start : start + step].to(torch.float64)
+                accumulate(out[i : i + 1], chunk)
+                del chunk
+    if triangle:
+        h = k // 2
+        out[:, :h, h:] = out[:, h:, :h].mT  # the block left out: exactly symmetric
+    return out if a.dim() == 3 else out[0]
+
+
+def _accumulate_triangle(out: torch.Tensor, c: torch.Tensor) -> None:
+    """out += c c^T ([B, k, k], [B, k, L]) on and below the block diagonal of a 2 x 2 split: three
+    products of half the rows (75% of the flops); the block above is the caller's to mirror."""
+    h = c.shape[-2] // 2
+    top, bottom = c[:, :h], c[:, h:]
+    out[:, :h, :h].baddbmm_(top, top.mT)
+    out[:, h:, :h].baddbmm_(bottom, top.mT)
+    out[:, h:, h:].baddbmm_(bottom, bottom.mT)
 
 
 def _use_triton_gram(a: torch.Tensor) -> bool:
