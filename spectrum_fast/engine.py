@@ -337,6 +337,18 @@ def _finite_and_nonzero(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 # for 64 (H100, bench/probes/gpu_stage2_inflight_h100_d4bf6e7.log). Each waits as a band on the
 # GPU, 2 MiB at n = 4096.
 MIN_IN_FLIGHT = 64
+# ... and more where their bands are small: as many as IN_FLIGHT_BAND_BYTES of bands hold (168 of
+# DeepSeek-V2's 1536-wide Grams; 64 of Llama's 4096-wide ones, as before). H100, same run, 2
+# DeepSeek-V2 MoE layers on the GPU: 2.25 s with 160 in flight against 2.37 s with 64
+# (bench/probes/scan_profile_deepseek_h100_72487e2.log).
+IN_FLIGHT_BAND_BYTES = 128 << 20
+
+
+def _default_in_flight(k: int) -> int:
+    """Matrices that may wait for their eigenvalues while k x k Grams are being reduced."""
+    from .ops import eigen
+
+    return max(MIN_IN_FLIGHT, 4 * ops.band_eigen.host_workers(), IN_FLIGHT_BAND_BYTES // eigen.band_bytes(k))
 
 
 @dataclass
@@ -388,13 +400,13 @@ def run_batches(
 
     With the two-stage eigen routes the host or the GPU's side streams solve the bands of batch i
     while the device reduces batch i+1; at most ``max_in_flight`` matrices (default: 4 per host
-    worker, at least MIN_IN_FLIGHT) wait for their eigenvalues.
+    worker, at least MIN_IN_FLIGHT, more where IN_FLIGHT_BAND_BYTES of bands hold more) wait for
+    their eigenvalues.
     ``timings`` (if given) accumulates "read_s" (reader thread, overlapped with everything),
     "wait_s" (time the analysis loop stood waiting for the reader: what reading adds to the scan)
     and "compute_s" (the wall time of the analysis loop).
     """
-    if max_in_flight is None:
-        max_in_flight = max(MIN_IN_FLIGHT, 4 * ops.band_eigen.host_workers())
+    in_flight_for = (lambda k: max_in_flight) if max_in_flight is not None else _default_in_flight
     in_flight: deque[_InFlight] = deque()
     waiting = 0
     loop_start = time.perf_counter()
@@ -444,7 +456,8 @@ def run_batches(
         waiting += len(batch.tasks)
         if timings is not None:
             timings["read_s"] = timings.get("read_s", 0.0) + load_s
-        while in_flight and (waiting > max_in_flight or in_flight[0].eigenvalues.done()):
+        limit = in_flight_for(min(batch.n, batch.m))
+        while in_flight and (waiting > limit or in_flight[0].eigenvalues.done()):
             yield from finish_oldest()
     while in_flight:
         yield from finish_oldest()

@@ -372,8 +372,9 @@ def test_gpu_stage_two_route_without_its_kernels_is_a_clear_error(monkeypatch):
 
 def test_pending_matrices_do_not_depend_on_host_cores(monkeypatch):
     """The scan keeps up to engine.MIN_IN_FLIGHT matrices waiting for their eigenvalues even with
-    one host worker (the GPU chase's throughput is the number in flight), and no more than that plus
-    one batch; the rows are the same as when each batch is solved at once."""
+    one host worker (the GPU chase's throughput is the number in flight), or as many as
+    IN_FLIGHT_BAND_BYTES of their bands where that is more, and no more than that plus one batch;
+    the rows are the same as when each batch is solved at once."""
     from spectrum_fast import engine, ops
 
     weights = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(8, 16, dtype=torch.float64) + 0.1
@@ -401,10 +402,13 @@ def test_pending_matrices_do_not_depend_on_host_cores(monkeypatch):
             return self.values
 
     monkeypatch.setattr(ops, "eigvalsh_deferred", NeverDoneUntilAsked)
-    lazy = spectrum_fast.scan(weights, device="cpu", progress=False, max_batch_bytes=batch_bytes)
-    assert engine.MIN_IN_FLIGHT <= peak[0] <= engine.MIN_IN_FLIGHT + 4
-    assert pending[0] == 0
-    assert [(r.name, r.snr, r.n_signal) for r in lazy.rows] == [(r.name, r.snr, r.n_signal) for r in eager.rows]
+    for band_room, expected in ((0, engine.MIN_IN_FLIGHT), (101 * eigen.band_bytes(8), 101)):
+        monkeypatch.setattr(engine, "IN_FLIGHT_BAND_BYTES", band_room)
+        peak[0] = 0
+        lazy = spectrum_fast.scan(weights, device="cpu", progress=False, max_batch_bytes=batch_bytes)
+        assert expected <= peak[0] <= expected + 4, band_room
+        assert pending[0] == 0
+        assert [(r.name, r.snr, r.n_signal) for r in lazy.rows] == [(r.name, r.snr, r.n_signal) for r in eager.rows]
 
 
 @pytest.mark.parametrize("group", [2, 3, 4])

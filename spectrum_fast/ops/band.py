@@ -92,9 +92,12 @@ def _panel_reflectors(panel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
 # H100, route per matrix with clustered panels, grouped by 4 against not at 394157b: 2048 x 32
 # 4.50 against 4.67 ms, 4096 x 8 36.9 against 36.7, 4096 x 32 16.0 against 18.7, 8192 x 4 170
 # against 188; 1024 x 64 1.06 against 1.01, where a panel's skinny corrections cost more than the
-# pass they save (bench/results/eigen_engine_h100_394157b.log).
+# pass they save (bench/results/eigen_engine_h100_394157b.log). In the scan of 2 DeepSeek-V2 MoE
+# layers (1536-wide Grams) grouped took 2.26 s against 2.37 (H100, same run,
+# bench/probes/scan_profile_deepseek_h100_72487e2.log); Llama-3-8B's 1024-wide ones gained nothing
+# there (4.36 against 4.18 s, noisy: bench/probes/scan_profile_h100_72487e2.log).
 STAGE1_PANELS_PER_UPDATE = 4
-STAGE1_GROUPED_MIN_N = 2048
+STAGE1_GROUPED_MIN_N = 1536
 
 
 # Run the loops below (ungrouped or grouped) in C++ (csrc/band_reduction.cpp: the same ATen

@@ -301,10 +301,15 @@ def pools_chases(k: int) -> bool:
     return CHASE_POOL_MATRICES > 1 and k <= CHASE_POOL_MAX_N
 
 
+def band_bytes(k: int) -> int:
+    """Device bytes of the band that a k x k matrix hands from stage 1 to stage 2 (k x 2 bandwidth, float64)."""
+    return k * 2 * GPU_BANDWIDTH * 8
+
+
 def chase_pool_bytes(k: int) -> int:
     """Device bytes that bands of k x k matrices hold while they wait in the chase pool, at most:
     CHASE_POOL_MATRICES bands and their concatenation for the launch."""
-    return 2 * CHASE_POOL_MATRICES * k * 2 * GPU_BANDWIDTH * 8 if pools_chases(k) else 0
+    return 2 * CHASE_POOL_MATRICES * band_bytes(k) if pools_chases(k) else 0
 
 
 # Bands waiting for a chase: (device, n, width) -> [(bands, their pending eigenvalues)].
