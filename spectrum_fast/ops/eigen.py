@@ -290,7 +290,8 @@ def _stage2(bands: torch.Tensor, width: int) -> torch.Tensor:
 # (n x 2 bandwidth: 0.75 MiB at n = 1536). H200, same run, 2 DeepSeek-V2 MoE layers on the GPU:
 # 2.15 s with a pool of 128 against 2.38 s without; Llama-3-8B 4.15 against 4.11 s (its 4096
 # Grams not pooled; pooling them too cost 4.91 against 4.16 s: the pool's room in the budget
-# shrank their batches from 8 and 5 to 3). bench/probes/scan_profile_h200_*.log.
+# shrank their batches from 8 and 5 to 3). bench/probes/scan_profile_deepseek_h200_1effe4b-wt3.log,
+# scan_profile_h200_1effe4b-wt3.log and (pooling every size) scan_profile_h200_1effe4b-wt2.log.
 CHASE_POOL_MATRICES = 128
 # Only bands of matrices up to this size wait in the pool; bigger ones are chased call by call.
 CHASE_POOL_MAX_N = 2048

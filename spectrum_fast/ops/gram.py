@@ -66,7 +66,7 @@ def gram(w: torch.Tensor, precision: str = "float64") -> torch.Tensor:
 
 
 # float64 Grams by the 2 x 2 block triangle (_accumulate_triangle), per device type. H100/H200 (the
-# same run, bench/probes/gram_f64_h200_*.log): 1536 x 5120 bf16 0.383 against 0.428 ms per matrix
+# same run, bench/probes/gram_f64_h200_1effe4b-wt3.log): 1536 x 5120 bf16 0.383 against 0.428 ms per matrix
 # with one product, 4096 x 14336 6.18 against 7.89 ms. Not measured on a CPU: off there.
 BLOCK_TRIANGLE = {"cuda": True, "cpu": False}
 
