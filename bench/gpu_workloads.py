@@ -48,7 +48,9 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
-def run_workload(label: str, src: GeneratedSource, sample: list, truth_sample: list, resident_layers: int) -> dict:
+def run_workload(label: str, src: GeneratedSource, sample: list, truth_sample: list, resident_layers: int,
+                 budget: dict) -> dict:
+    """``budget``: keyword arguments for spectrum_fast.scan ({} or {"max_gpu_memory": bytes})."""
     infos = src.tensors()
     def generate_all():  # generation alone: every tensor once, none kept
         for info in infos:
@@ -56,7 +58,7 @@ def run_workload(label: str, src: GeneratedSource, sample: list, truth_sample: l
 
     _, gen_s = timed(generate_all)
     torch.cuda.empty_cache()
-    r, scan_s = timed(lambda: spectrum_fast.scan(src, device="cuda", progress=False))
+    r, scan_s = timed(lambda: spectrum_fast.scan(src, device="cuda", progress=False, **budget))
     res = {"matrices": len(r.rows), "tensors": len(infos), "scan_s": scan_s, "generate_s": gen_s,
            "peak_gpu_bytes": r.peak_gpu_bytes, "peak_host_bytes": r.peak_host_bytes,
            "read_s": r.read_seconds, "compute_s": r.compute_seconds}
@@ -82,7 +84,7 @@ def run_workload(label: str, src: GeneratedSource, sample: list, truth_sample: l
         chosen = [i for i in infos if any(i.name.startswith(p) for p in first)]
         resident = {i.name: src.read(i).to("cuda") for i in chosen}
         torch.cuda.empty_cache()
-        times = [timed(lambda: spectrum_fast.scan(resident, device="cuda", progress=False))[1] for _ in range(2)]
+        times = [timed(lambda: spectrum_fast.scan(resident, device="cuda", progress=False, **budget))[1] for _ in range(2)]
         del resident
         torch.cuda.empty_cache()
         res["resident_matrices"] = len(chosen)
@@ -112,8 +114,10 @@ def main() -> None:
     ap.add_argument("--moe-sample", type=int, default=300, help="matrices timed for Spectrum's computation")
     ap.add_argument("--resident-layers", type=int, default=2,
                     help="layers of each model also scanned with their weights on the GPU first (0: none)")
+    ap.add_argument("--max-gpu-memory", type=float, help="GiB, passed to every scan (default: the package's)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
+    budget = {} if args.max_gpu_memory is None else {"max_gpu_memory": int(args.max_gpu_memory * (1 << 30))}
     res = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
            "commit": os.environ.get("SPECTRUM_FAST_COMMIT") or git_commit(), "command": " ".join(sys.argv)}
 
@@ -128,7 +132,7 @@ def main() -> None:
     llama = GeneratedSource(llama3_70b_layout(args.llama_layers), "synthetic/llama3-70b-shaped")
     layer0 = [i for i in llama.tensors() if i.name.startswith("model.layers.0.")]
     kv = [i for i in layer0 if "k_proj" in i.name or "v_proj" in i.name]
-    res["llama3-70b"] = run_workload("llama3-70b", llama, layer0, kv, min(args.resident_layers, args.llama_layers))
+    res["llama3-70b"] = run_workload("llama3-70b", llama, layer0, kv, min(args.resident_layers, args.llama_layers), budget)
     res["llama3-70b"]["layers"] = args.llama_layers
     res["llama3-70b"]["scan_s_per_layer"] = res["llama3-70b"]["scan_s"] / args.llama_layers
     res["llama3-70b"]["reference_s_per_layer"] = res["llama3-70b"]["reference_s_per_matrix"] * len(layer0)
@@ -137,7 +141,7 @@ def main() -> None:
     infos = moe.tensors()
     step = max(1, len(infos) // args.moe_sample)
     sample = infos[::step][: args.moe_sample]
-    res["deepseek-v2-moe"] = run_workload("deepseek-v2-moe", moe, sample, sample[:6], min(args.resident_layers, args.moe_layers))
+    res["deepseek-v2-moe"] = run_workload("deepseek-v2-moe", moe, sample, sample[:6], min(args.resident_layers, args.moe_layers), budget)
     res["deepseek-v2-moe"]["layers"] = args.moe_layers
 
     print("\n| workload | matrices | scan s (incl. generation) | generation alone s | peak GPU MiB | "
