@@ -65,7 +65,7 @@ def gram(w: torch.Tensor, precision: str = "float64") -> torch.Tensor:
     raise ValueError(f"precision must be 'float64' or 'float32', not {precision!r}")
 
 
-# float64 Grams by the 2 x 2 block triangle (_accumulate_triangle), per device type. H100/H200 (the
+# float64 Grams by the 2 x 2 block triangle (_accumulate_triangle), per device type. H200 (the
 # same run, bench/probes/gram_f64_h200_1effe4b-wt3.log): 1536 x 5120 bf16 0.383 against 0.428 ms per matrix
 # with one product, 4096 x 14336 6.18 against 7.89 ms. Not measured on a CPU: off there.
 BLOCK_TRIANGLE = {"cuda": True, "cpu": False}
@@ -77,8 +77,8 @@ def _gram_fp64_chunked(a: torch.Tensor) -> torch.Tensor:
     Whole matrices per chunk where one fits (DeepSeek-V2's 1536 x 5120 experts: two), so each
     product runs the full depth L and writes its output once; chunking a batch along L instead
     made products as shallow as 240 columns, each re-reading and re-writing the batch's Grams
-    (H100/H200: 0.64 against 0.43 ms per 1536 x 5120 matrix). A matrix bigger than a chunk is done
-    alone, in slices along L."""
+    (H200, bench/probes/gram_f64_h200_1effe4b-wt4.log: 0.649 against 0.431 ms per 1536 x 5120
+    matrix). A matrix bigger than a chunk is done alone, in slices along L."""
     k, length = a.shape[-2], a.shape[-1]
     batched = a if a.dim() == 3 else a.unsqueeze(0)
     triangle = BLOCK_TRIANGLE.get(a.device.type, False) and k >= 2
