@@ -16,7 +16,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
           pybind11::arg("panel_kernel_rows_per_panel") = 128, pybind11::arg("panel_blocks_per_panel") = -1,
           pybind11::arg("panels_per_update") = 1, pybind11::arg("compact_wy") = false,
           // The loop only calls ATen: without the GIL, the scan's reader and host threads run while it
-          // queues a batch's thousands of launches (what bounds the 8B scan, csrc/NOTES.md).
+          // queues a batch's thousands of launches.
           pybind11::call_guard<pybind11::gil_scoped_release>());
 #ifdef SPECTRUM_FAST_WITH_CUDA
   mod.def("householder_panels_", &householder_panels_,

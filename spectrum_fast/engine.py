@@ -347,9 +347,7 @@ IN_FLIGHT_BAND_BYTES = 128 << 20
 
 def _default_in_flight(k: int) -> int:
     """Matrices that may wait for their eigenvalues while k x k Grams are being reduced."""
-    from .ops import eigen
-
-    return max(MIN_IN_FLIGHT, 4 * ops.band_eigen.host_workers(), IN_FLIGHT_BAND_BYTES // eigen.band_bytes(k))
+    return max(MIN_IN_FLIGHT, 4 * ops.band_eigen.host_workers(), IN_FLIGHT_BAND_BYTES // ops.eigen.band_bytes(k))
 
 
 @dataclass

@@ -23,10 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from spectrum_fast.ops.gram import gram  # noqa: E402
+from spectrum_fast.ops.gram import _CHUNK_BYTES as CHUNK, gram  # noqa: E402
 from timing import timed  # noqa: E402
-
-CHUNK = 128 << 20
 
 
 def k_chunks(a):

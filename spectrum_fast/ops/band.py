@@ -51,9 +51,10 @@ def panel_geqrf(panel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 # Form each panel's V and T in one launch (csrc/compact_wy.cu) instead of the ten or so ATen
 # operations below (in the C++ loop too), where the panel kernel factored it (rows contiguous).
-# Meant for the scan, which is bound by queueing stage 1's operations (csrc/NOTES.md). Off until
-# timed on a GPU (written without one; tests/test_householder_panels.py checks it against the
-# operations below).
+# Off: slower in the 8B scan with the weights on the GPU (H100, same run: 4.94 s against 4.72;
+# one block per panel is little parallelism at the scan's batches; bench/probes/
+# scan_profile_h100_450d0f7.log). tests/test_householder_panels.py checks it against the
+# operations below.
 COMPACT_WY_KERNEL = False
 
 
@@ -102,8 +103,9 @@ STAGE1_GROUPED_MIN_N = 1536
 
 # Run the loops below (ungrouped or grouped) in C++ (csrc/band_reduction.cpp: the same ATen
 # operations in the same order, without Python's cost per operation and without the GIL) where the
-# extension is built. Off until timed in the scan, which is bound by queueing these operations
-# (csrc/NOTES.md); the tests check that both give the same band.
+# extension is built. Off: no faster in the 8B scan with the weights on the GPU (H100, same run:
+# 4.71 s against 4.72, bench/probes/scan_profile_h100_450d0f7.log), whose GPU was busy nearly all
+# the time on that lease; the tests check that both give the same band.
 STAGE1_IN_CPP = False
 
 
