@@ -10,14 +10,15 @@
 // memory, about 512 rows per block: the panel is read from global memory once and written once, and
 // the column sums every reflector needs go through distributed shared memory.
 //
-// How, per column j: each block sums over its rows (i > j) the squares of column j; the cluster
-// adds the blocks' sums in rank order (every block gets the same bits) with the diagonal element
-// from block 0, which owns rows 0..b-1; every thread then forms the same reflector. Each block
-// scales its part of column j into v and sums v_i P[i][c] per column c > j; the cluster adds those
-// into w = tau (P[j][:] + v^T P); each block applies P[i][c] -= v_i w_c to its rows and, on the
-// way, sums the squares of column j + 1 for the next reflector. Two cluster barriers per column;
-// the blocks' partial sums sit in a two-slot buffer, so a block never overwrites a slot another is
-// still reading (each slot is rewritten only after the next barrier).
+// How, per column j: each block sums over its rows (i > j) P[i][j] P[i][c] for every column c (c = j:
+// the squares), block 0 adds row j itself; the cluster adds the blocks' sums in rank order (every
+// block gets the same bits). Every thread then forms the same reflector from alpha = P[j][j] and
+// sigma = the squares, and w_c = tau (P[j][c] + scale sum_{i>j} P[i][j] P[i][c]) = tau v^T P[:, c]
+// without a second sum (v_i = scale P[i][j] below the diagonal). Each block writes v into column j,
+// applies P[i][c] -= v_i w_c to its rows and, on the way, sums the products of the updated column
+// j + 1 with every column for the next step. One cluster barrier per column; the blocks' partial
+// sums sit in a two-slot buffer, so a block never overwrites a slot another is still reading (each
+// slot is rewritten only after the next barrier).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
@@ -81,9 +82,8 @@ __global__ void __launch_bounds__(kThreads) householder_panels_cluster_kernel(
   extern __shared__ __align__(16) unsigned char tile_bytes[];
   T* tile = reinterpret_cast<T*>(tile_bytes);
   __shared__ T red[kWarps][BW];
-  __shared__ T mine[2][BW + 1];
-  __shared__ T total[BW + 1];
-  __shared__ T w[BW];
+  __shared__ T mine[2][2 * BW];  // [0, BW): sums over the block's rows; [BW, 2 BW): row j (block 0)
+  __shared__ T total[2 * BW];
   const cg::cluster_group cluster = cg::this_cluster();
   const int rank = static_cast<int>(cluster.block_rank());
   const int64_t panel = blockIdx.x / blocks;
@@ -107,63 +107,58 @@ __global__ void __launch_bounds__(kThreads) householder_panels_cluster_kernel(
   }
   __syncthreads();
 
-  T sq = T(0);  // this thread's share of the squares below the diagonal of the next column
+  // The first step's sums: column 0 below the diagonal times every column.
+  T acc = T(0);
   for (int base = warp * kRowsPerWarp; base < local_rows; base += kRowStep) {
     const int li = base + sub;
-    if (li < local_rows && c == 0 && row0 + li > 0) sq += tile[li * BW] * tile[li * BW];
+    const bool valid = li < local_rows;
+    const T x = valid ? tile[li * BW + c] : T(0);
+    const T x0 = __shfl_sync(kFull, x, sub * BW);  // column 0 of this lane's row
+    if (valid && in_cols && row0 + li > 0) acc += x0 * x;
   }
 
   int slot = 0;
   for (int j = 0; j < steps; ++j) {
-    column_sums<T, BW>(sq, red, mine[slot]);
-    if (threadIdx.x == 0) mine[slot][BW] = rank == 0 ? tile[j * BW + j] : T(0);  // alpha, from block 0
-    cluster_sums(cluster, mine[slot], total, BW + 1, blocks);
+    column_sums<T, BW>(acc, red, mine[slot]);
+    if (threadIdx.x < BW)  // row j, from block 0 (it owns rows 0..BW-1); the others add zeros
+      mine[slot][BW + threadIdx.x] = rank == 0 && static_cast<int>(threadIdx.x) < cols ? tile[j * BW + threadIdx.x] : T(0);
+    cluster_sums(cluster, mine[slot], total, 2 * BW, blocks);
     slot ^= 1;
-    const T sigma = total[j], alpha = total[BW];
-    const auto h = householder_reflector(alpha, sigma);
+    const auto h = householder_reflector(total[BW + j], total[j]);
     const T tau = h.tau, scale = h.scale, beta = h.beta;
     if (rank == 0 && threadIdx.x == 0) tau_row[j] = tau;
+    const bool last = j + 1 >= cols;  // no columns to the right: nothing to update (same j in every block)
 
-    // v into column j below the diagonal; the sums v_i P[i][c] for c > j (row j: v_j = 1).
-    T acc = T(0);
-    const int source = sub * BW + j;  // the lane holding column j of this lane's row
+    // v into column j below the diagonal; P -= v w^T right of column j, rows i >= j (v_j = 1); the
+    // next step's sums over rows i > j + 1 of the updated column j + 1 times every column c > j.
+    const T wc = (!last && in_cols && c > j) ? tau * (total[BW + c] + scale * total[c]) : T(0);
+    acc = T(0);
     for (int base = warp * kRowsPerWarp; base < local_rows; base += kRowStep) {
       const int li = base + sub;
       const bool valid = li < local_rows;
+      const int i = row0 + li;
       const T x = valid ? tile[li * BW + c] : T(0);
-      const T xj = __shfl_sync(kFull, x, source);
-      const int i = row0 + li;
-      if (valid && i > j) {
-        const T v = xj * scale;
-        if (c == j) tile[li * BW + j] = v;
-        if (c > j && in_cols) acc += v * x;
+      const T xj = __shfl_sync(kFull, x, sub * BW + j);
+      T y = x;
+      if (valid && i == j && c == j) {
+        tile[li * BW + j] = beta;  // by its owner: no other thread touches this entry in the step
+      } else if (valid && i > j) {
+        if (c == j) {
+          tile[li * BW + j] = xj * scale;
+        } else if (c > j && in_cols) {
+          y = x - (xj * scale) * wc;
+          tile[li * BW + c] = y;
+        }
       } else if (valid && i == j && c > j && in_cols) {
-        acc += x;
-      }
-    }
-    if (rank == 0 && threadIdx.x == 0) tile[j * BW + j] = beta;
-    if (j + 1 >= cols) break;  // no columns to the right: nothing to update (same j in every block)
-
-    column_sums<T, BW>(acc, red, mine[slot]);
-    cluster_sums(cluster, mine[slot], total, BW, blocks);
-    slot ^= 1;
-    if (threadIdx.x < BW) w[threadIdx.x] = tau * total[threadIdx.x];
-    __syncthreads();
-
-    // P -= v w^T right of column j, rows i >= j; and the squares of column j + 1 below its diagonal.
-    sq = T(0);
-    const T wc = (in_cols && c > j) ? w[c] : T(0);
-    for (int base = warp * kRowsPerWarp; base < local_rows; base += kRowStep) {
-      const int li = base + sub;
-      const int i = row0 + li;
-      if (li < local_rows && in_cols && c > j && i >= j) {
-        const T v = i == j ? T(1) : tile[li * BW + j];
-        const T y = tile[li * BW + c] - v * wc;
+        y = x - wc;
         tile[li * BW + c] = y;
-        if (c == j + 1 && i > j + 1) sq += y * y;
+      }
+      if (!last) {
+        const T next = __shfl_sync(kFull, y, sub * BW + j + 1);
+        if (valid && in_cols && c > j && i > j + 1) acc += next * y;
       }
     }
-    __syncthreads();  // column j + 1 complete before the next step reads it
+    if (last) break;
   }
   __syncthreads();
 
