@@ -347,7 +347,10 @@ IN_FLIGHT_BAND_BYTES = 128 << 20
 
 def _default_in_flight(k: int) -> int:
     """Matrices that may wait for their eigenvalues while k x k Grams are being reduced."""
-    return max(MIN_IN_FLIGHT, 4 * ops.band_eigen.host_workers(), IN_FLIGHT_BAND_BYTES // ops.eigen.band_bytes(k))
+    # Pooled sizes need room for a whole pool and the next one filling behind it: with fewer in
+    # flight, finishing the oldest batch launches its pool early and the chases run small.
+    pool = ops.eigen.CHASE_POOL_MATRICES + MIN_IN_FLIGHT if ops.eigen.pools_chases(k) else 0
+    return max(MIN_IN_FLIGHT, 4 * ops.band_eigen.host_workers(), IN_FLIGHT_BAND_BYTES // ops.eigen.band_bytes(k), pool)
 
 
 @dataclass

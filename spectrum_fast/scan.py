@@ -22,7 +22,7 @@ from .targets import plan_tasks, require_some
 # 1 GiB or 1.5 GiB batches on the H100 with stage 2 on the host (bench/probes/memory_budget.log);
 # 640 MiB was slower (batches too small for stage 1). Batches the GPU route takes get the budget
 # less the upcast chunk and their temporaries instead (engine.gpu_batch_plan).
-DEFAULT_MAX_GPU_MEMORY = 3 << 29
+DEFAULT_MAX_GPU_MEMORY = 2 << 30
 DEFAULT_CPU_BUDGET = 512 << 20
 
 
