@@ -292,7 +292,7 @@ def _stage2(bands: torch.Tensor, width: int) -> torch.Tensor:
 # Grams not pooled; pooling them too cost 4.91 against 4.16 s: the pool's room in the budget
 # shrank their batches from 8 and 5 to 3). bench/probes/scan_profile_deepseek_h200_1effe4b-wt3.log,
 # scan_profile_h200_1effe4b-wt3.log and (pooling every size) scan_profile_h200_1effe4b-wt2.log.
-CHASE_POOL_MATRICES = 256
+CHASE_POOL_MATRICES = 128
 # Only bands of matrices up to this size wait in the pool; bigger ones are chased call by call.
 CHASE_POOL_MAX_N = 2048
 
