@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=".", help="output folder (default: here)")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     p.add_argument("--max-gpu-memory", type=float, default=None, metavar="GIB",
-                   help="GPU memory the scan may use, in GiB (default 1.5)")
+                   help="GPU memory the scan may use, in GiB (default 2)")
     p.add_argument("--precision", choices=["float64", "float32"], default="float64",
                    help="float64 (default, exact) or float32 (for GPUs with slow float64; errors grow with the spikes, see README)")
     p.add_argument("--model-name", default=None, help="names the files (default: hub id in config.json or folder)")

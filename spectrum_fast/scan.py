@@ -17,11 +17,13 @@ from .sources import ModuleSource, open_source
 from .targets import plan_tasks, require_some
 
 # GPU memory a scan may use (torch.cuda.max_memory_allocated from the scan's start). The planner
-# sizes each shape's batches to it (engine.gpu_batch_plan). With syevd's workspace reserved,
-# 1.5 GiB gave Llama-3-8B's 4096-wide matrices a batch budget of 768 MiB, which ran as fast as
-# 1 GiB or 1.5 GiB batches on the H100 with stage 2 on the host (bench/probes/memory_budget.log);
-# 640 MiB was slower (batches too small for stage 1). Batches the GPU route takes get the budget
-# less the upcast chunk and their temporaries instead (engine.gpu_batch_plan).
+# sizes each shape's batches to it (engine.gpu_batch_plan). 2 GiB rather than 1.5: DeepSeek-V2's
+# 1536 x 5120 experts then run in batches of 40 to 45 instead of ~31 (H100, 2 MoE layers on the GPU:
+# 2.05 s against 2.16 s at 1.5 GiB, bench/probes/scan_profile_deepseek_h100_194c1a2.log), and
+# Llama-3-70B's peak stays under 2 GB (1876 MiB, bench/results/gpu_workloads_h100_1b6ccba.log).
+# Smaller budgets cost speed first: with stage 2 on the host, 640 MiB batches were too small for
+# stage 1 on Llama-3-8B (bench/probes/memory_budget.log). Batches the GPU route takes get the
+# budget less the upcast chunk, their temporaries and the chase pool (engine.gpu_batch_plan).
 DEFAULT_MAX_GPU_MEMORY = 2 << 30
 DEFAULT_CPU_BUDGET = 512 << 20
 
@@ -64,7 +66,7 @@ def scan(
         Precision section).
     pool_experts: group ``mlp.experts.<e>.down_proj`` of all e into one type ``mlp.experts.*.down_proj``.
     model_name: names the output files (default: the hub id in config.json, or the folder name).
-    max_gpu_memory: bytes of GPU memory the scan may allocate (default 1.5 GiB); batches are sized
+    max_gpu_memory: bytes of GPU memory the scan may allocate (default 2 GiB); batches are sized
         to it, and a matrix that alone exceeds it is still scanned, one at a time. The peak is
         reported (ScanResult.peak_gpu_bytes).
     max_batch_bytes: fixes the bytes of matrices (input + Gram) per batch instead, on any device

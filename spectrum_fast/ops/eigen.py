@@ -286,7 +286,7 @@ def _stage2(bands: torch.Tensor, width: int) -> torch.Tensor:
 # up to CHASE_POOL_MAX_N. The chase runs one block per matrix, so its time per matrix falls with
 # the matrices in one launch until the SMs are full (H100, n = 1536: 1.28 ms per matrix at batch
 # 32, 0.61 at 96; bench/probes/chase_split_h100_1effe4b.log), while the scan's batches are small
-# under its memory budget (DeepSeek-V2's 1536 x 5120 experts at 1.5 GiB: 36). A band is small
+# under its memory budget (DeepSeek-V2's 1536 x 5120 experts at 2 GiB: 40 to 45). A band is small
 # (n x 2 bandwidth: 0.75 MiB at n = 1536). H200, same run, 2 DeepSeek-V2 MoE layers on the GPU:
 # 2.15 s with a pool of 128 against 2.38 s without; Llama-3-8B 4.15 against 4.11 s (its 4096
 # Grams not pooled; pooling them too cost 4.91 against 4.16 s: the pool's room in the budget
