@@ -345,14 +345,15 @@ MIN_IN_FLIGHT = 64
 IN_FLIGHT_BAND_BYTES = 128 << 20
 
 
-def _default_in_flight(k: int) -> int:
-    """Matrices that may wait for their eigenvalues while k x k Grams are being reduced."""
+def _default_in_flight(k: int, device: torch.device) -> int:
+    """Matrices that may wait for their eigenvalues while k x k Grams are being reduced on ``device``."""
     # Pooled sizes need room for a whole pool and the next one filling behind it: with fewer in
     # flight, finishing the oldest batch launches its pool early and the chases run small. H100,
     # one lease, 2 DeepSeek-V2 MoE layers on the GPU at 2 GiB: 2.05 s with this rule (192 in flight)
     # against 2.17 s with the 170 of IN_FLIGHT_BAND_BYTES (bench/probes/scan_profile_deepseek_h100_
     # 194c1a2.log and _e87608e.log).
-    pool = ops.eigen.CHASE_POOL_MATRICES + MIN_IN_FLIGHT if ops.eigen.pools_chases(k) else 0
+    pooled = device.type == "cuda" and ops.eigen.pools_chases(k)  # only the GPU chase pools
+    pool = ops.eigen.CHASE_POOL_MATRICES + MIN_IN_FLIGHT if pooled else 0
     return max(MIN_IN_FLIGHT, 4 * ops.band_eigen.host_workers(), IN_FLIGHT_BAND_BYTES // ops.eigen.band_bytes(k), pool)
 
 
@@ -411,7 +412,7 @@ def run_batches(
     "wait_s" (time the analysis loop stood waiting for the reader: what reading adds to the scan)
     and "compute_s" (the wall time of the analysis loop).
     """
-    in_flight_for = (lambda k: max_in_flight) if max_in_flight is not None else _default_in_flight
+    in_flight_for = (lambda k: max_in_flight) if max_in_flight is not None else (lambda k: _default_in_flight(k, device))
     in_flight: deque[_InFlight] = deque()
     waiting = 0
     loop_start = time.perf_counter()

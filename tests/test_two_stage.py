@@ -409,6 +409,13 @@ def test_pending_matrices_do_not_depend_on_host_cores(monkeypatch):
         assert expected <= peak[0] <= expected + 4, band_room
         assert pending[0] == 0
         assert [(r.name, r.snr, r.n_signal) for r in lazy.rows] == [(r.name, r.snr, r.n_signal) for r in eager.rows]
+    # Where the GPU chase pools the bands (n <= CHASE_POOL_MAX_N), a whole pool and MIN_IN_FLIGHT
+    # more may wait, so that finishing the oldest batch does not launch a pool before it is full.
+    monkeypatch.setattr(engine, "IN_FLIGHT_BAND_BYTES", 0)
+    cuda = torch.device("cuda")
+    assert engine._default_in_flight(8, cuda) == eigen.CHASE_POOL_MATRICES + engine.MIN_IN_FLIGHT
+    assert engine._default_in_flight(eigen.CHASE_POOL_MAX_N + 1, cuda) == engine.MIN_IN_FLIGHT
+    assert engine._default_in_flight(8, torch.device("cpu")) == engine.MIN_IN_FLIGHT
 
 
 @pytest.mark.parametrize("group", [2, 3, 4])
