@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="GPU memory the scan may use, in GiB (default 2)")
     p.add_argument("--precision", choices=["float64", "float32"], default="float64",
                    help="float64 (default, exact) or float32 (for GPUs with slow float64; errors grow with the spikes, see README)")
+    p.add_argument("--method", choices=["exact", "fast"], default="exact",
+                   help="exact (default: every singular value) or fast (top values by truncated SVD and the "
+                        "Marchenko-Pastur law; rows are estimates)")
+    p.add_argument("--estimator", choices=["spectrum", "gavish-donoho", "mp-fit", "mp-moments"], default=None,
+                   help="noise scale behind the edge: spectrum (IQR/1.349, the reference's; default for exact), "
+                        "gavish-donoho, mp-fit or mp-moments (fast mode's)")
     p.add_argument("--model-name", default=None, help="names the files (default: hub id in config.json or folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -95,13 +101,17 @@ def _cmd_scan(args) -> int:
     out = _output_folder(args.out)
     result = scan(source, types=_types(args), device=args.device, progress=not args.no_progress,
                   precision=args.precision, pool_experts=args.pool_experts, model_name=model_name,
-                  max_gpu_memory=None if args.max_gpu_memory is None else int(args.max_gpu_memory * 2**30))
+                  max_gpu_memory=None if args.max_gpu_memory is None else int(args.max_gpu_memory * 2**30),
+                  method=args.method, estimator=args.estimator)
     written = list(result.to_spectrum_json(out))
     written += [result.to_yaml(out, p) for p in percents]
     print(result.summary(tuple(percents)))
     gpu = f", peak GPU {result.peak_gpu_bytes / 2**20:.0f} MiB" if result.peak_gpu_bytes is not None else ""
     host = f", peak host {result.peak_host_bytes / 2**20:.0f} MiB" if result.peak_host_bytes is not None else ""
-    print(f"\n{len(result.rows)} matrices in {result.seconds:.2f} s on {result.device} ({result.precision}){gpu}{host}")
+    how = result.precision if result.method == "exact" else "fast mode: estimates"
+    if result.estimator != "spectrum":
+        how += f", sigma by {result.estimator}"
+    print(f"\n{len(result.rows)} matrices in {result.seconds:.2f} s on {result.device} ({how}){gpu}{host}")
     waited = result.read_wait_seconds  # on a CPU scan reads are in line, so only a GPU scan waits
     if str(result.device).startswith("cuda") and waited is not None and waited > 0.1 * result.seconds:
         print(f"the GPU waited {waited:.1f} s for reads: the disk, not the analysis, "

@@ -369,14 +369,21 @@ class _InFlight:
     load_s: float
 
 
-def _rows(item: _InFlight) -> Iterator[tuple[MatrixTask, MatrixRow]]:
+def _rows(item: _InFlight, estimator: str = "spectrum") -> Iterator[tuple[MatrixTask, MatrixRow]]:
     batch = item.batch
-    stats = ops.snr_statistics(item.eigenvalues.result(), batch.n, batch.m)
-    table = torch.stack([getattr(stats, f) for f in ops.SpectrumStats.FIELDS], dim=-1).cpu().tolist()
-    finite, nonzero = item.finite.cpu().tolist(), item.nonzero.cpu().tolist()
+    stats = ops.snr_statistics(item.eigenvalues.result(), batch.n, batch.m, estimator=estimator)
+    table = torch.stack([getattr(stats, f) for f in ops.SpectrumStats.FIELDS], dim=-1)
     # Per matrix: its share of the batch's wall time from analysis start to result, plus its share
     # of the (overlapped) read. Batches overlap, so these do not add up to the scan's time.
     per_matrix = (time.perf_counter() - item.started + item.load_s) / len(batch.tasks)
+    yield from rows_from_table(batch, table, item.finite, item.nonzero, per_matrix)
+
+
+def rows_from_table(batch: Batch, table: torch.Tensor, finite: torch.Tensor, nonzero: torch.Tensor,
+                    seconds_per_matrix: float, estimate: bool = False) -> Iterator[tuple[MatrixTask, MatrixRow]]:
+    """The rows of a batch from its [B, 7] statistics table (columns as ops.SpectrumStats.FIELDS)
+    and its per-matrix finiteness and nonzero flags. ``estimate`` marks rows of the fast mode."""
+    table, finite, nonzero = table.cpu().tolist(), finite.cpu().tolist(), nonzero.cpu().tolist()
     k = min(batch.n, batch.m)
     for task, row, ok, nz in zip(batch.tasks, table, finite, nonzero):
         sigma_max, sigma, tau, _signal, _noise, n_signal, snr = row
@@ -388,7 +395,7 @@ def _rows(item: _InFlight) -> Iterator[tuple[MatrixTask, MatrixRow]]:
             sigma_max=sigma_max, sigma=sigma, threshold=tau,
             n_signal=None if status == "nonfinite" else int(n_signal),
             n_noise=None if status == "nonfinite" else k - int(n_signal),
-            status=status, seconds=per_matrix,
+            status=status, seconds=seconds_per_matrix, estimate=estimate,
         )
 
 
@@ -401,13 +408,14 @@ def run_batches(
     timings: dict[str, float] | None = None,
     eigen_route: str = "auto",
     max_in_flight: int | None = None,
+    estimator: str = "spectrum",
 ) -> Iterator[tuple[MatrixTask, MatrixRow]]:
     """Analyse each batch, yielding rows in batch order.
 
     With the two-stage eigen routes the host or the GPU's side streams solve the bands of batch i
     while the device reduces batch i+1; at most ``max_in_flight`` matrices (default: 4 per host
     worker, at least MIN_IN_FLIGHT, more where IN_FLIGHT_BAND_BYTES of bands hold more) wait for
-    their eigenvalues.
+    their eigenvalues. ``estimator`` picks the noise scale (ops.noise_edge; default Spectrum's).
     ``timings`` (if given) accumulates "read_s" (reader thread, overlapped with everything),
     "wait_s" (time the analysis loop stood waiting for the reader: what reading adds to the scan)
     and "compute_s" (the wall time of the analysis loop).
@@ -421,7 +429,7 @@ def run_batches(
         nonlocal waiting
         item = in_flight.popleft()
         waiting -= len(item.batch.tasks)
-        yield from _rows(item)
+        yield from _rows(item, estimator)
         if on_batch is not None:
             on_batch(item.batch)
 

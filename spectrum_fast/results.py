@@ -41,6 +41,7 @@ class MatrixRow:
     n_noise: int | None = None
     status: str = "ok"  # "ok" | "nonfinite" | "zero"
     seconds: float | None = None
+    estimate: bool = False  # the fast mode's: sigma and the noise sum estimated, not all values solved
 
 
 @dataclass
@@ -51,6 +52,8 @@ class ScanResult:
     head_name: str | None = None  # parameter name of the output head, when known
     device: str | None = None
     precision: str | None = None
+    method: str = "exact"  # "exact" (every singular value) or "fast" (scan(method="fast"))
+    estimator: str = "spectrum"  # the noise scale's estimator (ops.noise_edge.ESTIMATORS)
     seconds: float | None = None
     read_seconds: float | None = None  # reading + host-to-device copies (overlapped on CUDA)
     compute_seconds: float | None = None  # Gram + eigenvalues + statistics

@@ -52,6 +52,8 @@ def scan(
     max_gpu_memory: int | None = None,
     max_batch_bytes: int | None = None,
     eigen_route: str = "auto",
+    method: str = "exact",
+    estimator: str | None = None,
 ) -> ScanResult:
     """Signal-to-noise ratio of every selected weight matrix, exactly as Spectrum defines it.
 
@@ -76,11 +78,28 @@ def scan(
         eigenvalues by LAPACK on host threads) or "two_stage_gpu" (both stages on a CUDA device
         with Triton kernels: what "auto" picks there up to n = 4096); all are exact to float64
         rounding.
+    method: "exact" (every singular value, the default) or "fast": no full eigen solve; the
+        singular values above the Marchenko-Pastur edge by truncated SVD, sigma by "mp-moments",
+        the rest of the noise sum from the MP law (ops.fast_snr); rows are marked as estimates.
+    estimator: the noise scale sigma behind the edge tau = sigma (1 + sqrt(beta)): "spectrum"
+        (IQR / 1.349, the reference's and the exact mode's default), "gavish-donoho", "mp-fit" or
+        "mp-moments" (ops.noise_edge; the fast mode's, and the only one it takes).
     """
     if precision not in ("float64", "float32"):
         raise SelectionError(f"precision {precision!r} is not known: use float64 (exact) or float32")
     if eigen_route not in ops.ROUTES:
         raise SelectionError(f"eigen_route {eigen_route!r} is not known: use one of {', '.join(ops.ROUTES)}")
+    if method not in ("exact", "fast"):
+        raise SelectionError(f"method {method!r} is not known: use exact or fast")
+    from .ops import noise_edge
+
+    if estimator is None:
+        estimator = "mp-moments" if method == "fast" else "spectrum"
+    if estimator not in noise_edge.ESTIMATORS:
+        raise SelectionError(f"estimator {estimator!r} is not known: use one of {', '.join(noise_edge.ESTIMATORS)}")
+    if method == "fast" and estimator != "mp-moments":
+        raise SelectionError(f"method='fast' estimates sigma by mp-moments, not {estimator}: "
+                             f"leave estimator out or use method='exact'")
     if max_gpu_memory is not None and max_gpu_memory <= 0:
         raise SelectionError(f"max_gpu_memory={max_gpu_memory}: give a positive number of bytes")
     dev = resolve_device(device)
@@ -96,6 +115,10 @@ def scan(
         require_some(tasks, infos, types, src.label)
         if max_batch_bytes is not None:
             budget = max_batch_bytes
+        elif dev.type == "cuda" and method == "fast":
+            from .fast_engine import fast_batch_plan
+
+            budget = fast_batch_plan(max_gpu_memory or DEFAULT_MAX_GPU_MEMORY)
         elif dev.type == "cuda":
             budget = gpu_batch_plan(max_gpu_memory or DEFAULT_MAX_GPU_MEMORY, precision, eigen_route, dev)
         else:
@@ -112,14 +135,19 @@ def scan(
                 tracker.sample()
                 bar.update(len(batch.tasks))
 
-            for task, row in run_batches(
-                src, batches, dev, precision, on_batch=after, timings=timings, eigen_route=eigen_route
-            ):
+            if method == "fast":
+                from .fast_engine import run_batches_fast
+
+                rows = run_batches_fast(src, batches, dev, on_batch=after, timings=timings)
+            else:
+                rows = run_batches(src, batches, dev, precision, on_batch=after, timings=timings,
+                                   eigen_route=eigen_route, estimator=estimator)
+            for task, row in rows:
                 rows_by_order[task.order] = row
         rows = [rows_by_order[i] for i in sorted(rows_by_order)]
         return ScanResult(
             rows=rows, model_name=src.model_name, embedding_name=src.embedding_name(),
-            head_name=src.head_name(), device=str(dev), precision=precision,
+            head_name=src.head_name(), device=str(dev), precision=precision, method=method, estimator=estimator,
             seconds=time.perf_counter() - start, peak_gpu_bytes=tracker.gpu_peak,
             peak_host_bytes=tracker.host_peak, skipped=skipped,
             read_seconds=timings.get("read_s"), compute_seconds=timings.get("compute_s"),

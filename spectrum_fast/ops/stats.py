@@ -6,6 +6,10 @@ beta = min/max, signal = sum S > tau, noise = sum S <= tau (1.0 when empty), snr
 Backends, one chosen per call by snr_statistics: the Triton kernel (spectrum_fast.kernels.stats) for
 eigenvalues on a CUDA device when triton is installed, the C++ extension (spectrum_fast._C) on the
 CPU when built, plain torch otherwise (any device).
+
+The IQR rule above is the default noise estimator ("spectrum"); snr_statistics(estimator=...) takes
+the others of ops.noise_edge (Marchenko-Pastur fits), computed in plain torch float64 on the
+eigenvalues' device, with the same tau/signal/noise/snr formulas (snr_table_from_sigma).
 """
 
 from __future__ import annotations
@@ -68,12 +72,17 @@ def threshold_factor(n: int, m: int) -> float:
     return 1.0 + math.sqrt(beta)
 
 
-def snr_statistics_torch(eigvals: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """[B, k] ascending eigenvalues -> [B, 7] float64 table (columns as SpectrumStats.FIELDS)."""
-    s = singular_values_from_eigenvalues(eigvals)
+def iqr_sigma(s: torch.Tensor) -> torch.Tensor:
+    """Spectrum's noise scale from ascending singular values [B, k]: (q75 - q25) / 1.349 (the IQR of
+    a normal distribution is 1.349 standard deviations)."""
     q25 = _quantile_sorted(s, 0.25)
     q75 = _quantile_sorted(s, 0.75)
-    sigma = (q75 - q25) / 1.349
+    return (q75 - q25) / 1.349
+
+
+def snr_table_from_sigma(s: torch.Tensor, sigma: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Ascending singular values [B, k] (float64) and a noise scale sigma [B] -> the [B, 7] table
+    (columns as SpectrumStats.FIELDS): tau = sigma (1 + sqrt beta) and Spectrum's sums and ratio."""
     tau = sigma * threshold_factor(n, m)
     above = s > tau.unsqueeze(-1)
     signal = torch.where(above, s, 0.0).sum(-1)
@@ -83,6 +92,12 @@ def snr_statistics_torch(eigvals: torch.Tensor, n: int, m: int) -> torch.Tensor:
     sigma_max = s[..., -1]
     snr = torch.where(sigma_max > 0, signal / noise / sigma_max, 0.0)
     return torch.stack([sigma_max, sigma, tau, signal, noise, n_signal, snr], dim=-1)
+
+
+def snr_statistics_torch(eigvals: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """[B, k] ascending eigenvalues -> [B, 7] float64 table (columns as SpectrumStats.FIELDS)."""
+    s = singular_values_from_eigenvalues(eigvals)
+    return snr_table_from_sigma(s, iqr_sigma(s), n, m)
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,9 +113,15 @@ def _triton_kernels() -> ModuleType:
 _triton_failed: str | None = None
 
 
-def snr_statistics(eigvals: torch.Tensor, n: int, m: int) -> SpectrumStats:
-    """Statistics of a batch of matrices of shape n x m from their Gram eigenvalues ([B, k], ascending)."""
+def snr_statistics(eigvals: torch.Tensor, n: int, m: int, estimator: str = "spectrum") -> SpectrumStats:
+    """Statistics of a batch of matrices of shape n x m from their Gram eigenvalues ([B, k], ascending).
+
+    estimator: how sigma is estimated, one of ops.noise_edge.ESTIMATORS. "spectrum" (Spectrum's IQR
+    rule) runs the backends below, unchanged; the others run in plain torch float64.
+    """
     global _triton_failed
+    if estimator != "spectrum":
+        return _snr_statistics_other_estimator(eigvals, n, m, estimator)
     eigvals = eigvals.reshape(-1, eigvals.shape[-1])
     device = eigvals.device
     table = None
@@ -120,3 +141,13 @@ def snr_statistics(eigvals: torch.Tensor, n: int, m: int) -> SpectrumStats:
         else:
             table = snr_statistics_torch(eigvals, n, m)
     return SpectrumStats.from_columns(table)
+
+
+def _snr_statistics_other_estimator(eigvals: torch.Tensor, n: int, m: int, estimator: str) -> SpectrumStats:
+    # Imported here: noise_edge builds on this module (iqr_sigma, _quantile_sorted, threshold_factor).
+    from . import noise_edge
+
+    noise_edge.check_estimator(estimator)
+    s = singular_values_from_eigenvalues(eigvals.reshape(-1, eigvals.shape[-1]))
+    sigma = noise_edge.estimate_sigma(s, n, m, estimator)
+    return SpectrumStats.from_columns(snr_table_from_sigma(s, sigma, n, m))

@@ -1,0 +1,35 @@
+"""Orthonormal bases of the columns of tall, thin fp32 matrices, batched: Cholesky QR twice in
+float64, with Householder QR for the matrices where it cannot run.
+
+Cholesky QR forms G = Y^T Y, factors G = R^T R and takes Q = Y R^-1: two GEMM-like passes and a
+c x c factorization, where Householder QR (torch.linalg.qr, geqrf) walks the columns one panel
+at a time with small kernels. Its loss of orthogonality grows with cond(Y)^2 u, so the Gram is
+formed and solved in float64 (u = 1.1e-16) and the step is taken twice ("CholeskyQR2", Fukaya et
+al. 2014): the second pass starts from a basis already orthonormal to ~cond(Y)^2 1e-16 and leaves
+it orthonormal to rounding. Its limit is cond(Y) of about 1e8, far beyond the sketches of a
+randomized SVD that re-orthonormalizes after every product (their condition is sigma_1 / sigma_l
+of the matrix, at most a few thousand for trained weights). A matrix whose Gram is not positive
+definite in float64 (rank below c: a zero or rank-deficient input) goes to Householder QR instead,
+which returns a basis whatever the rank.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def orthonormalize(y: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis Q [B, p, c] of the columns of fp32 ``y`` [B, p, c], p >= c; fp32."""
+    q = y.to(torch.float64)
+    bad = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
+    for _ in range(2):
+        gram = q.mT @ q
+        chol, info = torch.linalg.cholesky_ex(gram)
+        bad |= info != 0
+        # Matrices that failed get an identity factor here and Householder QR below.
+        chol = torch.where((info != 0)[:, None, None], torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device), chol)
+        q = torch.linalg.solve_triangular(chol, q.mT, upper=False).mT  # Y R^-1 with R = L^T
+    out = q.to(torch.float32)
+    if bool(bad.any()):
+        out[bad] = torch.linalg.qr(y[bad])[0]
+    return out

@@ -1,0 +1,107 @@
+"""Spectrum's statistics without a full eigen solve (scan(method="fast")), for a batch of matrices.
+
+Per matrix (n x m, k = min, M = max, beta = k / M), in Spectrum's units (ops.mp_law):
+1. The t largest singular values by truncated SVD (linalg.truncated_svd), t from START_VALUES,
+   doubled for the matrices whose every found value is still a spike, until one falls below the
+   edge or t = k.
+2. sigma by "mp-moments" (ops.noise_edge.deflated_moments): the mean squared non-spike singular
+   value, from ||W||_F^2 less the spikes' squares; the spikes are the found values above the edge
+   sigma (1 + sqrt beta) by a few Tracy-Widom scales, by its fixed point. The same sigma as the
+   exact mode's "mp-moments" whenever the spikes are found (t > r).
+3. signal = the sum of the found values above the edge tau = sigma (1 + sqrt beta); noise = the MP
+   law's expectation for the other k - s values (s of them above tau): the bulk's lowest k - s,
+   sigma k times the integral of sqrt(x) f(x) up to the MP quantile (k - s) / k. Not the found
+   values below tau: the randomized SVD gives values inside the bulk a few % low (their gaps to
+   the next are small), which made the noise sum ~1-2% low against the exact mode.
+4. SNR = signal / noise / largest value, as Spectrum.
+Matrices with k <= FULL_SPECTRUM_MAX_K take all their values from the Gram (cheap there), so their
+rows are the exact mode's "mp-moments" rows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..linalg import truncated_svd
+from . import mp_law, noise_edge
+from .gram import gram
+from .stats import threshold_factor
+
+# Values found first per matrix; doubled where all are spikes. The randomized SVD's accuracy on the
+# values just above the edge sets the fast mode's: trained-looking weights (bench/workloads.py)
+# carry a dense run of weak outliers there (768 x 2560: 23 values above the edge, 10 of them within
+# 10% of it), which a small sketch finds low and so below the edge. On 3 such matrices (CPU, one
+# run): 32 values, oversampling 10, 2 iterations gave SNRs 19-28% low (14-17 of the 23 found);
+# 64, 64 and 6 iterations within 1.1-1.9%; 96, 96, 3 within 1-5%.
+START_VALUES = 64
+OVERSAMPLE = 64
+POWER_ITERS = 6
+# At or below this k every value comes from the float64 Gram's eigenvalues.
+FULL_SPECTRUM_MAX_K = 64
+
+
+def _unfound_noise_per_sigma(k: int, above: torch.Tensor, beta: float) -> torch.Tensor:
+    """Expected sum of the k - s smallest singular values of an MP bulk, in units of sigma, for
+    s = ``above`` (a tensor of counts): k * int_a^{q((k - s) / k)} sqrt(x) f(x) dx."""
+    p = (k - above).to(torch.float64) / k
+    x_hi = mp_law.mp_quantile(p.cpu(), beta)
+    return (k * mp_law.mp_partial_mean_sqrt(x_hi, beta)).to(above.device)
+
+
+def _table(top: torch.Tensor, found: torch.Tensor, frob2: torch.Tensor, k: int, big: int) -> torch.Tensor:
+    """[B, 7] table (ops.SpectrumStats.FIELDS) from the top values (descending, padded with NaN past
+    each matrix's ``found``), their counts and ||W||_F^2."""
+    beta = k / big
+    valid = torch.arange(top.shape[-1], device=top.device) < found.unsqueeze(-1)
+    values = torch.where(valid, top, 0.0)
+    sigma = torch.empty_like(frob2)
+    for t in found.unique().tolist():  # deflated_moments takes one count of top values at a time
+        rows = found == t
+        sigma[rows] = noise_edge.deflated_moments(frob2[rows], torch.full_like(frob2[rows], math.nan),
+                                                  values[rows, :t], k, big).sigma
+    tau = sigma * threshold_factor(k, big)
+    above = valid & (values > tau.unsqueeze(-1))
+    signal = torch.where(above, values, 0.0).sum(-1)
+    n_above = above.sum(-1)
+    n_signal = n_above.to(torch.float64)
+    exact = found == k  # every value found: the noise sum is theirs, as in the exact mode
+    noise = torch.where(exact, torch.where(valid & ~above, values, 0.0).sum(-1),
+                        sigma * _unfound_noise_per_sigma(k, n_above, beta))
+    noise = torch.where(n_signal < k, noise, 1.0)  # Spectrum's rule when no value is below the edge
+    sigma_max = values[:, 0]
+    snr = torch.where(sigma_max > 0, signal / noise / sigma_max, 0.0)
+    return torch.stack([sigma_max, sigma, tau, signal, noise, n_signal, snr], dim=-1)
+
+
+def _full_spectrum(w: torch.Tensor) -> torch.Tensor:
+    """All singular values, descending, float64, from the float64 Gram."""
+    eig = torch.linalg.eigvalsh(gram(w, "float64"))
+    return eig.clamp_min(0).sqrt().flip(-1)
+
+
+def fast_snr_statistics(w: torch.Tensor, start_values: int | None = None, seed: int | None = None) -> torch.Tensor:
+    """[B, n, m] matrices (any float dtype; finite) -> [B, 7] float64 table (ops.SpectrumStats.FIELDS)."""
+    b, n, m = w.shape
+    k, big = min(n, m), max(n, m)
+    frob2 = torch.linalg.vector_norm(w.reshape(b, -1), dim=-1, dtype=torch.float64).square()
+    if k <= FULL_SPECTRUM_MAX_K:
+        top = _full_spectrum(w)
+        return _table(top, torch.full((b,), k, device=w.device), frob2, k, big)
+    t = min(k, start_values or START_VALUES)
+    top = torch.full((b, k), math.nan, dtype=torch.float64, device=w.device)
+    found = torch.zeros(b, dtype=torch.int64, device=w.device)
+    todo = torch.arange(b, device=w.device)
+    while todo.numel():
+        _, s, _ = truncated_svd(w[todo], t, method="randomized", oversample=OVERSAMPLE,
+                                power_iters=POWER_ITERS, seed=seed)
+        top[todo, :t] = s.to(torch.float64)
+        found[todo] = t
+        if t == k:
+            break
+        spikes = noise_edge.deflated_moments(frob2[todo], torch.full_like(frob2[todo], math.nan),
+                                             top[todo, :t], k, big)
+        todo = todo[spikes.saturated]
+        t = min(k, 2 * t)
+    return _table(top, found, frob2, k, big)

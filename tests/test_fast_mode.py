@@ -1,0 +1,108 @@
+"""scan(method="fast") and scan(estimator=...): the fast mode's rows against the exact mode's
+"mp-moments" rows (float64 truth), the estimator plumbing, and their bad-input errors.
+
+Matrices: Gaussian noise of a known scale plus a few spikes well above the Marchenko-Pastur edge
+(the fast mode's model), fresh every run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import spectrum_fast
+from spectrum_fast.errors import SelectionError
+from spectrum_fast.ops import fast_snr, noise_edge
+from spectrum_fast.ops.stats import threshold_factor
+
+
+def spiked(n: int, m: int, spikes: int, gen: torch.Generator, dtype=torch.float32) -> torch.Tensor:
+    noise = torch.randn(n, m, generator=gen, dtype=torch.float64) / math.sqrt(max(n, m))
+    k = min(n, m)
+    u = torch.linalg.qr(torch.randn(n, spikes, generator=gen, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(m, spikes, generator=gen, dtype=torch.float64))[0]
+    edge = threshold_factor(n, m)  # the noise's edge in these units (sigma = 1)
+    s = edge * (3.0 + 4.0 * torch.rand(spikes, generator=gen, dtype=torch.float64))
+    assert k > spikes
+    return (noise + (u * s) @ v.T).to(dtype)
+
+
+def model(gen: torch.Generator) -> dict[str, torch.Tensor]:
+    weights = {}
+    for layer in range(4):
+        weights[f"model.layers.{layer}.mlp.up_proj.weight"] = spiked(384, 160, 3 + layer, gen)
+        weights[f"model.layers.{layer}.mlp.down_proj.weight"] = spiked(160, 384, 2 + layer, gen)
+        weights[f"model.layers.{layer}.self_attn.q_proj.weight"] = spiked(48, 48, 2, gen)  # k <= 64: all values
+    return weights
+
+
+def test_fast_rows_match_the_exact_mp_moments_rows(seed):
+    gen = torch.Generator().manual_seed(seed)
+    weights = model(gen)
+    exact = spectrum_fast.scan(weights, device="cpu", progress=False, estimator="mp-moments")
+    fast = spectrum_fast.scan(weights, device="cpu", progress=False, method="fast")
+    assert fast.method == "fast" and fast.estimator == "mp-moments" and exact.estimator == "mp-moments"
+    assert [r.name for r in fast.rows] == [r.name for r in exact.rows]
+    for e, f in zip(exact.rows, fast.rows):
+        assert f.estimate and not e.estimate
+        # The spikes are found, so sigma and the edge are the exact mode's (to the truncated SVD's
+        # accuracy on the spikes' squares) and so is the signal; the noise sum is the MP law's. A
+        # bulk value just above the edge (Tracy-Widom's tail: ~1 matrix in 5 here) comes out of the
+        # randomized SVD a little low and may land below it: one value of signal less, a few % of SNR.
+        assert f.sigma == pytest.approx(e.sigma, rel=1e-4), (seed, e.name)
+        assert e.n_signal - 1 <= f.n_signal <= e.n_signal, (seed, e.name)
+        close = 0.02 if f.n_signal == e.n_signal else 0.08
+        assert f.snr == pytest.approx(e.snr, rel=close), (seed, e.name, f.snr, e.snr)
+        if min(f.shape) <= fast_snr.FULL_SPECTRUM_MAX_K:
+            assert f.snr == pytest.approx(e.snr, rel=1e-10), (seed, e.name)
+
+
+def test_fast_mode_finds_more_values_when_all_found_are_spikes(seed):
+    gen = torch.Generator().manual_seed(seed)
+    w = spiked(300, 700, 40, gen)  # 40 spikes: more than the first 32 values looked at
+    table = fast_snr.fast_snr_statistics(w.unsqueeze(0))
+    s = torch.linalg.svdvals(w.double())
+    truth = noise_edge.deflated_moments(*noise_edge.spectrum_moments(s.flip(-1).unsqueeze(0)), 300, 700)
+    assert int(truth.n_spikes) == 40, seed
+    assert int(table[0, 5]) == 40, seed
+    assert table[0, 1].item() == pytest.approx(truth.sigma.item(), rel=1e-4), seed
+
+
+def test_estimators_change_sigma_as_noise_edge_says(seed):
+    gen = torch.Generator().manual_seed(seed)
+    weights = {"model.layers.0.mlp.up_proj.weight": spiked(256, 512, 3, gen, torch.float64)}
+    s = torch.linalg.svdvals(weights["model.layers.0.mlp.up_proj.weight"]).flip(-1).unsqueeze(0)
+    for estimator in noise_edge.ESTIMATORS:
+        row = spectrum_fast.scan(weights, device="cpu", progress=False, estimator=estimator).rows[0]
+        expected = noise_edge.estimate_sigma(s, 256, 512, estimator).item()
+        assert row.sigma == pytest.approx(expected, rel=1e-9), (seed, estimator)
+        assert not row.estimate
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"method": "quick"}, "method 'quick' is not known"),
+    ({"estimator": "iqr"}, "estimator 'iqr' is not known"),
+    ({"method": "fast", "estimator": "spectrum"}, "method='fast' estimates sigma by mp-moments"),
+])
+def test_bad_method_or_estimator_is_one_clear_error(kwargs, message):
+    weights = {"model.layers.0.mlp.up_proj.weight": torch.randn(8, 16)}
+    with pytest.raises(SelectionError, match=message):
+        spectrum_fast.scan(weights, device="cpu", progress=False, **kwargs)
+
+
+def test_cli_fast_mode_writes_the_reference_files(tmp_path, seed):
+    from conftest import run_cli
+
+    gen = torch.Generator().manual_seed(seed)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model(gen).items()}, str(tmp_path / "model.safetensors"))
+    out = tmp_path / "out"
+    proc = run_cli("scan", tmp_path / "model.safetensors", "--method", "fast", "--out", out,
+                   "--no-progress", "--device", "cpu", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "fast mode: estimates" in proc.stdout
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) == 3 and all(x.startswith("snr_results_") for x in names), names
+    assert names[0].endswith(".json") and names[1].endswith("_sorted.json") and names[2].endswith("50percent.yaml")
