@@ -69,8 +69,9 @@ def compare(fast: spectrum_fast.ScanResult, exact: spectrum_fast.ScanResult) -> 
     e = {r.name: r for r in exact.rows if r.status == "ok"}
     # Matrices whose exact SNR is 0 (no value above the edge: pure noise) have no relative error;
     # they count as agreeing when the fast mode gives 0 too, and are listed apart.
-    rel = [abs(r.snr - e[r.name].snr) / abs(e[r.name].snr) for r in fast.rows
-           if r.name in e and e[r.name].snr != 0 and math.isfinite(r.snr)]
+    pairs = [(r.snr, e[r.name].snr) for r in fast.rows if r.name in e and e[r.name].snr != 0]
+    rel = [abs(f - x) / abs(x) for f, x in pairs if math.isfinite(f) and math.isfinite(x)]
+    not_finite = len(pairs) - len(rel)
     zero_both = sum(1 for r in fast.rows if r.name in e and e[r.name].snr == 0 and r.snr == 0)
     zero_exact = sum(1 for r in fast.rows if r.name in e and e[r.name].snr == 0)
     by_type: dict[str, tuple[list[float], list[float]]] = {}
@@ -82,7 +83,7 @@ def compare(fast: spectrum_fast.ScanResult, exact: spectrum_fast.ScanResult) -> 
     rho = {t: spearman(xs, ys) for t, (xs, ys) in by_type.items() if len(xs) > 2}
     rel.sort()
     return {
-        "exact_snr_zero": zero_exact, "fast_snr_zero_too": zero_both,
+        "exact_snr_zero": zero_exact, "fast_snr_zero_too": zero_both, "snr_not_finite": not_finite,
         "median_rel_snr_diff": statistics.median(rel),
         "p95_rel_snr_diff": rel[int(0.95 * (len(rel) - 1))],
         "spearman_min": min(rho.values()) if rho else float("nan"),

@@ -58,10 +58,19 @@ def test_fast_rows_match_the_exact_mp_moments_rows(seed):
             assert f.snr == pytest.approx(e.snr, rel=1e-10), (seed, e.name)
 
 
-def test_fast_mode_finds_more_values_when_all_found_are_spikes(seed):
+@pytest.mark.parametrize("fraction", [1.0, 0.1], ids=["doubling", "full-spectrum"])
+def test_fast_mode_finds_more_values_when_all_found_are_spikes(monkeypatch, fraction, seed):
+    """16 values first, then 32, then 64 for 40 spikes; or, where that passes FULL_SPECTRUM_FRACTION
+    of k, every value from the Gram."""
+    monkeypatch.setattr(fast_snr, "START_VALUES", 16)
+    monkeypatch.setattr(fast_snr, "FULL_SPECTRUM_FRACTION", fraction)
+    calls = []
+    real = fast_snr.truncated_svd
+    monkeypatch.setattr(fast_snr, "truncated_svd", lambda a, t, **kw: calls.append(t) or real(a, t, **kw))
     gen = torch.Generator().manual_seed(seed)
-    w = spiked(300, 700, 40, gen)  # 40 spikes: more than the first 32 values looked at
+    w = spiked(300, 700, 40, gen)
     table = fast_snr.fast_snr_statistics(w.unsqueeze(0))
+    assert calls == ([16, 32, 64] if fraction == 1.0 else [16]), (seed, calls)
     s = torch.linalg.svdvals(w.double())
     truth = noise_edge.deflated_moments(*noise_edge.spectrum_moments(s.flip(-1).unsqueeze(0)), 300, 700)
     assert int(truth.n_spikes) == 40, seed

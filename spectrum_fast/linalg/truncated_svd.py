@@ -238,8 +238,11 @@ def _randomized_svd_split(a: torch.Tensor, k: int, l: int, power_iters: int, see
         y = split_products.split_bmm(a, omega, 1)  # Omega is bf16 already: one part is exact
     q = orthonormalize(y)
     for _ in range(power_iters):
-        q = orthonormalize(split_products.split_bmm(a.mT, q, ITERATION_PARTS))  # the row space, then back
-        q = orthonormalize(split_products.split_bmm(a, q, ITERATION_PARTS))
+        # A (A^T Q), orthonormalized once per iteration, not after each half: the product's condition
+        # is (sigma_1 / sigma_l)^2, well within Cholesky QR's reach in float64 (module orthonormalize),
+        # and each orthonormalization waits for the GPU (the fallback check) with small kernels.
+        z = split_products.split_bmm(a.mT, q, ITERATION_PARTS)
+        q = orthonormalize(split_products.split_bmm(a, z, ITERATION_PARTS))
     small = split_products.split_bmm_left(q.mT, a, 3)  # B = Q^T A: [batch, l, m]
     small64 = small.to(torch.float64)
     gram = (small64 @ small64.mT).cpu()

@@ -14,8 +14,9 @@ Per matrix (n x m, k = min, M = max, beta = k / M), in Spectrum's units (ops.mp_
    values below tau: the randomized SVD gives values inside the bulk a few % low (their gaps to
    the next are small), which made the noise sum ~1-2% low against the exact mode.
 4. SNR = signal / noise / largest value, as Spectrum.
-Matrices with k <= FULL_SPECTRUM_MAX_K take all their values from the Gram (cheap there), so their
-rows are the exact mode's "mp-moments" rows.
+Matrices with k <= FULL_SPECTRUM_MAX_K, and those that would need more than FULL_SPECTRUM_FRACTION
+of their values, take all their values from the Gram, so their rows are the exact mode's
+"mp-moments" rows.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 
 from ..linalg import truncated_svd
 from . import mp_law, noise_edge
+from .eigen import eigvalsh
 from .gram import gram
 from .stats import threshold_factor
 
@@ -40,6 +42,12 @@ OVERSAMPLE = 64
 POWER_ITERS = 6
 # At or below this k every value comes from the float64 Gram's eigenvalues.
 FULL_SPECTRUM_MAX_K = 64
+# Matrices that would need more than this fraction of their values (rank-deficient ones: their
+# zero singular values pull sigma down, so hundreds of values clear the edge) get all of them from
+# the Gram instead: a truncated SVD that wide costs more than the exact route, and its host-side
+# l x l eigen solve grows as l^3 (H100 profile: 134 truncated SVDs for 29 batches, 6 s of host eigh,
+# bench/probes/fast_profile_deepseek_h100_4bcf65c.log).
+FULL_SPECTRUM_FRACTION = 0.125
 
 
 def _unfound_noise_per_sigma(k: int, above: torch.Tensor, beta: float) -> torch.Tensor:
@@ -76,9 +84,9 @@ def _table(top: torch.Tensor, found: torch.Tensor, frob2: torch.Tensor, k: int, 
 
 
 def _full_spectrum(w: torch.Tensor) -> torch.Tensor:
-    """All singular values, descending, float64, from the float64 Gram."""
-    eig = torch.linalg.eigvalsh(gram(w, "float64"))
-    return eig.clamp_min(0).sqrt().flip(-1)
+    """All singular values, descending, float64, from the float64 Gram (the exact mode's eigen routes)."""
+    eig = eigvalsh(gram(w, "float64"))
+    return eig.to(device=w.device, dtype=torch.float64).clamp_min(0).sqrt().flip(-1)
 
 
 def fast_snr_statistics(w: torch.Tensor, start_values: int | None = None, seed: int | None = None) -> torch.Tensor:
@@ -94,14 +102,16 @@ def fast_snr_statistics(w: torch.Tensor, start_values: int | None = None, seed: 
     found = torch.zeros(b, dtype=torch.int64, device=w.device)
     todo = torch.arange(b, device=w.device)
     while todo.numel():
+        if t > FULL_SPECTRUM_FRACTION * k:
+            top[todo] = _full_spectrum(w[todo])
+            found[todo] = k
+            break
         _, s, _ = truncated_svd(w[todo], t, method="randomized", oversample=OVERSAMPLE,
                                 power_iters=POWER_ITERS, seed=seed)
         top[todo, :t] = s.to(torch.float64)
         found[todo] = t
-        if t == k:
-            break
         spikes = noise_edge.deflated_moments(frob2[todo], torch.full_like(frob2[todo], math.nan),
                                              top[todo, :t], k, big)
         todo = todo[spikes.saturated]
-        t = min(k, 2 * t)
+        t = 2 * t
     return _table(top, found, frob2, k, big)
