@@ -34,9 +34,9 @@ from .stats import threshold_factor
 # Values found first per matrix; doubled where all are spikes. The randomized SVD's accuracy on the
 # values just above the edge sets the fast mode's: trained-looking weights (bench/workloads.py)
 # carry a dense run of weak outliers there (768 x 2560: 23 values above the edge, 10 of them within
-# 10% of it), which a small sketch finds low and so below the edge. On 3 such matrices (CPU, one
-# run): 32 values, oversampling 10, 2 iterations gave SNRs 19-28% low (14-17 of the 23 found);
-# 64, 64 and 6 iterations within 1.1-1.9%; 96, 96, 3 within 1-5%.
+# 10% of it), which a small sketch finds low and so below the edge. On 3 such matrices (CPU,
+# bench/probes/fast_settings_cpu.log): 32 values, oversampling 10, 2 iterations gave SNRs 22-25%
+# low (15-16 of the 23 counted); 64, 64 and 6 iterations -1.9% to +1.2%; 96, 96, 3 -5.0% to +1.0%.
 START_VALUES = 64
 OVERSAMPLE = 64
 POWER_ITERS = 6
