@@ -124,3 +124,33 @@ def test_bf16_route_on_the_gpu(seed):
     assert svd_module._takes_split_products(torch.zeros(1, 2, 2, dtype=torch.bfloat16, device="cuda"))
     gen = torch.Generator().manual_seed(seed)
     _check_bf16_route(_spiked_bf16(3, 500, 1200, 12, gen).cuda(), 8, seed)
+
+
+def test_bf16_route_redoes_rank_deficient_sketches(monkeypatch, seed):
+    """A zero matrix and one of rank 3 < l in a batch. Cholesky QR fails on the zero matrix's sketch,
+    which is redone by the Householder route; the rank-3 one's float64 Gram is positive definite by
+    rounding, and its extra columns (amplified rounding, orthonormalized by the second pass) only
+    widen the subspace. Every matrix of the batch comes out right."""
+    from spectrum_fast.linalg import split_products, truncated_svd
+
+    svd_module = importlib.import_module("spectrum_fast.linalg.truncated_svd")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(split_products, "available", lambda a: a.dtype == torch.bfloat16)
+    redone = []
+    fallback = svd_module._randomized_svd
+    monkeypatch.setattr(svd_module, "_randomized_svd", lambda op, *args: redone.append(op.batch) or fallback(op, *args))
+    gen = torch.Generator().manual_seed(seed)
+    a = _spiked_bf16(3, 120, 300, 8, gen)
+    a[1] = 0
+    low = torch.randn(120, 3, generator=gen, dtype=torch.float64) @ torch.randn(3, 300, generator=gen, dtype=torch.float64)
+    a[2] = low.to(torch.bfloat16)
+    u, s, vh = truncated_svd(a, 5, seed=seed)
+    assert redone and redone[0] in (1, 2), (seed, redone)  # the zero matrix, perhaps the rank-3 one
+    assert torch.isfinite(u).all() and torch.isfinite(s).all() and torch.isfinite(vh).all(), seed
+    ref = torch.linalg.svdvals(a.double())[..., :5]
+    assert ((s[0].double() - ref[0]) / ref[0]).abs().max().item() < 2e-5, seed
+    assert s[1].abs().max().item() == 0.0, seed
+    assert ((s[2, :3].double() - ref[2, :3]) / ref[2, :3]).abs().max().item() < 2e-5, seed
+    # Past its rank, the bf16 rounding of the rank-3 matrix (a flat noise floor): Ritz values never
+    # exceed the true ones (interlacing), to rounding.
+    assert (s[2, 3:].double() <= ref[2, 3:] * (1 + 1e-5)).all(), seed

@@ -20,16 +20,24 @@ import torch
 
 def orthonormalize(y: torch.Tensor) -> torch.Tensor:
     """An orthonormal basis Q [B, p, c] of the columns of fp32 ``y`` [B, p, c], p >= c; fp32."""
+    out, failed = cholesky_qr2(y)
+    if bool(failed.any()):  # waits for the device
+        out[failed] = torch.linalg.qr(y[failed])[0]
+    return out
+
+
+def cholesky_qr2(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Q, failed): Cholesky QR twice in float64, without waiting for the device. ``failed`` [B]
+    (bool, on the device) marks the matrices whose Gram was not positive definite; their Q is
+    finite but not orthonormal, and the caller redoes them (orthonormalize: Householder QR; a
+    chain of products can check once at its end instead of at every step)."""
     q = y.to(torch.float64)
-    bad = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
+    failed = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
     for _ in range(2):
         gram = q.mT @ q
         chol, info = torch.linalg.cholesky_ex(gram)
-        bad |= info != 0
-        # Matrices that failed get an identity factor here and Householder QR below.
+        failed |= info != 0
+        # Failed matrices get an identity factor: Q stays finite (= Y) until the caller redoes them.
         chol = torch.where((info != 0)[:, None, None], torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device), chol)
         q = torch.linalg.solve_triangular(chol, q.mT, upper=False).mT  # Y R^-1 with R = L^T
-    out = q.to(torch.float32)
-    if bool(bad.any()):
-        out[bad] = torch.linalg.qr(y[bad])[0]
-    return out
+    return q.to(torch.float32), failed

@@ -38,7 +38,7 @@ import torch
 from ..kernels import sketch as sketch_kernel
 from ..ops.gram import _full_fp32_matmul
 from . import split_products
-from .orthonormalize import orthonormalize
+from .orthonormalize import cholesky_qr2
 
 METHODS = ("randomized", "lanczos")
 
@@ -67,7 +67,13 @@ def truncated_svd(A: torch.Tensor, k: int, *, method: str = "randomized", oversa
         u, s, vh = (torch.zeros(shape, dtype=torch.float32, device=a.device) for shape in ((0, n, k), (0, k), (0, k, m)))
     elif method == "randomized" and _takes_split_products(a):
         with torch.no_grad():
-            u, s, vh = (t.to(torch.float32) for t in _randomized_svd_split(a, k, l, power_iters, seed))
+            u, s, vh, failed = _randomized_svd_split(a, k, l, power_iters, seed)
+            u, s, vh = (t.to(torch.float32) for t in (u, s, vh))
+            if bool(failed.any()):  # a rank-deficient sketch: those matrices again, Householder QR
+                with _full_fp32_matmul():
+                    redo = _randomized_svd(_UpcastOperator(a[failed]), k, l, power_iters, seed)
+                for out, part in zip((u, s, vh), redo):
+                    out[failed] = part.to(torch.float32)
     else:
         with torch.no_grad(), _full_fp32_matmul():
             operator = _UpcastOperator(a)
@@ -236,13 +242,15 @@ def _randomized_svd_split(a: torch.Tensor, k: int, l: int, power_iters: int, see
         generator = torch.Generator(device=a.device).manual_seed(seed % 2**64)
         omega = torch.randn(batch, m, l, generator=generator, device=a.device, dtype=a.dtype)
         y = split_products.split_bmm(a, omega, 1)  # Omega is bf16 already: one part is exact
-    q = orthonormalize(y)
+    # Cholesky QR without a check at each step (a check waits for the GPU): a matrix whose sketch
+    # is rank-deficient is marked and redone by the caller (truncated_svd).
+    q, failed = cholesky_qr2(y)
     for _ in range(power_iters):
         # A (A^T Q), orthonormalized once per iteration, not after each half: the product's condition
-        # is (sigma_1 / sigma_l)^2, well within Cholesky QR's reach in float64 (module orthonormalize),
-        # and each orthonormalization waits for the GPU (the fallback check) with small kernels.
+        # is (sigma_1 / sigma_l)^2, well within Cholesky QR's reach in float64 (module orthonormalize).
         z = split_products.split_bmm(a.mT, q, ITERATION_PARTS)
-        q = orthonormalize(split_products.split_bmm(a, z, ITERATION_PARTS))
+        q, bad = cholesky_qr2(split_products.split_bmm(a, z, ITERATION_PARTS))
+        failed |= bad
     small = split_products.split_bmm_left(q.mT, a, 3)  # B = Q^T A: [batch, l, m]
     small64 = small.to(torch.float64)
     gram = (small64 @ small64.mT).cpu()
@@ -253,7 +261,7 @@ def _randomized_svd_split(a: torch.Tensor, k: int, l: int, power_iters: int, see
     inverse = torch.where(s > 0, 1.0 / s, 0.0)
     vh = inverse.unsqueeze(-1) * (evecs.mT @ small64)
     u = q.to(torch.float64) @ evecs
-    return u, s, vh
+    return u, s, vh, failed
 
 
 # -- Golub-Kahan-Lanczos --------------------------------------------------------------------------
