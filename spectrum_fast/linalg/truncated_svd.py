@@ -4,27 +4,29 @@ a full SVD: ``truncated_svd(A, k) -> (U, S, Vh)``.
 Methods:
 - "randomized" (Halko, Martinsson & Tropp, SIAM Review 53(2), 2011: algorithms 4.4 and 5.1):
   sketch Y = A Omega with an m x l Gaussian Omega, l = k + oversample; orthonormalize; power_iters
-  subspace iterations, re-orthonormalized after every product (Q <- qr(A^T Q), Q <- qr(A Q)), so
-  that the small singular values are not lost to rounding; then B = Q^T A, the SVD of the small
+  subspace iterations, re-orthonormalized after every product (Q <- qr(A^T Q), Q <- qr(A Q); the
+  bf16 route below: once per iteration), so that the small singular values are not lost to rounding; then B = Q^T A, the SVD of the small
   B = U_B S Vh, and U = Q U_B. It reads A 2 power_iters + 2 times, l columns at a time.
 - "lanczos": Golub-Kahan-Lanczos bidiagonalization from a random unit start vector, l steps, each
   new vector re-orthogonalized against all earlier ones by two passes of classical Gram-Schmidt
   (one pass leaves errors of the order of the lost digits; two restore orthogonality to rounding
   level), then the SVD of the small bidiagonal and the Ritz vectors. It reads A 2 l - 1 times, one
   vector at a time, and converges faster per product where the spectrum decays.
-Both run batched over B with torch ops (the sketch through a Triton kernel where one can run).
+Both run batched over B with torch ops.
 
-Sketch backends (randomized method) draw different Omegas for the same seed:
-- the Triton kernel spectrum_fast.kernels.sketch, for bf16/fp16/fp32 A on CUDA, or on the CPU under
-  TRITON_INTERPRET=1: Omega comes from Philox inside the kernel and is never stored (that module
-  says exactly which Omega, and why it is rounded to A's dtype);
-- torch otherwise (float64 A, no triton, a CPU without the interpreter): Omega drawn by torch.randn
-  from a torch.Generator seeded with ``seed``, one chunk of A at a time (the chunks below).
-
-Precision: products, QRs and SVDs are fp32 (float64 for float64 A); bf16/fp16 A is upcast to fp32
-exactly, whole when its copy is small (_RESIDENT_BYTES), else chunk by chunk at every product
-(_CHUNK_BYTES at a time). TF32 is kept off as in ops.gram (matmul precision "highest" for the
-duration of the call, then restored): it would round the fp32 operands to 10 mantissa bits.
+Routes of the randomized method:
+- bf16 A on a GPU (SPLIT_PRODUCTS, below): products on bf16 tensor cores with the fp32 operand
+  split in bf16 parts, Cholesky QR twice in float64, the small SVD from B B^T's eigenpairs on the
+  host; Omega bf16 from torch.randn, or from the Triton kernel (FUSED_SKETCH, off: slower there);
+- otherwise products, QRs and SVDs in fp32 (float64 for float64 A); bf16/fp16 A is upcast to fp32
+  exactly, whole when its copy is small (_RESIDENT_BYTES), else chunk by chunk at every product
+  (_CHUNK_BYTES at a time). TF32 is kept off as in ops.gram (matmul precision "highest" for the
+  duration of the call, then restored): it would round the fp32 operands to 10 mantissa bits. The
+  sketch comes from the Triton kernel spectrum_fast.kernels.sketch on the CPU under
+  TRITON_INTERPRET=1 (tests) or on a GPU with FUSED_SKETCH (Omega from Philox inside the kernel,
+  never stored; that module says which Omega, and why it is rounded to A's dtype), else from
+  torch.randn with a torch.Generator seeded with ``seed``, one chunk of A at a time. The backends
+  draw different Omegas for the same seed.
 Results are fp32.
 
 seed=None draws a fresh seed from torch's default generator: results vary from run to run unless
@@ -209,18 +211,19 @@ def _sketch(operator: _UpcastOperator, l: int, seed: int) -> torch.Tensor:
 
 
 # -- randomized, bf16 on tensor cores ------------------------------------------------------------
-# bf16 A on a GPU: every product with A runs on bf16 tensor cores through split_products (two bf16
-# parts of the fp32 operand in the subspace iterations, three in the final projection), the bases
-# come from Cholesky QR twice in float64 (orthonormalize), and the small SVD of B = Q^T A from the
-# eigenpairs of B B^T in float64 on the host (an l x l problem per matrix: l = 42 for the fast
-# scan's first pass; cuSOLVER's syevd takes ~0.3 ms per small matrix, one after the other). The
-# fp32 route above upcasts A and multiplies at fp32 speed without TF32. Off: the fp32 route for
-# every input (for comparisons: bench/truncated_svd.py --variants).
+# bf16 A on a GPU: every product with A runs on bf16 tensor cores through split_products
+# (ITERATION_PARTS bf16 parts of the fp32 operand in the subspace iterations, three in the final
+# projection), the bases come from Cholesky QR twice in float64 (orthonormalize.cholesky_qr2), and
+# the small SVD of B = Q^T A from the eigenpairs of B B^T in float64 on the host (an l x l problem
+# per matrix, l = k + oversample; cuSOLVER solves small matrices one after the other). The fp32
+# route above upcasts A and multiplies at fp32 speed without TF32. Off: the fp32 route for every
+# input (bench/truncated_svd.py times both: "randomized" and "randomized, fp32 products"; H100 at
+# 895a856: 3.58 against 7.14 ms at 8192 x 28672, k = 16, bench/results/truncated_svd_h100_895a856.log).
 SPLIT_PRODUCTS = True
 # The sketch's Omega: drawn by torch (bf16, materialized: m x l, small) unless this is on, when the
-# Triton kernel generates it inside the product (kernels.sketch). A helper's H200 timing had the
-# kernel 2.4-4x slower than torch.randn + a bf16 matmul (every row tile regenerates its Omega
-# tiles); bench/truncated_svd.py times both.
+# Triton kernel generates it inside the product (kernels.sketch). Slower on the H100: 8.96 against
+# 3.58 ms at 8192 x 28672, k = 16 (every row tile regenerates its Omega tiles;
+# bench/results/truncated_svd_h100_895a856.log, "randomized, fused sketch").
 FUSED_SKETCH = False
 
 
