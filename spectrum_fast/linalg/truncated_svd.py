@@ -5,8 +5,8 @@ Methods:
 - "randomized" (Halko, Martinsson & Tropp, SIAM Review 53(2), 2011: algorithms 4.4 and 5.1):
   sketch Y = A Omega with an m x l Gaussian Omega, l = k + oversample; orthonormalize; power_iters
   subspace iterations, re-orthonormalized after every product (Q <- qr(A^T Q), Q <- qr(A Q); the
-  bf16 route below: once per iteration), so that the small singular values are not lost to rounding; then B = Q^T A, the SVD of the small
-  B = U_B S Vh, and U = Q U_B. It reads A 2 power_iters + 2 times, l columns at a time.
+  bf16 route below: once per iteration), so that the small singular values are not lost to
+  rounding; then B = Q^T A, the SVD of the small B = U_B S Vh, and U = Q U_B. It reads A 2 power_iters + 2 times, l columns at a time.
 - "lanczos": Golub-Kahan-Lanczos bidiagonalization from a random unit start vector, l steps, each
   new vector re-orthogonalized against all earlier ones by two passes of classical Gram-Schmidt
   (one pass leaves errors of the order of the lost digits; two restore orthogonality to rounding
