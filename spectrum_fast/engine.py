@@ -57,12 +57,14 @@ MAX_BATCH = 64
 
 
 def plan_batches(tasks: list[MatrixTask], budget_bytes: int | Callable[[int, int, str], tuple[int, str]],
-                 max_batch: int | None = None, eigen_route: str = "auto", order: str | None = None) -> list[Batch]:
+                 max_batch: int | None = None, eigen_route: str = "auto", order: str | None = None,
+                 matrix_bytes: Callable[[int, int, str], int] = matrix_device_bytes) -> list[Batch]:
     """Group same-shape, same-dtype matrices (first-seen order) into batches of at most ``max_batch``
     (default MAX_BATCH), run in ``order`` (default BATCH_ORDER).
 
-    ``budget_bytes`` is the bytes of matrices (matrix_device_bytes) per batch, or a function
-    (n, m, dtype) -> (bytes, eigen route) that decides per shape (gpu_batch_plan)."""
+    ``budget_bytes`` is the bytes of matrices (``matrix_bytes`` each: the exact engine's
+    matrix_device_bytes unless given) per batch, or a function (n, m, dtype) -> (bytes, eigen
+    route) that decides per shape (gpu_batch_plan)."""
     order = order or BATCH_ORDER
     max_batch = max_batch or MAX_BATCH
     if order not in ("shape", "model"):
@@ -73,7 +75,7 @@ def plan_batches(tasks: list[MatrixTask], budget_bytes: int | Callable[[int, int
     batches = []
     for (n, m, dtype), members in groups.items():
         budget, route = budget_bytes(n, m, dtype) if callable(budget_bytes) else (budget_bytes, eigen_route)
-        size = max(1, min(max_batch, budget // matrix_device_bytes(n, m, dtype)))
+        size = max(1, min(max_batch, budget // matrix_bytes(n, m, dtype)))
         for i in range(0, len(members), size):
             batches.append(Batch(n, m, members[i : i + size], route))
     if order == "model":
@@ -321,6 +323,23 @@ def _prefetched(source: WeightSource, batches: list[Batch], device: torch.device
                 ring.free()  # the reader has stopped: wait for the last copies, unpin
 
 
+def timed_loads(source: WeightSource, batches: list[Batch], device: torch.device,
+                timings: dict[str, float] | None) -> Iterator[_Loaded]:
+    """_prefetched's batches, adding the time spent waiting for each to timings["wait_s"] (what
+    reading adds to a scan) and its reader time to timings["read_s"] (overlapped)."""
+    loads = _prefetched(source, batches, device)
+    while True:
+        asked = time.perf_counter()
+        loaded = next(loads, None)
+        if timings is not None:
+            timings["wait_s"] = timings.get("wait_s", 0.0) + time.perf_counter() - asked
+        if loaded is None:
+            return
+        if timings is not None:
+            timings["read_s"] = timings.get("read_s", 0.0) + loaded.seconds
+        yield loaded
+
+
 def _finite_and_nonzero(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of ``flat`` ([B, N]): all entries finite; some entry nonzero. One reduction pass
     and no temporaries: the largest |entry| per row (a NaN anywhere makes it NaN, an inf inf)
@@ -436,13 +455,10 @@ def run_batches(
     # Host-to-device copies run on their own stream, the next batch's issued as soon as this
     # batch's eigen stage is queued, so the copy engine moves batch i+1 while the GPU reduces batch i.
     copy_stream = torch.cuda.Stream(device) if device.type == "cuda" and COPY_STREAM else None
-    loads = _prefetched(source, batches, device)
+    loads = timed_loads(source, batches, device, timings)
 
     def fetch() -> tuple[_Loaded, torch.Tensor] | None:
-        asked = time.perf_counter()
         loaded = next(loads, None)
-        if timings is not None:
-            timings["wait_s"] = timings.get("wait_s", 0.0) + time.perf_counter() - asked
         return None if loaded is None else (loaded, loaded.take(copy_stream))
 
     upcoming = fetch()
@@ -468,8 +484,6 @@ def run_batches(
         # copy then runs beside batch i's band reduction.
         upcoming = fetch()
         waiting += len(batch.tasks)
-        if timings is not None:
-            timings["read_s"] = timings.get("read_s", 0.0) + load_s
         limit = in_flight_for(min(batch.n, batch.m))
         while in_flight and (waiting > limit or in_flight[0].eigenvalues.done()):
             yield from finish_oldest()

@@ -22,21 +22,14 @@ from .sources import WeightSource
 from .targets import MatrixTask
 
 
-def fast_batch_plan(max_gpu_memory: int) -> Callable[[int, int, str], tuple[int, str]]:
-    """-> a plan_batches budget function for the fast mode on a GPU: as many matrices per batch as
-    fit ``max_gpu_memory`` with what the fast mode holds per matrix (its input, an fp32 copy of it
-    for the truncated SVD's products where they need one, and the sketches, small), half the
-    budget kept for the allocator's slack and the small dense solves."""
-
-    def plan(n: int, m: int, dtype: str) -> tuple[int, str]:
-        k = min(n, m)
-        itemsize = engine._DTYPE_BYTES.get(dtype, 4)
-        t = min(k, fast_snr.START_VALUES + fast_snr.OVERSAMPLE)
-        per_matrix = n * m * (itemsize + 4) + 4 * (n + m) * t * 4
-        count = max(1, (max_gpu_memory // 2) // per_matrix)
-        return count * engine.matrix_device_bytes(n, m, dtype), "auto"  # plan_batches divides by the latter
-
-    return plan
+def fast_matrix_bytes(n: int, m: int, dtype: str) -> int:
+    """Device bytes the fast mode holds per matrix: its input, an fp32 copy of it for the truncated
+    SVD's products where they need one, and the sketches (small). Half the GPU budget goes to
+    these (scan.py); the rest is the allocator's slack and the small dense solves."""
+    k = min(n, m)
+    itemsize = engine._DTYPE_BYTES.get(dtype, 4)
+    t = min(k, fast_snr.START_VALUES + fast_snr.OVERSAMPLE)
+    return n * m * (itemsize + 4) + 4 * (n + m) * t * 4
 
 
 def run_batches_fast(
@@ -49,14 +42,7 @@ def run_batches_fast(
     """Estimate each batch's statistics, yielding rows in batch order. ``timings`` as in
     engine.run_batches ("read_s", "wait_s", "compute_s")."""
     loop_start = time.perf_counter()
-    loads = engine._prefetched(source, batches, device)
-    while True:
-        asked = time.perf_counter()
-        loaded = next(loads, None)
-        if timings is not None:
-            timings["wait_s"] = timings.get("wait_s", 0.0) + time.perf_counter() - asked
-        if loaded is None:
-            break
+    for loaded in engine.timed_loads(source, batches, device, timings):
         started = time.perf_counter()
         batch = loaded.batch
         w = loaded.take()
@@ -65,8 +51,6 @@ def run_batches_fast(
         table = fast_snr.fast_snr_statistics(w)
         del w
         per_matrix = (time.perf_counter() - started + loaded.seconds) / len(batch.tasks)
-        if timings is not None:
-            timings["read_s"] = timings.get("read_s", 0.0) + loaded.seconds
         yield from engine.rows_from_table(batch, table, finite, nonzero, per_matrix, estimate=True)
         if on_batch is not None:
             on_batch(batch)

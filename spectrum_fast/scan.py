@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from . import ops
-from .engine import gpu_batch_plan, plan_batches, run_batches
+from .engine import gpu_batch_plan, matrix_device_bytes, plan_batches, run_batches
 from .errors import SelectionError
 from .memory import PeakTracker
 from .results import ScanResult
@@ -113,17 +113,18 @@ def scan(
             skipped += [(t.tensor.name, "on the meta device (offloaded), not scanned") for t in meta]
             tasks = [t for t in tasks if not src.is_meta(t.tensor)]
         require_some(tasks, infos, types, src.label)
+        matrix_bytes = matrix_device_bytes
         if max_batch_bytes is not None:
             budget = max_batch_bytes
         elif dev.type == "cuda" and method == "fast":
-            from .fast_engine import fast_batch_plan
+            from .fast_engine import fast_matrix_bytes
 
-            budget = fast_batch_plan(max_gpu_memory or DEFAULT_MAX_GPU_MEMORY)
+            budget, matrix_bytes = (max_gpu_memory or DEFAULT_MAX_GPU_MEMORY) // 2, fast_matrix_bytes
         elif dev.type == "cuda":
             budget = gpu_batch_plan(max_gpu_memory or DEFAULT_MAX_GPU_MEMORY, precision, eigen_route, dev)
         else:
             budget = DEFAULT_CPU_BUDGET
-        batches = plan_batches(tasks, budget, eigen_route=eigen_route)
+        batches = plan_batches(tasks, budget, eigen_route=eigen_route, matrix_bytes=matrix_bytes)
         tracker = PeakTracker(dev)
         rows_by_order = {}
         timings: dict[str, float] = {}

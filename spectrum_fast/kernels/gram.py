@@ -20,6 +20,8 @@ import triton
 import triton.language as tl
 from triton import knobs
 
+from . import runtime
+
 _INTERPRETED = bool(knobs.runtime.interpret)  # fixed at import, as triton.jit decides it then
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -222,10 +224,7 @@ def gram_fp32_triton(a: torch.Tensor, *, poison: bool = True) -> torch.Tensor:
     a3 = a if batched else a.unsqueeze(0)
     batch, k, length = a3.shape
     shape = (batch, k, k)
-    if poison:
-        out = torch.full(shape, float("nan"), dtype=torch.float32, device=a.device)
-    else:
-        out = torch.empty(shape, dtype=torch.float32, device=a.device)
+    out = runtime.output_buffer(shape, torch.float32, a.device, poison)
     if batch and k:
         if length == 0:
             out.zero_()  # an empty sum: the loop would not run, but say it here rather than rely on it

@@ -66,3 +66,11 @@ def launch(kernel, grid: tuple[int, ...], device: torch.device, args: tuple, **o
 
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         kernel[grid](*args, **options)
+
+
+def output_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, poison: bool) -> torch.Tensor:
+    """A kernel's output: filled with NaN when ``poison`` (tests: a tile the kernel fails to write
+    shows up), else uninitialized."""
+    if poison:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)

@@ -223,10 +223,7 @@ def sketch(a: torch.Tensor, l: int, seed: int, *, k_splits: int | None = None, p
     if batch * splits > _MAX_GRID_Z:
         raise ValueError(f"sketch: {batch} matrices x {splits} splits exceed the grid's {_MAX_GRID_Z}")
     shape = (batch * splits, n, l)
-    if poison:
-        partial = torch.full(shape, float("nan"), dtype=torch.float32, device=a.device)
-    else:
-        partial = torch.empty(shape, dtype=torch.float32, device=a.device)
+    partial = runtime.output_buffer(shape, torch.float32, a.device, poison)
     if batch and n:
         if m == 0:
             partial.zero_()  # an empty sum

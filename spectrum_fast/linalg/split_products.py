@@ -55,9 +55,6 @@ def split_bmm(a: torch.Tensor, x: torch.Tensor, parts: int) -> torch.Tensor:
 
 
 def split_bmm_left(x: torch.Tensor, a: torch.Tensor, parts: int) -> torch.Tensor:
-    """x @ a for fp32 ``x`` [B, c, p] and bf16 ``a`` [B, p, q] -> fp32 [B, c, q]."""
-    out = None
-    for piece in split_parts(x, a.dtype, parts):
-        y = _bmm_fp32_out(piece, a)
-        out = y if out is None else out.add_(y)
-    return out
+    """x @ a for fp32 ``x`` [B, c, p] and bf16 ``a`` [B, p, q] -> fp32 [B, c, q] (a transposed
+    view: (a^T x^T)^T, the same products; bmm takes the transposed operands as they are)."""
+    return split_bmm(a.mT, x.mT, parts).mT

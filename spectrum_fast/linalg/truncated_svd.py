@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels import sketch as sketch_kernel
-from ..ops.gram import _full_fp32_matmul
+from ..ops.gram import _full_fp32_matmul, upcast_blocks
 from . import split_products
 from .orthonormalize import cholesky_qr2
 
@@ -126,8 +126,8 @@ class _UpcastOperator:
         self.dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
         self.batch, self.n, self.m = a.shape
         self.device = a.device
-        self.itemsize = torch.empty((), dtype=self.dtype).element_size()
-        small = a.numel() * self.itemsize <= _RESIDENT_BYTES
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        small = a.numel() * itemsize <= _RESIDENT_BYTES
         self.resident = a.to(self.dtype) if a.dtype == self.dtype or small else None
 
     def blocks(self):
@@ -136,18 +136,7 @@ class _UpcastOperator:
         if self.resident is not None:
             yield slice(None), slice(None), self.resident
             return
-        per_matrix = self.n * self.m * self.itemsize
-        if per_matrix <= _CHUNK_BYTES:
-            group = _CHUNK_BYTES // per_matrix
-            for first in range(0, self.batch, group):
-                matrices = slice(first, first + group)
-                yield matrices, slice(None), self.a[matrices].to(self.dtype)
-            return
-        width = max(1, _CHUNK_BYTES // (self.n * self.itemsize))
-        for i in range(self.batch):
-            for first in range(0, self.m, width):
-                columns = slice(first, first + width)
-                yield slice(i, i + 1), columns, self.a[i : i + 1, :, columns].to(self.dtype)
+        yield from upcast_blocks(self.a, self.dtype, _CHUNK_BYTES)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """A @ x: [B, m, c] -> [B, n, c]."""

@@ -58,17 +58,17 @@ def _unfound_noise_per_sigma(k: int, above: torch.Tensor, beta: float) -> torch.
     return (k * mp_law.mp_partial_mean_sqrt(x_hi, beta)).to(above.device)
 
 
-def _table(top: torch.Tensor, found: torch.Tensor, frob2: torch.Tensor, k: int, big: int) -> torch.Tensor:
+def _spikes(frob2: torch.Tensor, top: torch.Tensor, k: int, big: int) -> noise_edge.DeflatedMoments:
+    """mp-moments from ||W||_F^2 and the top values alone (||W^T W||_F^2 is not formed: NaN)."""
+    return noise_edge.deflated_moments(frob2, torch.full_like(frob2, math.nan), top, k, big)
+
+
+def _table(top: torch.Tensor, found: torch.Tensor, sigma: torch.Tensor, k: int, big: int) -> torch.Tensor:
     """[B, 7] table (ops.SpectrumStats.FIELDS) from the top values (descending, padded with NaN past
-    each matrix's ``found``), their counts and ||W||_F^2."""
+    each matrix's ``found``), their counts and sigma (mp-moments, from those values)."""
     beta = k / big
     valid = torch.arange(top.shape[-1], device=top.device) < found.unsqueeze(-1)
     values = torch.where(valid, top, 0.0)
-    sigma = torch.empty_like(frob2)
-    for t in found.unique().tolist():  # deflated_moments takes one count of top values at a time
-        rows = found == t
-        sigma[rows] = noise_edge.deflated_moments(frob2[rows], torch.full_like(frob2[rows], math.nan),
-                                                  values[rows, :t], k, big).sigma
     tau = sigma * threshold_factor(k, big)
     above = valid & (values > tau.unsqueeze(-1))
     signal = torch.where(above, values, 0.0).sum(-1)
@@ -96,22 +96,24 @@ def fast_snr_statistics(w: torch.Tensor, start_values: int | None = None, seed: 
     frob2 = torch.linalg.vector_norm(w.reshape(b, -1), dim=-1, dtype=torch.float64).square()
     if k <= FULL_SPECTRUM_MAX_K:
         top = _full_spectrum(w)
-        return _table(top, torch.full((b,), k, device=w.device), frob2, k, big)
+        return _table(top, torch.full((b,), k, device=w.device), _spikes(frob2, top, k, big).sigma, k, big)
     t = min(k, start_values or START_VALUES)
     top = torch.full((b, k), math.nan, dtype=torch.float64, device=w.device)
     found = torch.zeros(b, dtype=torch.int64, device=w.device)
+    sigma = torch.empty_like(frob2)
     todo = torch.arange(b, device=w.device)
     while todo.numel():
         if t > FULL_SPECTRUM_FRACTION * k:
             top[todo] = _full_spectrum(w[todo])
             found[todo] = k
+            sigma[todo] = _spikes(frob2[todo], top[todo], k, big).sigma
             break
         _, s, _ = truncated_svd(w[todo], t, method="randomized", oversample=OVERSAMPLE,
                                 power_iters=POWER_ITERS, seed=seed)
         top[todo, :t] = s.to(torch.float64)
         found[todo] = t
-        spikes = noise_edge.deflated_moments(frob2[todo], torch.full_like(frob2[todo], math.nan),
-                                             top[todo, :t], k, big)
+        spikes = _spikes(frob2[todo], top[todo, :t], k, big)
+        sigma[todo] = spikes.sigma  # final for the matrices that leave the loop here
         todo = todo[spikes.saturated]
         t = 2 * t
-    return _table(top, found, frob2, k, big)
+    return _table(top, found, sigma, k, big)

@@ -79,7 +79,7 @@ def _gram_fp64_chunked(a: torch.Tensor) -> torch.Tensor:
     made products as shallow as 240 columns, each re-reading and re-writing the batch's Grams
     (H200, bench/probes/gram_f64_h200_1effe4b-wt4.log: 0.649 against 0.431 ms per 1536 x 5120
     matrix). A matrix bigger than a chunk is done alone, in slices along L."""
-    k, length = a.shape[-2], a.shape[-1]
+    k = a.shape[-2]
     batched = a if a.dim() == 3 else a.unsqueeze(0)
     triangle = BLOCK_TRIANGLE.get(a.device.type, False) and k >= 2
     accumulate = _accumulate_triangle if triangle else (lambda out, c: out.baddbmm_(c, c.mT))
@@ -87,24 +87,33 @@ def _gram_fp64_chunked(a: torch.Tensor) -> torch.Tensor:
     # matmul with a transposed operand took 2-4x longer on a CPU (MKL, torch 2.13: 256x1024 in
     # 10.9 ms against 2.5 ms for baddbmm).
     out = torch.zeros(batched.shape[0], k, k, dtype=torch.float64, device=a.device)
-    per_matrix = 8 * k * length
-    if per_matrix <= _CHUNK_BYTES:
-        group = _CHUNK_BYTES // per_matrix
-        for first in range(0, batched.shape[0], group):
-            chunk = batched[first : first + group].to(torch.float64)
-            accumulate(out[first : first + group], chunk)
-            del chunk  # else the next chunk is allocated while this one is still held: two at once
-    else:
-        step = max(1, _CHUNK_BYTES // (8 * k))
-        for i in range(batched.shape[0]):
-            for start in range(0, length, step):
-                chunk = batched[i : i + 1, :, start : start + step].to(torch.float64)
-                accumulate(out[i : i + 1], chunk)
-                del chunk
+    for matrices, _, chunk in upcast_blocks(batched, torch.float64, _CHUNK_BYTES):
+        accumulate(out[matrices], chunk)
+        del chunk  # else the next chunk is allocated while this one is still held: two at once
     if triangle:
         h = k // 2
         out[:, :h, h:] = out[:, h:, :h].mT  # the block left out: exactly symmetric
     return out if a.dim() == 3 else out[0]
+
+
+def upcast_blocks(a: torch.Tensor, dtype: torch.dtype, chunk_bytes: int):
+    """Yield (matrices, columns, block) with block = a[matrices][:, :, columns] converted to
+    ``dtype``, covering [B, n, m] ``a`` with at most ``chunk_bytes`` per block: whole matrices where
+    one fits, else one matrix at a time in slices of its columns (a single matrix bigger than
+    chunk_bytes). A caller that drops each block (del) before asking for the next holds one at a time."""
+    batch, n, m = a.shape
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    per_matrix = max(1, n * m * itemsize)
+    if per_matrix <= chunk_bytes:
+        group = chunk_bytes // per_matrix
+        for first in range(0, batch, group):
+            yield slice(first, first + group), slice(None), a[first : first + group].to(dtype)
+        return
+    width = max(1, chunk_bytes // (n * itemsize))
+    for i in range(batch):
+        for first in range(0, m, width):
+            columns = slice(first, first + width)
+            yield slice(i, i + 1), columns, a[i : i + 1, :, columns].to(dtype)
 
 
 def _accumulate_triangle(out: torch.Tensor, c: torch.Tensor) -> None:
