@@ -1,6 +1,6 @@
-"""The fast engine (scan(method="fast")): batches of same-shape matrices -> top singular values by
-truncated SVD -> SNR from the spikes and the Marchenko-Pastur law (ops.fast_snr) -> rows marked
-as estimates.
+"""The fast engine (scan(method="fast")): batches of same-shape matrices -> fp32 Grams -> their top
+eigenvalues by subspace iteration and the exact count above the MP edge by inertia -> SNR with the
+Marchenko-Pastur law's noise sum (ops.fast_snr) -> rows marked as estimates.
 
 It shares the exact engine's planner, reader and checks (engine.py): batches are read ahead on a
 thread, moved to the device, their non-finite and all-zero matrices flagged. No full eigen solve
@@ -23,13 +23,15 @@ from .targets import MatrixTask
 
 
 def fast_matrix_bytes(n: int, m: int, dtype: str) -> int:
-    """Device bytes the fast mode holds per matrix: its input, an fp32 copy of it for the truncated
-    SVD's products where they need one, and the sketches (small). Half the GPU budget goes to
-    these (scan.py); the rest is the allocator's slack and the small dense solves."""
+    """Device bytes the fast mode holds per matrix: its input, its fp32 Gram, that Gram's bf16
+    part for the iterations and the float64 copy the inertia count factors (14 bytes per Gram
+    entry), plus the float64 Gram of the matrices that take the exact route (8 more, counted for
+    all: a bound), and the iteration's bases (small). Half the GPU budget goes to these (scan.py);
+    the rest is the allocator's slack and the small dense solves."""
     k = min(n, m)
     itemsize = engine._DTYPE_BYTES.get(dtype, 4)
-    t = min(k, fast_snr.START_VALUES + fast_snr.OVERSAMPLE)
-    return n * m * (itemsize + 4) + 4 * (n + m) * t * 4
+    t = min(k, 2 * (fast_snr.START_VALUES + fast_snr.OVERSAMPLE))
+    return n * m * itemsize + 22 * k * k + 3 * 8 * k * t
 
 
 def run_batches_fast(

@@ -1,22 +1,32 @@
 """Spectrum's statistics without a full eigen solve (scan(method="fast")), for a batch of matrices.
 
-Per matrix (n x m, k = min, M = max, beta = k / M), in Spectrum's units (ops.mp_law):
-1. The t largest singular values by truncated SVD (linalg.truncated_svd), t from START_VALUES,
-   doubled for the matrices whose every found value is still a spike, until one falls below the
-   edge or t = k.
+Per matrix (n x m, k = min, M = max, beta = k / M), in Spectrum's units (ops.mp_law), from the fp32
+Gram G (k x k, one bf16 tensor-core product with fp32 accumulation on a GPU):
+1. The t largest eigenvalues of G by subspace iteration (ITERATIONS products with G on tensor
+   cores, its bf16 parts GRAM_PARTS, Cholesky QR twice in float64 after each), then Rayleigh-Ritz
+   with the fp32 G; singular values are their square roots. t from START_VALUES, doubled for the
+   matrices whose every found value is still a spike or that have more values above the edge
+   than were found.
 2. sigma by "mp-moments" (ops.noise_edge.deflated_moments): the mean squared non-spike singular
    value, from ||W||_F^2 less the spikes' squares; the spikes are the found values above the edge
    sigma (1 + sqrt beta) by a few Tracy-Widom scales, by its fixed point. The same sigma as the
    exact mode's "mp-moments" whenever the spikes are found (t > r).
-3. signal = the sum of the found values above the edge tau = sigma (1 + sqrt beta); noise = the MP
-   law's expectation for the other k - s values (s of them above tau): the bulk's lowest k - s,
-   sigma k times the integral of sqrt(x) f(x) up to the MP quantile (k - s) / k. Not the found
-   values below tau: the randomized SVD gives values inside the bulk a few % low (their gaps to
-   the next are small), which made the noise sum ~1-2% low against the exact mode.
-4. SNR = signal / noise / largest value, as Spectrum.
-Matrices with k <= FULL_SPECTRUM_MAX_K, and those that would need more than FULL_SPECTRUM_FRACTION
-of their values, take all their values from the Gram, so their rows are the exact mode's
-"mp-moments" rows.
+3. The count s of singular values above the edge tau = sigma (1 + sqrt beta) exactly, from the
+   inertia of G - tau^2 I (linalg.inertia: a block LDL^T in float64, no eigenvalue computed),
+   not from the found values: trained-looking weights carry a dense run of weak outliers just
+   above the edge, a few 1e-4 apart, and a value found 1e-3 low drops out of the count, which
+   Spectrum's ratio hinges on (bench/probes/fast_noise_model_cpu.log: exact values with the MP
+   noise model give SNRs 0.3-0.7% from the exact mode's and rank them identically; values 1e-3
+   low, Spearman 0.91-0.95; 3e-3 low, 0.77-0.90).
+4. signal = the sum of the s largest found values (their errors, ~1e-3 of a value near the
+   edge, move the sum little); noise = the MP law's expectation for the other k - s values: the
+   bulk's lowest k - s, sigma k times the integral of sqrt(x) f(x) up to the MP quantile
+   (k - s) / k.
+5. SNR = signal / noise / largest value, as Spectrum.
+Matrices with k <= FULL_SPECTRUM_MAX_K, those that would need more than FULL_SPECTRUM_FRACTION of
+their values, and those whose inertia count is not reliable (a nearly singular pivot block) or
+whose iteration broke down (a Gram of rank below the sketch's width) take all their values from
+the float64 Gram, so their rows are the exact mode's "mp-moments" rows.
 """
 
 from __future__ import annotations
@@ -25,28 +35,27 @@ import math
 
 import torch
 
-from ..linalg import truncated_svd
+from ..linalg import split_products
+from ..linalg.inertia import count_above
+from ..linalg.orthonormalize import cholesky_qr2
 from . import mp_law, noise_edge
 from .eigen import eigvalsh
-from .gram import gram
+from .gram import _full_fp32_matmul, gram
 from .stats import threshold_factor
 
-# Values found first per matrix; doubled where all are spikes. The randomized SVD's accuracy on the
-# values just above the edge sets the fast mode's: trained-looking weights (bench/workloads.py)
-# carry a dense run of weak outliers there (768 x 2560: 23 values above the edge, 10 of them within
-# 10% of it), which a small sketch finds low and so below the edge. On 3 such matrices (CPU,
-# bench/probes/fast_settings_cpu.log): 32 values, oversampling 10, 2 iterations gave SNRs 22-25%
-# low (15-16 of the 23 counted); 64, 64 and 6 iterations -1.9% to +1.2%; 96, 96, 3 -5.0% to +1.0%.
-START_VALUES = 64
-OVERSAMPLE = 64
-POWER_ITERS = 6
+# Values found first per matrix, the sketch's extra columns and the products with G. Their accuracy
+# only needs to serve the sum of the values above the edge and sigma's spikes (the count is exact).
+START_VALUES = 32
+OVERSAMPLE = 16
+ITERATIONS = 16
+# bf16 parts of G in the iteration products (2: 16 significant bits, ~1.5e-5 of each entry left
+# out; the Rayleigh-Ritz step uses the fp32 G).
+GRAM_PARTS = 1
 # At or below this k every value comes from the float64 Gram's eigenvalues.
 FULL_SPECTRUM_MAX_K = 64
 # Matrices that would need more than this fraction of their values (rank-deficient ones: their
 # zero singular values pull sigma down, so hundreds of values clear the edge) get all of them from
-# the Gram instead: a truncated SVD that wide costs more than the exact route, and its host-side
-# l x l eigen solve grows as l^3 (H100 profile: 134 truncated SVDs for 29 batches, 6 s of host eigh,
-# bench/probes/fast_profile_deepseek_h100_4bcf65c.log).
+# the Gram instead: a sketch that wide costs more than the exact route.
 FULL_SPECTRUM_FRACTION = 0.125
 
 
@@ -63,16 +72,17 @@ def _spikes(frob2: torch.Tensor, top: torch.Tensor, k: int, big: int) -> noise_e
     return noise_edge.deflated_moments(frob2, torch.full_like(frob2, math.nan), top, k, big)
 
 
-def _table(top: torch.Tensor, found: torch.Tensor, sigma: torch.Tensor, k: int, big: int) -> torch.Tensor:
+def _table(top: torch.Tensor, found: torch.Tensor, n_above: torch.Tensor, sigma: torch.Tensor, k: int,
+           big: int) -> torch.Tensor:
     """[B, 7] table (ops.SpectrumStats.FIELDS) from the top values (descending, padded with NaN past
-    each matrix's ``found``), their counts and sigma (mp-moments, from those values)."""
+    each matrix's ``found``), the count of values above the edge (<= found), and sigma."""
     beta = k / big
-    valid = torch.arange(top.shape[-1], device=top.device) < found.unsqueeze(-1)
+    index = torch.arange(top.shape[-1], device=top.device)
+    valid = index < found.unsqueeze(-1)
     values = torch.where(valid, top, 0.0)
     tau = sigma * threshold_factor(k, big)
-    above = valid & (values > tau.unsqueeze(-1))
+    above = index < n_above.unsqueeze(-1)
     signal = torch.where(above, values, 0.0).sum(-1)
-    n_above = above.sum(-1)
     n_signal = n_above.to(torch.float64)
     exact = found == k  # every value found: the noise sum is theirs, as in the exact mode
     noise = torch.where(exact, torch.where(valid & ~above, values, 0.0).sum(-1),
@@ -89,6 +99,45 @@ def _full_spectrum(w: torch.Tensor) -> torch.Tensor:
     return eig.to(device=w.device, dtype=torch.float64).clamp_min(0).sqrt().flip(-1)
 
 
+def _gram_parts(g: torch.Tensor) -> list[torch.Tensor]:
+    """fp32 G as GRAM_PARTS bf16 tensors (on a CPU: their values in fp32, for tests)."""
+    parts = split_products.split_parts(g, torch.bfloat16, GRAM_PARTS)
+    return parts if g.is_cuda else [p.float() for p in parts]
+
+
+def _times_gram(parts: list[torch.Tensor], q: torch.Tensor) -> torch.Tensor:
+    """(sum of parts) @ q on tensor cores: q rounded to bf16 (the iteration's subspace; the
+    Rayleigh-Ritz step below does not round), fp32 accumulation."""
+    q16 = q.to(torch.bfloat16) if q.is_cuda else q.to(torch.bfloat16).float()
+    out = None
+    for part in parts:
+        y = split_products._bmm_fp32_out(part, q16) if q.is_cuda else torch.bmm(part, q16)
+        out = y if out is None else out.add_(y)
+    return out
+
+
+def top_eigenvalues(g: torch.Tensor, t: int, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values [B, t] float64 descending, failed [B] bool): the t largest eigenvalues of the
+    symmetric positive semi-definite fp32 ``g`` [B, k, k] by subspace iteration (module docstring,
+    step 1). ``failed`` marks matrices whose iterate lost rank (their values are not to be used)."""
+    b, k, _ = g.shape
+    width = min(k, t + OVERSAMPLE)
+    generator = torch.Generator(device=g.device)
+    generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
+    q = torch.randn(b, k, width, generator=generator, device=g.device, dtype=torch.float32)
+    parts = _gram_parts(g)
+    failed = torch.zeros(b, dtype=torch.bool, device=g.device)
+    for _ in range(ITERATIONS):
+        q, bad = cholesky_qr2(_times_gram(parts, q))
+        failed |= bad
+    with _full_fp32_matmul():
+        gq = torch.bmm(g, q)
+    small = (q.to(torch.float64).mT @ gq.to(torch.float64)).cpu()
+    small = (small + small.mT) / 2
+    values = torch.linalg.eigvalsh(small).flip(-1)[:, :t].to(g.device)
+    return values, failed
+
+
 def fast_snr_statistics(w: torch.Tensor, start_values: int | None = None, seed: int | None = None) -> torch.Tensor:
     """[B, n, m] matrices (any float dtype; finite) -> [B, 7] float64 table (ops.SpectrumStats.FIELDS)."""
     b, n, m = w.shape
@@ -96,24 +145,49 @@ def fast_snr_statistics(w: torch.Tensor, start_values: int | None = None, seed: 
     frob2 = torch.linalg.vector_norm(w.reshape(b, -1), dim=-1, dtype=torch.float64).square()
     if k <= FULL_SPECTRUM_MAX_K:
         top = _full_spectrum(w)
-        return _table(top, torch.full((b,), k, device=w.device), _spikes(frob2, top, k, big).sigma, k, big)
+        full = torch.full((b,), k, device=w.device)
+        sigma = _spikes(frob2, top, k, big).sigma
+        return _table(top, full, _count_above_edge(top, sigma, k, big), sigma, k, big)
+    g = gram(w, "float32")
     t = min(k, start_values or START_VALUES)
     top = torch.full((b, k), math.nan, dtype=torch.float64, device=w.device)
     found = torch.zeros(b, dtype=torch.int64, device=w.device)
+    n_above = torch.zeros(b, dtype=torch.int64, device=w.device)
     sigma = torch.empty_like(frob2)
     todo = torch.arange(b, device=w.device)
+    exact_route = torch.zeros(b, dtype=torch.bool, device=w.device)
     while todo.numel():
         if t > FULL_SPECTRUM_FRACTION * k:
-            top[todo] = _full_spectrum(w[todo])
-            found[todo] = k
-            sigma[todo] = _spikes(frob2[todo], top[todo], k, big).sigma
+            exact_route[todo] = True
             break
-        _, s, _ = truncated_svd(w[todo], t, method="randomized", oversample=OVERSAMPLE,
-                                power_iters=POWER_ITERS, seed=seed)
-        top[todo, :t] = s.to(torch.float64)
+        g_todo = g if todo.numel() == b else g[todo]
+        values, failed = top_eigenvalues(g_todo, t, seed)
+        s = values.clamp_min(0).sqrt()
+        spikes = _spikes(frob2[todo], s, k, big)
+        tau = spikes.sigma * threshold_factor(k, big)
+        counts, reliable = count_above(g_todo, tau * tau)
+        del g_todo
+        top[todo, :t] = s
         found[todo] = t
-        spikes = _spikes(frob2[todo], top[todo, :t], k, big)
-        sigma[todo] = spikes.sigma  # final for the matrices that leave the loop here
-        todo = todo[spikes.saturated]
+        n_above[todo] = counts
+        sigma[todo] = spikes.sigma
+        # Done: sigma's spikes all found (one found value is not a spike) and every value above the
+        # edge among the found ones. Unreliable counts and broken iterations take the exact route.
+        trouble = failed | ~reliable | (counts > FULL_SPECTRUM_FRACTION * k)
+        exact_route[todo[trouble]] = True
+        todo = todo[~trouble & (spikes.saturated | (counts > t))]
         t = 2 * t
-    return _table(top, found, sigma, k, big)
+    table = _table(top, found, n_above, sigma, k, big)
+    rest = exact_route.nonzero().squeeze(-1)
+    if rest.numel():
+        exact_top = _full_spectrum(w[rest])
+        exact_sigma = _spikes(frob2[rest], exact_top, k, big).sigma
+        full = torch.full((rest.numel(),), k, device=w.device)
+        table[rest] = _table(exact_top, full, _count_above_edge(exact_top, exact_sigma, k, big), exact_sigma, k, big)
+    return table
+
+
+def _count_above_edge(values: torch.Tensor, sigma: torch.Tensor, k: int, big: int) -> torch.Tensor:
+    """#{values > sigma (1 + sqrt beta)} per matrix, for values found exactly (all k)."""
+    tau = sigma * threshold_factor(k, big)
+    return (values > tau.unsqueeze(-1)).sum(-1)

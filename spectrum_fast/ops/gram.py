@@ -148,7 +148,7 @@ def _gram_fp32(a: torch.Tensor) -> torch.Tensor:
     if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
         if a.dim() == 2:
             return torch.mm(a, a.mT, out_dtype=torch.float32)
-        return torch.stack([torch.mm(x, x.mT, out_dtype=torch.float32) for x in a])
+        return torch.bmm(a, a.mT, out_dtype=torch.float32)
     with _full_fp32_matmul():
         a32 = a.to(torch.float32)
         return a32 @ a32.mT
