@@ -41,11 +41,36 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(out)
 
 
+def profile(fn, batch: int) -> None:
+    """Wall time and the top CUDA kernels of one call (after a warm-up), per matrix."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    fn()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    kernels = sorted((e for e in events if e.device_time_total > 0 and e.device_type.name == "CUDA"),
+                     key=lambda e: -e.self_device_time_total)
+    total = sum(e.self_device_time_total for e in kernels) / 1e3
+    print(f"  profile: kernel time {total / batch:.3f} ms per matrix; top kernels:")
+    for e in kernels[:12]:
+        print(f"    {e.self_device_time_total / 1e3 / batch:7.3f} ms x {e.count:5d}  {e.key[:110]}")
+    cpu = sorted((e for e in events if e.device_type.name == "CPU"), key=lambda e: -e.self_cpu_time_total)
+    print("  top host ops (self time):")
+    for e in cpu[:10]:
+        print(f"    {e.self_cpu_time_total / 1e3 / batch:7.3f} ms x {e.count:5d}  {e.key[:110]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", nargs="+", default=["1536x5120:64", "5120x1536:64", "4096x4096:8", "4096x14336:4"])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--panels", type=int, nargs="+", default=[64, 128, 256])
+    ap.add_argument("--panels", type=int, nargs="+", default=[128])
+    ap.add_argument("--pivots", nargs="+", default=["lu"])
+    ap.add_argument("--profile", action="store_true", help="kernel table of one fast_snr_statistics call per case")
     args = ap.parse_args()
     print(run_info(torch.device("cuda")), flush=True)
     for case in args.cases:
@@ -68,7 +93,7 @@ def main() -> None:
         frob2 = torch.linalg.vector_norm(w.reshape(batch, -1), dim=-1, dtype=torch.float64).square()
         sigma = fast_snr._spikes(frob2, values.clamp_min(0).sqrt(), k, big).sigma
         shift = (sigma * threshold_factor(k, big)) ** 2
-        for pivot in ("lu", "eigh"):
+        for pivot in args.pivots:
             inertia.PIVOT_BLOCK["cuda"] = pivot
             for panel in args.panels:
                 inertia.PANEL = panel
@@ -83,6 +108,11 @@ def main() -> None:
         line.append(f"inertia counts = f64 eigenvalue counts: {int((counts == truth).sum())}/{batch}, "
                     f"reliable {int(reliable.sum())}/{batch}, smallest gap to the shift {float(gaps.min()):.1e}")
         print("\n  ".join(line), flush=True)
+        if args.profile:
+            try:
+                profile(lambda: fast_snr.fast_snr_statistics(w, seed=1), batch)
+            except Exception as e:  # noqa: BLE001 - a probe: the timings above stand
+                print(f"  profile failed: {type(e).__name__}: {e}")
 
 
 

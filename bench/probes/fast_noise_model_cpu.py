@@ -67,7 +67,7 @@ def main() -> None:
                 full = torch.full((1, k), float("nan"), dtype=torch.float64)
                 full[:, :t] = top
                 above = fast_snr._count_above_edge(top, sigma, k, big)  # the count from the values themselves
-                row = fast_snr._table(full, torch.tensor([t]), above, sigma, k, big)[0]
+                row = fast_snr._table(full, torch.tensor([t]), above, sigma, k, big, frob2)[0]
                 fast_snrs[err].append(float(row[6]))
                 rel = (float(row[6]) - ex_snr) / ex_snr if ex_snr else float("nan")
                 line.append(f"err {err:g}: {rel:+.2%} ({int(row[5])})")

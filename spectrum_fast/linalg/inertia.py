@@ -17,9 +17,9 @@ No pivoting across blocks: a nearly singular pivot would make the factors grow, 
 ~1e-13 (relative) of G - shift I: exact for any eigenvalue farther from the shift than that.
 
 The work is n^3 / 3 multiply-adds per matrix, almost all in one rank-PANEL update of the trailing
-matrix per panel (batched GEMMs); a panel is factored BLOCK columns at a time. A rank-32 update
-moves 8 bytes per 4 flops of the trailing matrix (memory-bound); a panel of 128 columns makes the
-updates compute-bound.
+matrix per panel (batched GEMMs on its lower triangle, PANEL columns at a time); a panel is
+factored BLOCK columns at a time. A rank-32 update moves 8 bytes per 4 flops of the trailing
+matrix (memory-bound); a panel of 128 columns makes the updates compute-bound.
 """
 
 from __future__ import annotations
@@ -50,41 +50,45 @@ def count_above(g: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, tor
     split = _split_pivot_block_lu if PIVOT_BLOCK.get(g.device.type, "eigh") == "lu" else _split_pivot_block_eigh
     for p0 in range(0, n, PANEL):
         p1 = min(p0 + PANEL, n)
-        columns, inverse_pivots = [], []
+        # The panel's eliminated columns below it (in their pivot blocks' bases) and those scaled by
+        # the inverse pivots: the trailing update is their product, once per panel.
+        x_panel = torch.empty(batch, n - p1, p1 - p0, dtype=s.dtype, device=s.device)
+        y_panel = torch.empty_like(x_panel)
         for b0 in range(p0, p1, BLOCK):
             b1 = min(b0 + BLOCK, p1)
-            pivots, to_columns = split(s[:, b0:b1, b0:b1])
+            pivots, basis = split(s[:, b0:b1, b0:b1])
             counts += (pivots > 0).sum(-1)
             smallest = torch.minimum(smallest, pivots.abs().amin(-1))
             if b1 == n:
                 break
             # The eliminated columns S[b1:, b0:b1] in the basis that diagonalizes their pivot block.
-            x = to_columns(s[:, b1:, b0:b1])
+            x = s[:, b1:, b0:b1] @ basis
             # Tiny pivots (the matrix is flagged below) contribute nothing instead of overflowing:
             # the factorization of the other matrices in the batch goes on with finite numbers.
             inverse = torch.where(pivots.abs() > RELIABLE_PIVOT * scale.unsqueeze(-1), 1.0 / pivots, 0.0)
+            y = x * inverse.unsqueeze(-2)
             if b1 < p1:  # the rest of this panel now; the trailing matrix once per panel
-                rest = s[:, b1:, b1:p1]
-                rest.sub_((x * inverse.unsqueeze(-2)) @ x[:, : p1 - b1].mT)
-            columns.append(x[:, p1 - b1 :])
-            inverse_pivots.append(inverse)
-        if p1 < n:
-            x = torch.cat(columns, dim=-1)  # [B, n - p1, p1 - p0]
-            inverse = torch.cat(inverse_pivots, dim=-1)
-            s[:, p1:, p1:].baddbmm_(x * inverse.unsqueeze(-2), x.mT, alpha=-1.0)
+                s[:, b1:, b1:p1].baddbmm_(y, x[:, : p1 - b1].mT, alpha=-1.0)
+            x_panel[:, :, b0 - p0 : b1 - p0] = x[:, p1 - b1 :]
+            y_panel[:, :, b0 - p0 : b1 - p0] = y[:, p1 - b1 :]
+        # Trailing update, its lower triangle only (what later steps read: the columns below each
+        # pivot block, and the square diagonal panels, which the column chunks cover whole).
+        for c0 in range(p1, n, PANEL):
+            c1 = min(c0 + PANEL, n)
+            s[:, c0:, c0:c1].baddbmm_(y_panel[:, c0 - p1 :], x_panel[:, c0 - p1 : c1 - p1].mT, alpha=-1.0)
     reliable = torch.isfinite(smallest) & (smallest > RELIABLE_PIVOT * scale)
     return counts, reliable
 
 
 def _split_pivot_block_eigh(block: torch.Tensor):
-    """(d, f): the block's eigenvalues d and f(C) = C V for its eigenvectors V (block = V diag(d) V^T)."""
-    evals, evecs = torch.linalg.eigh(torch.nan_to_num(block))
-    return evals, lambda c: c @ evecs
+    """(d, M): block = V diag(d) V^T by its eigendecomposition; M = V (so C M = C V)."""
+    return torch.linalg.eigh(torch.nan_to_num(block))
 
 
 def _split_pivot_block_lu(block: torch.Tensor):
-    """(d, f): block = L diag(d) L^T from LU without pivoting (U = diag(d) L^T) and f(C) = C L^-T."""
+    """(d, M): block = L diag(d) L^T from LU without pivoting (U = diag(d) L^T); M = L^-T, so that
+    C M = C L^-T, by one small triangular solve instead of one with the tall C."""
     lu, _, _ = torch.linalg.lu_factor_ex(block, pivot=False)
-    d = lu.diagonal(dim1=-2, dim2=-1)
-    # C L^-T: solve X L^T = C; L^T is the upper triangle of LU^T with a unit diagonal.
-    return d, lambda c: torch.linalg.solve_triangular(lu.mT, c, upper=True, left=False, unitriangular=True)
+    eye = torch.eye(block.shape[-1], dtype=block.dtype, device=block.device).expand_as(block)
+    # L^T is the upper triangle of LU^T with a unit diagonal.
+    return lu.diagonal(dim1=-2, dim2=-1), torch.linalg.solve_triangular(lu.mT, eye, upper=True, unitriangular=True)

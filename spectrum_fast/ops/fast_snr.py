@@ -26,7 +26,10 @@ Gram G (k x k, one bf16 tensor-core product with fp32 accumulation on a GPU):
 Matrices with k <= FULL_SPECTRUM_MAX_K, those that would need more than FULL_SPECTRUM_FRACTION of
 their values, and those whose inertia count is not reliable (a nearly singular pivot block) or
 whose iteration broke down (a Gram of rank below the sketch's width) take all their values from
-the float64 Gram, so their rows are the exact mode's "mp-moments" rows.
+the float64 Gram, so their rows are the exact mode's "mp-moments" rows. Matrices with more than
+MAX_VALUES spikes or values above the edge (far from the model: rank-deficient ones, whose zero
+singular values pull sigma down) keep MAX_VALUES values, sigma deflated by those, the exact count,
+and an estimate of the unfound values above the edge (_unfound_signal): estimates further off.
 """
 
 from __future__ import annotations
@@ -57,6 +60,10 @@ FULL_SPECTRUM_MAX_K = 64
 # zero singular values pull sigma down, so hundreds of values clear the edge) get all of them from
 # the Gram instead: a sketch that wide costs more than the exact route.
 FULL_SPECTRUM_FRACTION = 0.125
+# Values found at most (START_VALUES doubled up to this). Matrices with more spikes than this, or
+# more values above the edge, keep the values found and the exact count: sigma is then deflated by
+# these spikes only and the unfound values above the edge are estimated (_unfound_signal).
+MAX_VALUES = 128
 
 
 def _unfound_noise_per_sigma(k: int, above: torch.Tensor, beta: float) -> torch.Tensor:
@@ -67,22 +74,41 @@ def _unfound_noise_per_sigma(k: int, above: torch.Tensor, beta: float) -> torch.
     return (k * mp_law.mp_partial_mean_sqrt(x_hi, beta)).to(above.device)
 
 
+def _unfound_signal(values: torch.Tensor, found: torch.Tensor, n_above: torch.Tensor, sigma: torch.Tensor,
+                    tau: torch.Tensor, k: int, beta: float, frob2: torch.Tensor) -> torch.Tensor:
+    """Estimated sum of the values above the edge that were not found (more than MAX_VALUES above
+    it: matrices far from the model, e.g. rank-deficient ones, whose zero singular values pull sigma
+    down), 0 elsewhere. Their energy is ||W||_F^2 less the found values' and the bulk's expectation
+    below the edge (sigma^2 k times the MP law's partial mean up to the quantile (k - s) / k); each
+    is taken at the root of their mean square, kept between tau and the smallest found value."""
+    middle = (n_above - found).clamp_min(0)
+    if not bool((middle > 0).any()):
+        return torch.zeros_like(sigma)
+    x_hi = mp_law.mp_quantile(((k - n_above).to(torch.float64) / k).cpu(), beta)
+    below = (sigma * sigma * k * mp_law.mp_integral(lambda x: x, x_hi, beta).to(sigma.device))
+    energy = frob2 - (values * values).sum(-1) - below
+    smallest_found = values.gather(-1, (found - 1).clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    mean_square = (energy / middle.clamp_min(1)).clamp_min(0)
+    each = torch.minimum(torch.maximum(mean_square.sqrt(), tau), smallest_found.clamp_min(tau))
+    return torch.where(middle > 0, middle * each, 0.0)
+
+
 def _spikes(frob2: torch.Tensor, top: torch.Tensor, k: int, big: int) -> noise_edge.DeflatedMoments:
     """mp-moments from ||W||_F^2 and the top values alone (||W^T W||_F^2 is not formed: NaN)."""
     return noise_edge.deflated_moments(frob2, torch.full_like(frob2, math.nan), top, k, big)
 
 
 def _table(top: torch.Tensor, found: torch.Tensor, n_above: torch.Tensor, sigma: torch.Tensor, k: int,
-           big: int) -> torch.Tensor:
+           big: int, frob2: torch.Tensor) -> torch.Tensor:
     """[B, 7] table (ops.SpectrumStats.FIELDS) from the top values (descending, padded with NaN past
-    each matrix's ``found``), the count of values above the edge (<= found), and sigma."""
+    each matrix's ``found``), the count of values above the edge, sigma and ||W||_F^2."""
     beta = k / big
     index = torch.arange(top.shape[-1], device=top.device)
     valid = index < found.unsqueeze(-1)
     values = torch.where(valid, top, 0.0)
     tau = sigma * threshold_factor(k, big)
     above = index < n_above.unsqueeze(-1)
-    signal = torch.where(above, values, 0.0).sum(-1)
+    signal = torch.where(above, values, 0.0).sum(-1) + _unfound_signal(values, found, n_above, sigma, tau, k, beta, frob2)
     n_signal = n_above.to(torch.float64)
     exact = found == k  # every value found: the noise sum is theirs, as in the exact mode
     noise = torch.where(exact, torch.where(valid & ~above, values, 0.0).sum(-1),
@@ -116,6 +142,20 @@ def _times_gram(parts: list[torch.Tensor], q: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _cholesky_qr_once(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Y R^-1, failed) for fp32 ``y`` [B, k, c], R from the Cholesky factor of the float64 Y^T Y:
+    between iterations a basis orthonormal to cond(Y)^2 1e-16 (cond(Y) ~ lambda_1 / lambda_c, tens)
+    is plenty. R^-1 is formed (c x c) and applied by one GEMM: no triangular solve with the tall Y."""
+    gram_small = y.mT.to(torch.float64) @ y.to(torch.float64)
+    chol, info = torch.linalg.cholesky_ex(gram_small)
+    failed = info != 0
+    eye = torch.eye(y.shape[-1], dtype=torch.float64, device=y.device).expand_as(chol)
+    chol = torch.where(failed[:, None, None], eye, chol)
+    r_inverse = torch.linalg.solve_triangular(chol.mT, eye, upper=True)  # R = L^T
+    with _full_fp32_matmul():
+        return y @ r_inverse.to(torch.float32), failed
+
+
 def top_eigenvalues(g: torch.Tensor, t: int, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(values [B, t] float64 descending, failed [B] bool): the t largest eigenvalues of the
     symmetric positive semi-definite fp32 ``g`` [B, k, k] by subspace iteration (module docstring,
@@ -127,8 +167,12 @@ def top_eigenvalues(g: torch.Tensor, t: int, seed: int | None = None) -> tuple[t
     q = torch.randn(b, k, width, generator=generator, device=g.device, dtype=torch.float32)
     parts = _gram_parts(g)
     failed = torch.zeros(b, dtype=torch.bool, device=g.device)
-    for _ in range(ITERATIONS):
-        q, bad = cholesky_qr2(_times_gram(parts, q))
+    for i in range(ITERATIONS):
+        y = _times_gram(parts, q)
+        if i + 1 < ITERATIONS:
+            q, bad = _cholesky_qr_once(y)
+        else:  # the Rayleigh-Ritz basis: orthonormal to rounding
+            q, bad = cholesky_qr2(y)
         failed |= bad
     with _full_fp32_matmul():
         gq = torch.bmm(g, q)
@@ -147,7 +191,7 @@ def fast_snr_statistics(w: torch.Tensor, start_values: int | None = None, seed: 
         top = _full_spectrum(w)
         full = torch.full((b,), k, device=w.device)
         sigma = _spikes(frob2, top, k, big).sigma
-        return _table(top, full, _count_above_edge(top, sigma, k, big), sigma, k, big)
+        return _table(top, full, _count_above_edge(top, sigma, k, big), sigma, k, big, frob2)
     g = gram(w, "float32")
     t = min(k, start_values or START_VALUES)
     top = torch.full((b, k), math.nan, dtype=torch.float64, device=w.device)
@@ -173,17 +217,20 @@ def fast_snr_statistics(w: torch.Tensor, start_values: int | None = None, seed: 
         sigma[todo] = spikes.sigma
         # Done: sigma's spikes all found (one found value is not a spike) and every value above the
         # edge among the found ones. Unreliable counts and broken iterations take the exact route.
-        trouble = failed | ~reliable | (counts > FULL_SPECTRUM_FRACTION * k)
+        trouble = failed | ~reliable
         exact_route[todo[trouble]] = True
         todo = todo[~trouble & (spikes.saturated | (counts > t))]
+        if 2 * t > MAX_VALUES:
+            break  # the rest keep this round's values; _table estimates the unfound ones above the edge
         t = 2 * t
-    table = _table(top, found, n_above, sigma, k, big)
+    table = _table(top, found, n_above, sigma, k, big, frob2)
     rest = exact_route.nonzero().squeeze(-1)
     if rest.numel():
         exact_top = _full_spectrum(w[rest])
         exact_sigma = _spikes(frob2[rest], exact_top, k, big).sigma
         full = torch.full((rest.numel(),), k, device=w.device)
-        table[rest] = _table(exact_top, full, _count_above_edge(exact_top, exact_sigma, k, big), exact_sigma, k, big)
+        table[rest] = _table(exact_top, full, _count_above_edge(exact_top, exact_sigma, k, big), exact_sigma, k, big,
+                             frob2[rest])
     return table
 
 
