@@ -50,45 +50,48 @@ def count_above(g: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, tor
     split = _split_pivot_block_lu if PIVOT_BLOCK.get(g.device.type, "eigh") == "lu" else _split_pivot_block_eigh
     for p0 in range(0, n, PANEL):
         p1 = min(p0 + PANEL, n)
-        # The panel's eliminated columns below it (in their pivot blocks' bases) and those scaled by
-        # the inverse pivots: the trailing update is their product, once per panel.
+        # The panel's eliminated columns below it (x) and their products with the inverse pivot
+        # blocks (y): the trailing update is y x^T, once per panel.
         x_panel = torch.empty(batch, n - p1, p1 - p0, dtype=s.dtype, device=s.device)
         y_panel = torch.empty_like(x_panel)
         for b0 in range(p0, p1, BLOCK):
             b1 = min(b0 + BLOCK, p1)
-            pivots, basis = split(s[:, b0:b1, b0:b1])
+            pivots, eliminate = split(s[:, b0:b1, b0:b1], scale)
             counts += (pivots > 0).sum(-1)
             smallest = torch.minimum(smallest, pivots.abs().amin(-1))
             if b1 == n:
                 break
-            # The eliminated columns S[b1:, b0:b1] in the basis that diagonalizes their pivot block.
-            x = s[:, b1:, b0:b1] @ basis
-            # Tiny pivots (the matrix is flagged below) contribute nothing instead of overflowing:
-            # the factorization of the other matrices in the batch goes on with finite numbers.
-            inverse = torch.where(pivots.abs() > RELIABLE_PIVOT * scale.unsqueeze(-1), 1.0 / pivots, 0.0)
-            y = x * inverse.unsqueeze(-2)
+            x, y = eliminate(s[:, b1:, b0:b1])
             if b1 < p1:  # the rest of this panel now; the trailing matrix once per panel
                 s[:, b1:, b1:p1].baddbmm_(y, x[:, : p1 - b1].mT, alpha=-1.0)
             x_panel[:, :, b0 - p0 : b1 - p0] = x[:, p1 - b1 :]
             y_panel[:, :, b0 - p0 : b1 - p0] = y[:, p1 - b1 :]
-        # Trailing update, its lower triangle only (what later steps read: the columns below each
-        # pivot block, and the square diagonal panels, which the column chunks cover whole).
-        for c0 in range(p1, n, PANEL):
-            c1 = min(c0 + PANEL, n)
-            s[:, c0:, c0:c1].baddbmm_(y_panel[:, c0 - p1 :], x_panel[:, c0 - p1 : c1 - p1].mT, alpha=-1.0)
+        if p1 < n:
+            # One GEMM over the whole trailing square: updating its lower triangle alone, in column
+            # chunks, halved the flops but multiplied the launches (H100: slower at 1536 and 4096).
+            s[:, p1:, p1:].baddbmm_(y_panel, x_panel.mT, alpha=-1.0)
     reliable = torch.isfinite(smallest) & (smallest > RELIABLE_PIVOT * scale)
     return counts, reliable
 
 
-def _split_pivot_block_eigh(block: torch.Tensor):
-    """(d, M): block = V diag(d) V^T by its eigendecomposition; M = V (so C M = C V)."""
-    return torch.linalg.eigh(torch.nan_to_num(block))
+def _split_pivot_block_eigh(block: torch.Tensor, scale: torch.Tensor):
+    """(d, eliminate) for block = V diag(d) V^T (its eigendecomposition): eliminate(C) = (C V,
+    C V diag(1/d)), whose product is C block^-1 C^T. Tiny pivots (the matrix is flagged) give 0
+    instead of overflowing, so the other matrices of the batch go on with finite numbers."""
+    evals, evecs = torch.linalg.eigh(torch.nan_to_num(block))
+    inverse = torch.where(evals.abs() > RELIABLE_PIVOT * scale.unsqueeze(-1), 1.0 / evals, 0.0)
+
+    def eliminate(c: torch.Tensor):
+        x = c @ evecs
+        return x, x * inverse.unsqueeze(-2)
+
+    return evals, eliminate
 
 
-def _split_pivot_block_lu(block: torch.Tensor):
-    """(d, M): block = L diag(d) L^T from LU without pivoting (U = diag(d) L^T); M = L^-T, so that
-    C M = C L^-T, by one small triangular solve instead of one with the tall C."""
+def _split_pivot_block_lu(block: torch.Tensor, scale: torch.Tensor):
+    """(d, eliminate): d from LU without pivoting (block = L diag(d) L^T, U = diag(d) L^T: its
+    inertia); eliminate(C) = (C, C block^-1), the inverse by batched LU with pivoting (cuBLAS,
+    small blocks): no triangular solve with the tall C."""
     lu, _, _ = torch.linalg.lu_factor_ex(block, pivot=False)
-    eye = torch.eye(block.shape[-1], dtype=block.dtype, device=block.device).expand_as(block)
-    # L^T is the upper triangle of LU^T with a unit diagonal.
-    return lu.diagonal(dim1=-2, dim2=-1), torch.linalg.solve_triangular(lu.mT, eye, upper=True, unitriangular=True)
+    inverse, _ = torch.linalg.inv_ex(block)
+    return lu.diagonal(dim1=-2, dim2=-1), lambda c: (c, c @ inverse)

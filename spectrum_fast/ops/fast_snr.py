@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..linalg import split_products
 from ..linalg.inertia import count_above
 from ..linalg.orthonormalize import cholesky_qr2
-from . import mp_law, noise_edge
+from . import band, band_eigen, mp_law, noise_edge
 from .eigen import eigvalsh
 from .gram import _full_fp32_matmul, gram
 from .stats import threshold_factor
@@ -178,8 +179,20 @@ def top_eigenvalues(g: torch.Tensor, t: int, seed: int | None = None) -> tuple[t
         gq = torch.bmm(g, q)
     small = (q.to(torch.float64).mT @ gq.to(torch.float64)).cpu()
     small = (small + small.mT) / 2
-    values = torch.linalg.eigvalsh(small).flip(-1)[:, :t].to(g.device)
+    values = _small_eigvalsh(small).flip(-1)[:, :t].to(g.device)
     return values, failed
+
+
+def _small_eigvalsh(small: torch.Tensor) -> torch.Tensor:
+    """Ascending eigenvalues of [B, l, l] float64 host matrices: one LAPACK call per matrix on the
+    shared host pool (ops.band_eigen, the GIL released), as a band of full width. torch's batched
+    eigvalsh on the host took ~20 ms for 64 matrices of 48 x 48 on the H100's 16-core host
+    (bench/probes/fast_components.log at 04bb809), its threads split each small matrix."""
+    if not band_eigen.available():
+        return torch.linalg.eigvalsh(small)
+    bands = band.lower_band(small, small.shape[-1] - 1).contiguous()
+    futures = [band_eigen.submit_call(band_eigen.band_eigvalsh, bands[i].numpy()) for i in range(bands.shape[0])]
+    return torch.from_numpy(np.stack([f.result() for f in futures]))
 
 
 def fast_snr_statistics(w: torch.Tensor, start_values: int | None = None, seed: int | None = None) -> torch.Tensor:
