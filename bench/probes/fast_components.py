@@ -41,6 +41,22 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(out)
 
 
+def captured(fn):
+    """(graph, output): fn's GPU work captured once (after warm-ups on a side stream), replayable."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    return graph, out
+
+
 def profile(fn, batch: int) -> None:
     """Wall time and the top CUDA kernels of one call (after a warm-up), per matrix."""
     from torch.profiler import ProfilerActivity
@@ -71,6 +87,7 @@ def main() -> None:
     ap.add_argument("--panels", type=int, nargs="+", default=[128])
     ap.add_argument("--pivots", nargs="+", default=["lu"])
     ap.add_argument("--profile", action="store_true", help="kernel table of one fast_snr_statistics call per case")
+    ap.add_argument("--graph", action="store_true", help="also time the inertia count replayed as one CUDA graph")
     args = ap.parse_args()
     print(run_info(torch.device("cuda")), flush=True)
     for case in args.cases:
@@ -99,6 +116,13 @@ def main() -> None:
                 inertia.PANEL = panel
                 line.append(f"inertia {pivot} panel {panel} " + per(timed(lambda: inertia.count_above(g, shift), args.repeats)))
         inertia.PANEL, inertia.PIVOT_BLOCK["cuda"] = 128, "lu"
+        if args.graph:
+            try:
+                graph, graph_counts = captured(lambda: inertia.count_above(g, shift)[0])
+                line.append("inertia lu panel 128, one CUDA graph " + per(timed(graph.replay, args.repeats))
+                            + f" (counts as eager: {bool((graph_counts == inertia.count_above(g, shift)[0]).all())})")
+            except Exception as e:  # noqa: BLE001 - a probe: report and go on
+                line.append(f"inertia as a CUDA graph failed: {type(e).__name__}: {str(e)[:120]}")
         counts, reliable = inertia.count_above(g, shift)
         line.append("fast_snr_statistics " + per(timed(lambda: fast_snr.fast_snr_statistics(w, seed=1), args.repeats)))
         line.append("exact eigvalsh (f64 Gram) " + per(timed(lambda: eigvalsh(gram(w, "float64")), args.repeats)))
