@@ -95,7 +95,7 @@ def _split_pivot_block_lu(block: torch.Tensor, scale: torch.Tensor):
     of a nearby matrix (inverting the block by pivoted LU instead, 4 of 64 DeepSeek-V2-shaped
     Grams were miscounted on the H100 at ce3fedb: the unpivoted pivots' signs and the pivoted
     inverse then describe two different factorizations). Tiny pivots give 0 instead of
-    overflowing (flagged).""""
+    overflowing (flagged)."""
     lu, _, _ = torch.linalg.lu_factor_ex(block, pivot=False)
     d = lu.diagonal(dim1=-2, dim2=-1)
     inverse = torch.where(d.abs() > RELIABLE_PIVOT * scale.unsqueeze(-1), 1.0 / d, 0.0)
