@@ -31,13 +31,22 @@ def cholesky_qr2(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     (bool, on the device) marks the matrices whose Gram was not positive definite; their Q is
     finite but not orthonormal, and the caller redoes them (orthonormalize: Householder QR; a
     chain of products can check once at its end instead of at every step)."""
+    return cholesky_qr(y, passes=2)
+
+
+def cholesky_qr(y: torch.Tensor, passes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Q, failed) as cholesky_qr2 with ``passes`` passes. One pass leaves Q orthonormal to about
+    cond(Y)^2 1e-16: enough between the steps of an iteration whose next product starts from it
+    (cond(Y) ~ sigma_1 / sigma_c there, tens to thousands), not for a final basis. Each pass forms
+    R^-1 (c x c) and applies it by one GEMM, no triangular solve with the tall Y (cuBLAS's batched
+    trsm was among the slowest kernels of the H100 profiles, bench/probes/fast_components at 04bb809)."""
     q = y.to(torch.float64)
     failed = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
-    for _ in range(2):
-        gram = q.mT @ q
-        chol, info = torch.linalg.cholesky_ex(gram)
+    eye = torch.eye(y.shape[-1], dtype=torch.float64, device=y.device).expand(y.shape[0], -1, -1)
+    for _ in range(passes):
+        chol, info = torch.linalg.cholesky_ex(q.mT @ q)
         failed |= info != 0
         # Failed matrices get an identity factor: Q stays finite (= Y) until the caller redoes them.
-        chol = torch.where((info != 0)[:, None, None], torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device), chol)
-        q = torch.linalg.solve_triangular(chol, q.mT, upper=False).mT  # Y R^-1 with R = L^T
+        chol = torch.where((info != 0)[:, None, None], eye, chol)
+        q = q @ torch.linalg.solve_triangular(chol.mT, eye, upper=True)  # Y R^-1 with R = L^T
     return q.to(torch.float32), failed

@@ -16,7 +16,8 @@ Both run batched over B with torch ops.
 
 Routes of the randomized method:
 - bf16 A on a GPU (SPLIT_PRODUCTS, below): products on bf16 tensor cores with the fp32 operand
-  split in bf16 parts, Cholesky QR twice in float64, the small SVD from B B^T's eigenpairs on the
+  split in bf16 parts, Cholesky QR in float64 (once between products, twice for the final basis),
+  the small SVD from B B^T's eigenpairs on the
   host; Omega bf16 from torch.randn, or from the Triton kernel (FUSED_SKETCH, off: slower there);
 - otherwise products, QRs and SVDs in fp32 (float64 for float64 A); bf16/fp16 A is upcast to fp32
   exactly, whole when its copy is small (_RESIDENT_BYTES), else chunk by chunk at every product
@@ -35,12 +36,13 @@ torch.manual_seed was set; an int makes a call reproducible on a given device an
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..kernels import sketch as sketch_kernel
 from ..ops.gram import _full_fp32_matmul, upcast_blocks
 from . import split_products
-from .orthonormalize import cholesky_qr2
+from .orthonormalize import cholesky_qr
 
 METHODS = ("randomized", "lanczos")
 
@@ -202,7 +204,7 @@ def _sketch(operator: _UpcastOperator, l: int, seed: int) -> torch.Tensor:
 # -- randomized, bf16 on tensor cores ------------------------------------------------------------
 # bf16 A on a GPU: every product with A runs on bf16 tensor cores through split_products
 # (ITERATION_PARTS bf16 parts of the fp32 operand in the subspace iterations, three in the final
-# projection), the bases come from Cholesky QR twice in float64 (orthonormalize.cholesky_qr2), and
+# projection), the bases come from Cholesky QR in float64 (orthonormalize.cholesky_qr), and
 # the small SVD of B = Q^T A from the eigenpairs of B B^T in float64 on the host (an l x l problem
 # per matrix, l = k + oversample; cuSOLVER solves small matrices one after the other). The fp32
 # route above upcasts A and multiplies at fp32 speed without TF32. Off: the fp32 route for every
@@ -235,18 +237,21 @@ def _randomized_svd_split(a: torch.Tensor, k: int, l: int, power_iters: int, see
         omega = torch.randn(batch, m, l, generator=generator, device=a.device, dtype=a.dtype)
         y = split_products.split_bmm(a, omega, 1)  # Omega is bf16 already: one part is exact
     # Cholesky QR without a check at each step (a check waits for the GPU): a matrix whose sketch
-    # is rank-deficient is marked and redone by the caller (truncated_svd).
-    q, failed = cholesky_qr2(y)
-    for _ in range(power_iters):
+    # is rank-deficient is marked and redone by the caller (truncated_svd). One pass between
+    # products, two for the basis B is projected on (orthonormalize.cholesky_qr).
+    q, failed = cholesky_qr(y, passes=1 if power_iters else 2)
+    for i in range(power_iters):
         # A (A^T Q), orthonormalized once per iteration, not after each half: the product's condition
         # is (sigma_1 / sigma_l)^2, well within Cholesky QR's reach in float64 (module orthonormalize).
         z = split_products.split_bmm(a.mT, q, ITERATION_PARTS)
-        q, bad = cholesky_qr2(split_products.split_bmm(a, z, ITERATION_PARTS))
+        q, bad = cholesky_qr(split_products.split_bmm(a, z, ITERATION_PARTS), passes=2 if i + 1 == power_iters else 1)
         failed |= bad
     small = split_products.split_bmm_left(q.mT, a, 3)  # B = Q^T A: [batch, l, m]
     small64 = small.to(torch.float64)
-    gram = (small64 @ small64.mT).cpu()
-    evals, evecs = torch.linalg.eigh(gram)  # ascending
+    # The l x l eigen solves by numpy (LAPACK, one matrix after another, one thread): torch's host
+    # eigh spent 7.6 ms on one 26 x 26 matrix in the H100 profile (its threads; bench/probes/
+    # truncated_svd_profile at 3e68912), numpy ~0.05 ms.
+    evals, evecs = (torch.from_numpy(x) for x in np.linalg.eigh((small64 @ small64.mT).cpu().numpy()))  # ascending
     evals, evecs = evals.flip(-1)[..., :k].to(a.device), evecs.flip(-1)[..., :k].to(a.device)
     s = evals.clamp_min(0).sqrt()
     # Vh = S^-1 U_B^T B; a zero singular value (a rank-deficient or zero A) leaves its row at zero.
