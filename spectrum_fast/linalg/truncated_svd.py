@@ -228,6 +228,20 @@ def _takes_split_products(a: torch.Tensor) -> bool:
     return SPLIT_PRODUCTS and split_products.available(a)
 
 
+# Where the l x l eigen solves of B B^T run: "host" (torch on the CPU, float64), "numpy" (LAPACK
+# one matrix after another on the host), "device" (torch on the GPU: cuSOLVER).
+SMALL_EIGH = "host"
+
+
+def _small_eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenpairs (ascending) of the [B, l, l] float64 ``gram``, where SMALL_EIGH says."""
+    if SMALL_EIGH == "device":
+        return torch.linalg.eigh(gram)
+    if SMALL_EIGH == "numpy":
+        return tuple(torch.from_numpy(x) for x in np.linalg.eigh(gram.cpu().numpy()))
+    return torch.linalg.eigh(gram.cpu())
+
+
 def _randomized_svd_split(a: torch.Tensor, k: int, l: int, power_iters: int, seed: int):
     batch, n, m = a.shape
     if FUSED_SKETCH and sketch_kernel.available(a.device):
@@ -248,10 +262,7 @@ def _randomized_svd_split(a: torch.Tensor, k: int, l: int, power_iters: int, see
         failed |= bad
     small = split_products.split_bmm_left(q.mT, a, 3)  # B = Q^T A: [batch, l, m]
     small64 = small.to(torch.float64)
-    # The l x l eigen solves by numpy (LAPACK, one matrix after another, one thread): torch's host
-    # eigh spent 7.6 ms on one 26 x 26 matrix in the H100 profile (its threads; bench/probes/
-    # truncated_svd_profile at 3e68912), numpy ~0.05 ms.
-    evals, evecs = (torch.from_numpy(x) for x in np.linalg.eigh((small64 @ small64.mT).cpu().numpy()))  # ascending
+    evals, evecs = _small_eigh(small64 @ small64.mT)  # ascending
     evals, evecs = evals.flip(-1)[..., :k].to(a.device), evecs.flip(-1)[..., :k].to(a.device)
     s = evals.clamp_min(0).sqrt()
     # Vh = S^-1 U_B^T B; a zero singular value (a rank-deficient or zero A) leaves its row at zero.
