@@ -44,21 +44,10 @@ def cholesky_qr(y: torch.Tensor, passes: int) -> tuple[torch.Tensor, torch.Tenso
     failed = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
     eye = torch.eye(y.shape[-1], dtype=torch.float64, device=y.device).expand(y.shape[0], -1, -1)
     for _ in range(passes):
-        chol, info = _cholesky_ex(q.mT @ q)
+        chol, info = torch.linalg.cholesky_ex(q.mT @ q)
         failed |= info != 0
         # Failed matrices get an identity factor: Q stays finite (= Y) until the caller redoes them.
         chol = torch.where((info != 0)[:, None, None], eye, chol)
         q = q @ torch.linalg.solve_triangular(chol.mT, eye, upper=True)  # Y R^-1 with R = L^T
     return q.to(torch.float32), failed
 
-
-def _cholesky_ex(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch.linalg.cholesky_ex, with a single CUDA matrix padded to a batch of two: torch factors a
-    lone matrix by cuSOLVER's non-batched potrf, which took ~0.45 ms per 26 x 26 Cholesky on the
-    H100 (bench/probes/truncated_svd_phases at 2109e41: 1.78 of truncated_svd's 3.1 ms at k = 16),
-    and a batch by the batched kernel (~6 us per call in the fast mode's profiles)."""
-    if gram.is_cuda and gram.shape[0] == 1:
-        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device).unsqueeze(0)
-        chol, info = torch.linalg.cholesky_ex(torch.cat([gram, eye]))
-        return chol[:1], info[:1]
-    return torch.linalg.cholesky_ex(gram)

@@ -229,13 +229,20 @@ def _takes_split_products(a: torch.Tensor) -> bool:
 
 
 # Where the l x l eigen solves of B B^T run: "host" (torch on the CPU, float64), "numpy" (LAPACK
-# one matrix after another on the host), "device" (torch on the GPU: cuSOLVER).
-SMALL_EIGH = "host"
+# one matrix after another on the host), "device" (torch on the GPU: cuSOLVER), "auto": the device
+# from l = SMALL_EIGH_DEVICE_FROM. H100, one matrix (bench/probes/small_eigh_route at dba9e9d):
+# l = 26 host 2.87 / numpy 15.7 / device 3.40 ms for the whole call, l = 74 3.85 / 4.11 / 3.99,
+# l = 266 9.29 / 19.6 / 6.53.
+SMALL_EIGH = "auto"
+SMALL_EIGH_DEVICE_FROM = 128
 
 
 def _small_eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenpairs (ascending) of the [B, l, l] float64 ``gram``, where SMALL_EIGH says."""
-    if SMALL_EIGH == "device":
+    route = SMALL_EIGH
+    if route == "auto":
+        route = "device" if gram.shape[-1] >= SMALL_EIGH_DEVICE_FROM else "host"
+    if route == "device":
         return torch.linalg.eigh(gram)
     if SMALL_EIGH == "numpy":
         return tuple(torch.from_numpy(x) for x in np.linalg.eigh(gram.cpu().numpy()))
