@@ -57,15 +57,21 @@ def test_fast_rows_match_the_exact_mp_moments_rows(seed):
             assert f.snr == pytest.approx(e.snr, rel=1e-10), (seed, e.name)
 
 
+def widths_asked(monkeypatch) -> list[int]:
+    """The numbers of values the fast mode asks fast_snr.top_eigenvalues for, call by call."""
+    calls = []
+    real = fast_snr.top_eigenvalues
+    monkeypatch.setattr(fast_snr, "top_eigenvalues", lambda g, t, seed=None: calls.append(t) or real(g, t, seed))
+    return calls
+
+
 @pytest.mark.parametrize("fraction", [1.0, 0.1], ids=["doubling", "full-spectrum"])
 def test_fast_mode_finds_more_values_when_all_found_are_spikes(monkeypatch, fraction, seed):
     """16 values first, then 32, then 64 for 40 spikes; or, where that passes FULL_SPECTRUM_FRACTION
     of k, every value from the Gram."""
     monkeypatch.setattr(fast_snr, "START_VALUES", 16)
     monkeypatch.setattr(fast_snr, "FULL_SPECTRUM_FRACTION", fraction)
-    calls = []
-    real = fast_snr.top_eigenvalues
-    monkeypatch.setattr(fast_snr, "top_eigenvalues", lambda g, t, seed=None: calls.append(t) or real(g, t, seed))
+    calls = widths_asked(monkeypatch)
     gen = torch.Generator().manual_seed(seed)
     w = spiked(300, 700, 40, gen)
     table = fast_snr.fast_snr_statistics(w.unsqueeze(0))
@@ -75,6 +81,25 @@ def test_fast_mode_finds_more_values_when_all_found_are_spikes(monkeypatch, frac
     assert int(truth.n_spikes) == 40, seed
     assert int(table[0, 5]) == 40, seed
     assert table[0, 1].item() == pytest.approx(truth.sigma.item(), rel=1e-4), seed
+
+
+def test_past_max_values_the_count_stays_exact_and_the_rest_is_estimated(monkeypatch, seed):
+    """40 spikes, at most 32 values: the first round (16 values) already counts 40 above the edge,
+    more than MAX_VALUES, so no further round runs; the count still comes from the inertia (40),
+    the signal from the 16 found plus an estimate of the other 24, each between the edge and the
+    smallest found value."""
+    monkeypatch.setattr(fast_snr, "START_VALUES", 16)
+    monkeypatch.setattr(fast_snr, "MAX_VALUES", 32)
+    calls = widths_asked(monkeypatch)
+    gen = torch.Generator().manual_seed(seed)
+    w = spiked(300, 700, 40, gen)
+    table = fast_snr.fast_snr_statistics(w.unsqueeze(0))
+    assert calls == [16], (seed, calls)
+    s = torch.linalg.svdvals(w.double())
+    tau = table[0, 2]
+    assert int(table[0, 5]) == int((s > tau).sum()) == 40, seed
+    found = s[:16].sum()  # the fast mode's 16 are these to the iteration's accuracy (1e-4 allowed)
+    assert (found + 24 * tau) * (1 - 1e-4) <= table[0, 3] <= (found + 24 * s[15]) * (1 + 1e-4), seed
 
 
 def test_unreliable_counts_take_the_exact_route(monkeypatch, seed):

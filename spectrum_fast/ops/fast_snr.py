@@ -15,9 +15,9 @@ Gram G (k x k, one bf16 tensor-core product with fp32 accumulation on a GPU):
    inertia of G - tau^2 I (linalg.inertia: a block LDL^T in float64, no eigenvalue computed),
    not from the found values: trained-looking weights carry a dense run of weak outliers just
    above the edge, a few 1e-4 apart, and a value found 1e-3 low drops out of the count, which
-   Spectrum's ratio hinges on (bench/probes/fast_noise_model_cpu.log: exact values with the MP
-   noise model give SNRs 0.3-0.7% from the exact mode's and rank them identically; values 1e-3
-   low, Spearman 0.91-0.95; 3e-3 low, 0.77-0.90).
+   Spectrum's ratio hinges on (bench/probes/fast_noise_model_cpu_61ab227.log: exact values with
+   the MP noise model give SNRs 0.25-0.95% from the exact mode's and rank them identically;
+   values up to 1e-3 low, Spearman 0.93-0.99; up to 3e-3 low, 0.86-0.94).
 4. signal = the sum of the s largest found values (their errors, ~1e-3 of a value near the
    edge, move the sum little); noise = the MP law's expectation for the other k - s values: the
    bulk's lowest k - s, sigma k times the integral of sqrt(x) f(x) up to the MP quantile
@@ -52,8 +52,9 @@ from .stats import threshold_factor
 START_VALUES = 32
 OVERSAMPLE = 16
 ITERATIONS = 16
-# bf16 parts of G in the iteration products (2: 16 significant bits, ~1.5e-5 of each entry left
-# out; the Rayleigh-Ritz step uses the fp32 G).
+# bf16 parts of G in the iteration products. One: G rounded to bf16 steers the subspace only; the
+# Rayleigh-Ritz step uses the fp32 G (CPU, a 1536 x 5120 workload matrix, 16 iterations: 1, 2 and
+# 3 parts gave the top 32 values to the same relative errors, 1e-8 to 2e-2 down the list).
 GRAM_PARTS = 1
 # At or below this k every value comes from the float64 Gram's eigenvalues.
 FULL_SPECTRUM_MAX_K = 64
@@ -172,8 +173,8 @@ def top_eigenvalues(g: torch.Tensor, t: int, seed: int | None = None) -> tuple[t
 def _small_eigvalsh(small: torch.Tensor) -> torch.Tensor:
     """Ascending eigenvalues of [B, l, l] float64 host matrices: one LAPACK call per matrix on the
     shared host pool (ops.band_eigen, the GIL released), as a band of full width. torch's batched
-    eigvalsh on the host took ~20 ms for 64 matrices of 48 x 48 on the H100's 16-core host
-    (bench/probes/fast_components.log at 04bb809), its threads split each small matrix."""
+    eigvalsh on the host took ~1 ms per matrix in the fast mode on the H100's 16-core host
+    (bench/probes/fast_components_h100_04bb809.log: 3 calls, 63 ms, for a batch of 64)."""
     if not band_eigen.available():
         return torch.linalg.eigvalsh(small)
     bands = band.lower_band(small, small.shape[-1] - 1).contiguous()
