@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--panels", type=int, nargs="+", default=[128])
     ap.add_argument("--pivots", nargs="+", default=["lu"])
+    ap.add_argument("--blocks", type=int, nargs="+", default=[32], help="pivot block sizes (inertia.BLOCK) to time")
     ap.add_argument("--profile", action="store_true", help="kernel table of one fast_snr_statistics call per case")
     ap.add_argument("--graph", action="store_true", help="also time the inertia count replayed as one CUDA graph")
     args = ap.parse_args()
@@ -110,12 +111,18 @@ def main() -> None:
         frob2 = torch.linalg.vector_norm(w.reshape(batch, -1), dim=-1, dtype=torch.float64).square()
         sigma = fast_snr._spikes(frob2, values.clamp_min(0).sqrt(), k, big).sigma
         shift = (sigma * threshold_factor(k, big)) ** 2
+        ev = eigvalsh(gram(w, "float64")).to(g.device, torch.float64)
+        truth = (ev > shift.unsqueeze(-1)).sum(-1)
         for pivot in args.pivots:
             inertia.PIVOT_BLOCK["cuda"] = pivot
             for panel in args.panels:
-                inertia.PANEL = panel
-                line.append(f"inertia {pivot} panel {panel} " + per(timed(lambda: inertia.count_above(g, shift), args.repeats)))
-        inertia.PANEL, inertia.PIVOT_BLOCK["cuda"] = 128, "lu"
+                for block in args.blocks:
+                    inertia.PANEL, inertia.BLOCK = panel, min(block, panel)
+                    ms = timed(lambda: inertia.count_above(g, shift), args.repeats)
+                    c, r = inertia.count_above(g, shift)
+                    line.append(f"inertia {pivot} panel {panel} block {inertia.BLOCK} {per(ms)} "
+                                f"(counts right {int((c == truth).sum())}/{batch}, reliable {int(r.sum())}/{batch})")
+        inertia.PANEL, inertia.BLOCK, inertia.PIVOT_BLOCK["cuda"] = 128, 32, "lu"
         if args.graph:
             try:
                 graph, graph_counts = captured(lambda: inertia.count_above(g, shift)[0])
@@ -126,8 +133,6 @@ def main() -> None:
         counts, reliable = inertia.count_above(g, shift)
         line.append("fast_snr_statistics " + per(timed(lambda: fast_snr.fast_snr_statistics(w, seed=1), args.repeats)))
         line.append("exact eigvalsh (f64 Gram) " + per(timed(lambda: eigvalsh(gram(w, "float64")), args.repeats)))
-        ev = eigvalsh(gram(w, "float64")).to(g.device, torch.float64)
-        truth = (ev > shift.unsqueeze(-1)).sum(-1)
         gaps = ((ev - shift.unsqueeze(-1)).abs() / shift.unsqueeze(-1)).amin(-1)
         line.append(f"inertia counts = f64 eigenvalue counts: {int((counts == truth).sum())}/{batch}, "
                     f"reliable {int(reliable.sum())}/{batch}, smallest gap to the shift {float(gaps.min()):.1e}")

@@ -34,31 +34,20 @@ def cholesky_qr2(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return cholesky_qr(y, passes=2)
 
 
-# At most this many matrices on a GPU get their c x c factorizations on the host: a single
-# truncated SVD is bound by the host's time per GPU op (~25 us on the H100 machine, each of a
-# pass's ~12 ops; bench/probes/cholesky_qr_ops_h100_b40d3b0.log), and the host does the tiny
-# Cholesky factor and triangular inverse in a few us each, at the cost of one wait for the Gram.
-HOST_FACTOR_MAX_BATCH = 4
-
-
 def cholesky_qr(y: torch.Tensor, passes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(Q, failed) as cholesky_qr2 with ``passes`` passes. One pass leaves Q orthonormal to about
     cond(Y)^2 1e-16: enough between the steps of an iteration whose next product starts from it
     (cond(Y) ~ sigma_1 / sigma_c there, tens to thousands), not for a final basis. Each pass forms
     R^-1 (c x c) and applies it by one GEMM, no triangular solve with the tall Y (cuBLAS's batched
-    trsm was among the slowest kernels of the H100 profiles, bench/probes/fast_components_h100_04bb809.log);
-    R and R^-1 on the host for up to HOST_FACTOR_MAX_BATCH matrices on a GPU."""
+    trsm was among the slowest kernels of the H100 profiles, bench/probes/fast_components at 04bb809)."""
     q = y.to(torch.float64)
     failed = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
-    on_host = y.is_cuda and y.shape[0] <= HOST_FACTOR_MAX_BATCH
-    eye = torch.eye(y.shape[-1], dtype=torch.float64, device="cpu" if on_host else y.device).expand(y.shape[0], -1, -1)
+    eye = torch.eye(y.shape[-1], dtype=torch.float64, device=y.device).expand(y.shape[0], -1, -1)
     for _ in range(passes):
-        gram = q.mT @ q
-        chol, info = torch.linalg.cholesky_ex(gram.cpu() if on_host else gram)
-        bad = info != 0
+        chol, info = torch.linalg.cholesky_ex(q.mT @ q)
+        failed |= info != 0
         # Failed matrices get an identity factor: Q stays finite (= Y) until the caller redoes them.
-        chol = torch.where(bad[:, None, None], eye, chol)
-        r_inverse = torch.linalg.solve_triangular(chol.mT, eye, upper=True)  # R^-1 with R = L^T
-        failed |= bad.to(y.device)
-        q = q @ r_inverse.to(y.device)
+        chol = torch.where((info != 0)[:, None, None], eye, chol)
+        q = q @ torch.linalg.solve_triangular(chol.mT, eye, upper=True)  # Y R^-1 with R = L^T
     return q.to(torch.float32), failed
+
