@@ -24,14 +24,13 @@ from .targets import MatrixTask
 
 def fast_matrix_bytes(n: int, m: int, dtype: str) -> int:
     """Device bytes the fast mode holds per matrix: its input, its fp32 Gram, that Gram's bf16
-    part for the iterations and the float64 copy the inertia count factors (14 bytes per Gram
-    entry), plus the float64 Gram of the matrices that take the exact route (8 more, counted for
-    all: a bound), and the iteration's bases (small). Half the GPU budget goes to these (scan.py);
-    the rest is the allocator's slack and the small dense solves."""
+    copy for the iterations and the float64 copy the inertia count factors (14 bytes per Gram
+    entry), and the iteration's bases (small). The matrices that take the exact route (rare: an
+    unreliable count, a broken iteration) add their float64 Gram while the rest are done."""
     k = min(n, m)
     itemsize = engine._DTYPE_BYTES.get(dtype, 4)
     t = min(k, 2 * (fast_snr.START_VALUES + fast_snr.OVERSAMPLE))
-    return n * m * itemsize + 22 * k * k + 3 * 8 * k * t
+    return n * m * itemsize + 14 * k * k + 3 * 8 * k * t
 
 
 def run_batches_fast(

@@ -119,7 +119,9 @@ def scan(
         elif dev.type == "cuda" and method == "fast":
             from .fast_engine import fast_matrix_bytes
 
-            budget, matrix_bytes = (max_gpu_memory or DEFAULT_MAX_GPU_MEMORY) // 2, fast_matrix_bytes
+            # Three quarters of the budget for the batch; the rest for the next batch's input (read
+            # ahead) and the allocator's slack. Larger batches pay the fast mode's many small ops fewer times.
+            budget, matrix_bytes = 3 * (max_gpu_memory or DEFAULT_MAX_GPU_MEMORY) // 4, fast_matrix_bytes
         elif dev.type == "cuda":
             budget = gpu_batch_plan(max_gpu_memory or DEFAULT_MAX_GPU_MEMORY, precision, eigen_route, dev)
         else:
