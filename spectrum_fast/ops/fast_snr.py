@@ -36,13 +36,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from ..linalg import split_products
 from ..linalg.inertia import count_above
 from ..linalg.orthonormalize import cholesky_qr
-from . import band, band_eigen, mp_law, noise_edge
+from . import mp_law, noise_edge
 from .eigen import eigvalsh
 from .gram import _full_fp32_matmul, gram
 from .stats import threshold_factor
@@ -68,12 +67,26 @@ FULL_SPECTRUM_FRACTION = 0.125
 MAX_VALUES = 128
 
 
-def _unfound_noise_per_sigma(k: int, above: torch.Tensor, beta: float) -> torch.Tensor:
-    """Expected sum of the k - s smallest singular values of an MP bulk, in units of sigma, for
-    s = ``above`` (a tensor of counts): k * int_a^{q((k - s) / k)} sqrt(x) f(x) dx."""
-    p = (k - above).to(torch.float64) / k
-    x_hi = mp_law.mp_quantile(p.cpu(), beta)
-    return (k * mp_law.mp_partial_mean_sqrt(x_hi, beta)).to(above.device)
+# (k, s, beta) -> the MP bulk's expected sums below its quantile (k - s) / k (_bulk_below).
+_BULK_BELOW: dict[tuple[int, int, float], tuple[float, float]] = {}
+
+
+def _bulk_below(k: int, counts: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each count s: (k int_a^{q} sqrt(x) f(x) dx, k int_a^{q} x f(x) dx) with q the MP quantile
+    (k - s) / k: the expected sum of the k - s smallest singular values of an MP bulk, in units of
+    sigma, and of their squares, in sigma^2. Cached per (k, s, beta): the quantile's bisection cost
+    ~4 ms a call on the H100's host (bench/probes/fast_profile at 689b352), and a shape's counts
+    repeat from batch to batch; the missing ones are computed in one vectorized call."""
+    wanted = [int(c) for c in counts.tolist()]
+    missing = sorted({c for c in wanted if (k, c, beta) not in _BULK_BELOW})
+    if missing:
+        x_hi = mp_law.mp_quantile(torch.tensor([(k - c) / k for c in missing], dtype=torch.float64), beta)
+        sqrt_sums = k * mp_law.mp_partial_mean_sqrt(x_hi, beta)
+        square_sums = k * mp_law.mp_integral(lambda x: x, x_hi, beta)
+        for c, a, b in zip(missing, sqrt_sums.tolist(), square_sums.tolist()):
+            _BULK_BELOW[(k, c, beta)] = (a, b)
+    pairs = torch.tensor([_BULK_BELOW[(k, c, beta)] for c in wanted], dtype=torch.float64).reshape(-1, 2)
+    return pairs[:, 0].to(counts.device), pairs[:, 1].to(counts.device)
 
 
 def _unfound_signal(values: torch.Tensor, found: torch.Tensor, n_above: torch.Tensor, sigma: torch.Tensor,
@@ -86,8 +99,7 @@ def _unfound_signal(values: torch.Tensor, found: torch.Tensor, n_above: torch.Te
     middle = (n_above - found).clamp_min(0)
     if not bool((middle > 0).any()):
         return torch.zeros_like(sigma)
-    x_hi = mp_law.mp_quantile(((k - n_above).to(torch.float64) / k).cpu(), beta)
-    below = (sigma * sigma * k * mp_law.mp_integral(lambda x: x, x_hi, beta).to(sigma.device))
+    below = sigma * sigma * _bulk_below(k, n_above, beta)[1]
     energy = frob2 - (values * values).sum(-1) - below
     smallest_found = values.gather(-1, (found - 1).clamp_min(0).unsqueeze(-1)).squeeze(-1)
     mean_square = (energy / middle.clamp_min(1)).clamp_min(0)
@@ -114,7 +126,7 @@ def _table(top: torch.Tensor, found: torch.Tensor, n_above: torch.Tensor, sigma:
     n_signal = n_above.to(torch.float64)
     exact = found == k  # every value found: the noise sum is theirs, as in the exact mode
     noise = torch.where(exact, torch.where(valid & ~above, values, 0.0).sum(-1),
-                        sigma * _unfound_noise_per_sigma(k, n_above, beta))
+                        sigma * _bulk_below(k, n_above, beta)[0])
     noise = torch.where(n_signal < k, noise, 1.0)  # Spectrum's rule when no value is below the edge
     sigma_max = values[:, 0]
     snr = torch.where(sigma_max > 0, signal / noise / sigma_max, 0.0)
@@ -171,15 +183,18 @@ def top_eigenvalues(g: torch.Tensor, t: int, seed: int | None = None) -> tuple[t
 
 
 def _small_eigvalsh(small: torch.Tensor) -> torch.Tensor:
-    """Ascending eigenvalues of [B, l, l] float64 host matrices: one LAPACK call per matrix on the
-    shared host pool (ops.band_eigen, the GIL released), as a band of full width. torch's batched
-    eigvalsh on the host took ~1 ms per matrix in the fast mode on the H100's 16-core host
-    (bench/probes/fast_components_h100_04bb809.log: 3 calls, 63 ms, for a batch of 64)."""
-    if not band_eigen.available():
+    """Ascending eigenvalues of [B, l, l] float64 host matrices (l ~ 48), by torch on one host
+    thread: with all 16 of the H100 machine's, torch's batched eigvalsh took ~1 ms per matrix
+    (bench/probes/fast_components_h100_04bb809.log: 3 calls, 63 ms, for a batch of 64), and one
+    LAPACK call per matrix on the shared host pool 12 ms a batch of ~28
+    (bench/probes/fast_profile_deepseek_h100_689b352.log); on one thread, 64 of 48 x 48 took 6.9 ms
+    on a 2-core development machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
         return torch.linalg.eigvalsh(small)
-    bands = band.lower_band(small, small.shape[-1] - 1).contiguous()
-    futures = [band_eigen.submit_call(band_eigen.band_eigvalsh, bands[i].numpy()) for i in range(bands.shape[0])]
-    return torch.from_numpy(np.stack([f.result() for f in futures]))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def fast_snr_statistics(w: torch.Tensor, start_values: int | None = None, seed: int | None = None) -> torch.Tensor:
