@@ -37,8 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["float64", "float32"], default="float64",
                    help="float64 (default, exact) or float32 (for GPUs with slow float64; errors grow with the spikes, see README)")
     p.add_argument("--method", choices=["exact", "fast"], default="exact",
-                   help="exact (default: every singular value) or fast (top values by truncated SVD and the "
-                        "Marchenko-Pastur law; rows are estimates)")
+                   help="exact (default: every singular value) or fast (experimental: the top values by subspace "
+                        "iteration, the count above the edge by inertia, the Marchenko-Pastur law for the rest; "
+                        "rows are estimates)")
     p.add_argument("--estimator", choices=["spectrum", "gavish-donoho", "mp-fit", "mp-moments"], default=None,
                    help="noise scale behind the edge: spectrum (IQR/1.349, the reference's; default for exact), "
                         "gavish-donoho, mp-fit or mp-moments (fast mode's)")

@@ -78,9 +78,10 @@ def scan(
         eigenvalues by LAPACK on host threads) or "two_stage_gpu" (both stages on a CUDA device
         with Triton kernels: what "auto" picks there up to n = 4096); all are exact to float64
         rounding.
-    method: "exact" (every singular value, the default) or "fast": no full eigen solve; the
-        singular values above the Marchenko-Pastur edge by truncated SVD, sigma by "mp-moments",
-        the rest of the noise sum from the MP law (ops.fast_snr); rows are marked as estimates.
+    method: "exact" (every singular value, the default) or "fast" (experimental): no full eigen
+        solve; the largest singular values by subspace iteration on the fp32 Gram, sigma by
+        "mp-moments", the number above the Marchenko-Pastur edge exactly by inertia, the noise sum
+        from the MP law (ops.fast_snr); rows are marked as estimates.
     estimator: the noise scale sigma behind the edge tau = sigma (1 + sqrt(beta)): "spectrum"
         (IQR / 1.349, the reference's and the exact mode's default), "gavish-donoho", "mp-fit" or
         "mp-moments" (ops.noise_edge; the fast mode's, and the only one it takes).

@@ -10,8 +10,12 @@ import torch
 from spectrum_fast.linalg import inertia
 
 
+@pytest.mark.parametrize("block, panel", [(128, 128), (32, 128), (32, 64)])
 @pytest.mark.parametrize("n", [1, 5, 31, 32, 33, 100, 129, 257, 300])
-def test_counts_match_eigvalsh_on_random_symmetric_matrices(n, device, seed):
+def test_counts_match_eigvalsh_on_random_symmetric_matrices(n, block, panel, device, seed, monkeypatch):
+    """Pivot blocks of one panel (the default) or several, across the block and panel edges."""
+    monkeypatch.setattr(inertia, "BLOCK", block)
+    monkeypatch.setattr(inertia, "PANEL", panel)
     gen = torch.Generator().manual_seed(seed)
     a = torch.randn(3, n, n, generator=gen, dtype=torch.float64)
     a = a + a.mT

@@ -16,8 +16,10 @@ No pivoting across blocks: a nearly singular pivot would make the factors grow, 
 (the caller solves them another way). In float64 the count is then that of a matrix within
 ~1e-13 (relative) of G - shift I: exact for any eigenvalue farther from the shift than that.
 
-The work is n^3 / 3 multiply-adds per matrix, almost all in one rank-PANEL update of the trailing
-matrix per panel (batched GEMMs on its lower triangle, PANEL columns at a time); a panel is
+The work is almost all in one rank-PANEL update of the trailing matrix per panel, one batched
+GEMM over the whole trailing square: 2 n^3 / 3 multiply-adds per matrix, twice what its lower
+triangle needs, but one launch per panel (the lower triangle in column chunks took more launches
+and measured slower on the H100, bench/probes/fast_components_h100_04bb809.log). A panel is
 factored BLOCK columns at a time. A rank-32 update moves 8 bytes per 4 flops of the trailing
 matrix (memory-bound); a panel of 128 columns makes the updates compute-bound.
 """
@@ -32,15 +34,15 @@ import torch
 BLOCK = 128
 PANEL = 128
 PIVOT_BLOCK = {"cuda": "lu", "cpu": "eigh"}
-# A diagonal block whose smallest |eigenvalue| is below this fraction of the matrix's largest
-# diagonal magnitude marks the matrix unreliable (element growth in the factors).
+# A pivot (a pivot block's eigenvalue or LU pivot) smaller in magnitude than this fraction of the
+# matrix's largest diagonal magnitude marks the matrix unreliable (element growth in the factors).
 RELIABLE_PIVOT = 1e-10
 
 
 def count_above(g: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(counts, reliable) for symmetric ``g`` [B, n, n] (any float dtype; only its lower triangle
-    is read) and ``shift`` [B]: counts [B] int64 = #{eigenvalues of g > shift}, reliable [B] bool.
-    Works in float64 on a copy; g is not changed."""
+    """(counts, reliable) for symmetric ``g`` [B, n, n] (any float dtype; both triangles are read)
+    and ``shift`` [B]: counts [B] int64 = #{eigenvalues of g > shift}, reliable [B] bool. Works in
+    float64 on a copy; g is not changed."""
     if g.dim() != 3 or g.shape[-1] != g.shape[-2]:
         raise ValueError(f"count_above: g must be [B, n, n], got {tuple(g.shape)}")
     batch, n, _ = g.shape
