@@ -102,6 +102,34 @@ def test_past_max_values_the_count_stays_exact_and_the_rest_is_estimated(monkeyp
     assert (found + 24 * tau) * (1 - 1e-4) <= table[0, 3] <= (found + 24 * s[15]) * (1 + 1e-4), seed
 
 
+def test_a_found_value_just_under_the_spike_edge_is_settled_by_an_exact_count(seed):
+    """A Gram with 3 large spikes and a fourth value 0.3% above sigma's spike edge (so that the
+    fixed point deflates 4), found 0.5% low, as a subspace iteration that has not converged there
+    leaves it: deflated_moments then stops at 3 spikes, and _settle_spike_count restores 4 from the
+    exact count of the Gram's eigenvalues above the edge."""
+    gen = torch.Generator().manual_seed(seed)
+    k, big = 300, 700
+    beta = k / big
+    factor = noise_edge.spike_edge_factor(k, big)
+    bulk = (0.05 + 1.95 * torch.rand(k - 4, generator=gen, dtype=torch.float64)).sort(descending=True).values
+    # v above the edge of sigma(3) (v itself in the bulk's energy): v = c (B + v).
+    c = (1.003 * factor) ** 2 / (k - 3 * (1 + beta))
+    v = c * bulk.sum() / (1 - c)
+    eigenvalues = torch.cat([torch.tensor([100.0, 80.0, 60.0], dtype=torch.float64), v.reshape(1), bulk])
+    g = torch.diag(eigenvalues).unsqueeze(0)
+    frob2 = eigenvalues.sum().reshape(1)
+    true_s = eigenvalues[:32].sqrt().unsqueeze(0)
+    assert int(fast_snr._spikes(frob2, true_s, k, big).n_spikes) == 4, seed
+    low = true_s.clone()
+    low[0, 3] *= 0.995
+    found = fast_snr._spikes(frob2, low, k, big)
+    assert int(found.n_spikes) == 3, seed
+    settled = fast_snr._settle_spike_count(g, frob2, low, found, k, big)
+    expected = noise_edge.deflated_sigma(frob2, low, torch.tensor([4]), k, big)
+    assert settled.item() == pytest.approx(expected.item(), rel=1e-15), seed
+    assert settled.item() < found.sigma.item() * (1 - 1e-4), seed
+
+
 def test_unreliable_counts_take_the_exact_route(monkeypatch, seed):
     """A matrix whose inertia count is not trusted (a nearly singular pivot block) gets the exact
     mode's "mp-moments" row; the others keep their estimates."""

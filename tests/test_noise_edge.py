@@ -194,6 +194,10 @@ def test_mp_estimators_find_the_noise_scale(beta, spikes, seed):
     assert not moments.saturated.any(), ctx
     second = moments.second_moment - mp_second_moment(n, m)
     assert second.abs().max().item() < SECOND_MOMENT_ATOL, f"{ctx} bulk second moment off by {second.tolist()}"
+    # deflated_sigma at the fixed point's r is the fixed point's sigma (the fast mode's entry).
+    frob2, _, desc = spectrum_moments(s)
+    again = noise_edge.deflated_sigma(frob2, desc, moments.n_spikes, n, m)
+    assert torch.allclose(again, moments.sigma, rtol=1e-14, atol=0), ctx
 
 
 @pytest.mark.parametrize("beta", BETAS)

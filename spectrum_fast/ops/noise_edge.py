@@ -204,9 +204,7 @@ def deflated_moments(frob2: torch.Tensor, gram_frob2: torch.Tensor, top_s: torch
 
     def sigma_for(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m1_res = frob2 - head1.gather(-1, r.unsqueeze(-1)).squeeze(-1)
-        bulk = (k - r).to(torch.float64)
-        count = torch.maximum(k - r.to(torch.float64) * (1.0 + k / big), 0.5 * bulk)
-        return torch.sqrt(m1_res.clamp_min(0) / count), m1_res
+        return _sigma_of_residual(m1_res, r, k, big), m1_res
 
     r = torch.zeros(frob2.shape, dtype=torch.int64, device=top_s.device)
     iterations = 0
@@ -223,6 +221,22 @@ def deflated_moments(frob2: torch.Tensor, gram_frob2: torch.Tensor, top_s: torch
     second = torch.where(m1_res > 0, (k - r).to(torch.float64) * m2_res / (m1_res * m1_res), math.nan)
     saturated = (r == t) & (t < k)
     return DeflatedMoments(sigma, r, second, saturated, iterations)
+
+
+def _sigma_of_residual(m1_res: torch.Tensor, r: torch.Tensor, k: int, big: int) -> torch.Tensor:
+    """sigma from the energy left after r spikes: m1_res / (k - r (1 + beta)), the denominator kept
+    at least (k - r) / 2 (deflated_moments says why)."""
+    count = torch.maximum(k - r.to(torch.float64) * (1.0 + k / big), 0.5 * (k - r).to(torch.float64))
+    return torch.sqrt(m1_res.clamp_min(0) / count)
+
+
+def deflated_sigma(frob2: torch.Tensor, top_s: torch.Tensor, r: torch.Tensor, k: int, M: int) -> torch.Tensor:
+    """deflated_moments' sigma for a given number of spikes r [B] (r <= top_s.shape[-1]): the
+    fast mode sets r from an exact count (ops.fast_snr) where its values are too close to call."""
+    k, big, _ = _shape(k, M)
+    sq = top_s.to(torch.float64) ** 2
+    head = torch.cat([torch.zeros_like(sq[:, :1]), sq.cumsum(-1)], -1).gather(-1, r.unsqueeze(-1)).squeeze(-1)
+    return _sigma_of_residual(torch.as_tensor(frob2, dtype=torch.float64, device=sq.device) - head, r, k, big)
 
 
 def sigma_from_moments(frob2: torch.Tensor, gram_frob2: torch.Tensor, top_s: torch.Tensor, k: int,
