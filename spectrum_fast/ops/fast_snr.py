@@ -67,7 +67,7 @@ FULL_SPECTRUM_FRACTION = 0.125
 MAX_VALUES = 128
 # Found values this close (relative) to sigma's spike edge have r checked by an exact count
 # (_settle_spike_count); at most SPIKE_CHECKS counts.
-SPIKE_EDGE_BAND = 2e-2
+SPIKE_EDGE_BAND = 1e-2
 SPIKE_CHECKS = 2
 
 
