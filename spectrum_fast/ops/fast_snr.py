@@ -9,8 +9,10 @@ Gram G (k x k, one bf16 tensor-core product with fp32 accumulation on a GPU):
    than were found.
 2. sigma by "mp-moments" (ops.noise_edge.deflated_moments): the mean squared non-spike singular
    value, from ||W||_F^2 less the spikes' squares; the spikes are the found values above the edge
-   sigma (1 + sqrt beta) by a few Tracy-Widom scales, by its fixed point. The same sigma as the
-   exact mode's "mp-moments" whenever the spikes are found (t > r).
+   sigma (1 + sqrt beta) by a few Tracy-Widom scales, by its fixed point; where a found value lies
+   within SPIKE_EDGE_BAND of that edge, the number of spikes comes from an exact count there
+   (_settle_spike_count). The same sigma as the exact mode's "mp-moments" whenever the spikes are
+   found (t > r).
 3. The count s of singular values above the edge tau = sigma (1 + sqrt beta) exactly, from the
    inertia of G - tau^2 I (linalg.inertia: a block LDL^T in float64, no eigenvalue computed),
    not from the found values: trained-looking weights carry a dense run of weak outliers just
