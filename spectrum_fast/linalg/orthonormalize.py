@@ -39,7 +39,7 @@ def cholesky_qr(y: torch.Tensor, passes: int) -> tuple[torch.Tensor, torch.Tenso
     cond(Y)^2 1e-16: enough between the steps of an iteration whose next product starts from it
     (cond(Y) ~ sigma_1 / sigma_c there, tens to thousands), not for a final basis. Each pass forms
     R^-1 (c x c) and applies it by one GEMM, no triangular solve with the tall Y (cuBLAS's batched
-    trsm was among the slowest kernels of the H100 profiles, bench/probes/fast_components at 04bb809)."""
+    trsm was among the slowest kernels of the H100 profiles, bench/probes/fast_components_h100_04bb809.log)."""
     q = y.to(torch.float64)
     failed = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
     eye = torch.eye(y.shape[-1], dtype=torch.float64, device=y.device).expand(y.shape[0], -1, -1)
@@ -50,4 +50,3 @@ def cholesky_qr(y: torch.Tensor, passes: int) -> tuple[torch.Tensor, torch.Tenso
         chol = torch.where((info != 0)[:, None, None], eye, chol)
         q = q @ torch.linalg.solve_triangular(chol.mT, eye, upper=True)  # Y R^-1 with R = L^T
     return q.to(torch.float32), failed
-

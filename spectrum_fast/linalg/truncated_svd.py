@@ -17,8 +17,8 @@ Both run batched over B with torch ops.
 Routes of the randomized method:
 - bf16 A on a GPU (SPLIT_PRODUCTS, below): products on bf16 tensor cores with the fp32 operand
   split in bf16 parts, Cholesky QR in float64 (once between products, twice for the final basis),
-  the small SVD from B B^T's eigenpairs on the
-  host; Omega bf16 from torch.randn, or from the Triton kernel (FUSED_SKETCH, off: slower there);
+  the small SVD from B B^T's eigenpairs (SMALL_EIGH: on the host, on the GPU from l = 128); Omega
+  bf16 from torch.randn, or from the Triton kernel (FUSED_SKETCH, off: slower there);
 - otherwise products, QRs and SVDs in fp32 (float64 for float64 A); bf16/fp16 A is upcast to fp32
   exactly, whole when its copy is small (_RESIDENT_BYTES), else chunk by chunk at every product
   (_CHUNK_BYTES at a time). TF32 is kept off as in ops.gram (matmul precision "highest" for the
@@ -205,16 +205,17 @@ def _sketch(operator: _UpcastOperator, l: int, seed: int) -> torch.Tensor:
 # bf16 A on a GPU: every product with A runs on bf16 tensor cores through split_products
 # (ITERATION_PARTS bf16 parts of the fp32 operand in the subspace iterations, three in the final
 # projection), the bases come from Cholesky QR in float64 (orthonormalize.cholesky_qr), and
-# the small SVD of B = Q^T A from the eigenpairs of B B^T in float64 on the host (an l x l problem
-# per matrix, l = k + oversample; cuSOLVER solves small matrices one after the other). The fp32
+# the small SVD of B = Q^T A from the eigenpairs of B B^T in float64 (an l x l problem per matrix,
+# l = k + oversample; where: SMALL_EIGH below). The fp32
 # route above upcasts A and multiplies at fp32 speed without TF32. Off: the fp32 route for every
 # input (bench/truncated_svd.py times both: "randomized" and "randomized, fp32 products"; H100 at
 # 895a856: 3.58 against 7.14 ms at 8192 x 28672, k = 16, bench/results/truncated_svd_h100_895a856.log).
 SPLIT_PRODUCTS = True
 # The sketch's Omega: drawn by torch (bf16, materialized: m x l, small) unless this is on, when the
-# Triton kernel generates it inside the product (kernels.sketch). Slower on the H100: 8.96 against
-# 3.58 ms at 8192 x 28672, k = 16 (every row tile regenerates its Omega tiles;
-# bench/results/truncated_svd_h100_895a856.log, "randomized, fused sketch").
+# Triton kernel generates it inside the product (kernels.sketch). Not faster on the H100: 8.96
+# against 3.58 ms at 8192 x 28672, k = 16 at 895a856 (every row tile regenerates its Omega tiles;
+# bench/results/truncated_svd_h100_895a856.log, "randomized, fused sketch"), 3.36 against 3.38 at
+# 61ab227 (bench/results/truncated_svd_h100_61ab227.log), slower at k = 64 and 256 there.
 FUSED_SKETCH = False
 
 
@@ -244,7 +245,7 @@ def _small_eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         route = "device" if gram.shape[-1] >= SMALL_EIGH_DEVICE_FROM else "host"
     if route == "device":
         return torch.linalg.eigh(gram)
-    if SMALL_EIGH == "numpy":
+    if route == "numpy":
         return tuple(torch.from_numpy(x) for x in np.linalg.eigh(gram.cpu().numpy()))
     return torch.linalg.eigh(gram.cpu())
 
