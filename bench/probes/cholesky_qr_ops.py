@@ -7,31 +7,19 @@ median of 20), for one tall fp32 matrix: where its fixed cost is.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from gpu_probe import timed  # noqa: E402
 from run_info import run_info  # noqa: E402
 
 from spectrum_fast.linalg.orthonormalize import cholesky_qr  # noqa: E402
-
-
-def timed(fn, repeats: int = 20) -> float:
-    fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(out)
 
 
 def main() -> None:
@@ -61,7 +49,7 @@ def main() -> None:
             "q @ R^-1 (float64)": lambda: q @ r_inv,
             "whole pass (cholesky_qr passes=1)": lambda: cholesky_qr(y, passes=1),
         }
-        print(f"{shape}: " + ", ".join(f"{name} {timed(fn):.3f} ms" for name, fn in ops.items()), flush=True)
+        print(f"{shape}: " + ", ".join(f"{name} {timed(fn, 20):.3f} ms" for name, fn in ops.items()), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""The fast mode's parts, timed one by one on a GPU (CUDA events, median of --repeats), per
-matrix, for batches of bench/workloads.py matrices; and its inertia counts checked against the
-float64 eigenvalues of the same Grams (ops.eigen, the exact mode's route) at the fast mode's edge.
+"""The fast mode's parts, timed one by one on a GPU (gpu_probe.timed: host clock, GPU synchronized,
+median of --repeats; CUDA events in the logs before the review mends of 2026-11-26), per matrix, for
+batches of bench/workloads.py matrices; and its inertia counts checked against the float64
+eigenvalues of the same Grams (ops.eigen, the exact mode's route) at the fast mode's edge.
 
     python3 bench/probes/fast_components.py [--cases 1536x5120:64 4096x14336:4] [--repeats 3]
 """
@@ -8,15 +9,16 @@ float64 eigenvalues of the same Grams (ops.eigen, the exact mode's route) at the
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from gpu_probe import captured, cases, profile, timed  # noqa: E402
 from run_info import run_info  # noqa: E402
 from workloads import generated_like, kind_of  # noqa: E402
 
@@ -25,59 +27,6 @@ from spectrum_fast.ops import fast_snr  # noqa: E402
 from spectrum_fast.ops.eigen import eigvalsh  # noqa: E402
 from spectrum_fast.ops.gram import gram  # noqa: E402
 from spectrum_fast.ops.stats import threshold_factor  # noqa: E402
-
-
-def timed(fn, repeats: int) -> float:
-    """Median ms of fn() over repeats, after one warm-up, CUDA events around each call."""
-    fn()
-    out = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        out.append(start.elapsed_time(end))
-    return statistics.median(out)
-
-
-def captured(fn):
-    """(graph, output): fn's GPU work captured once (after warm-ups on a side stream), replayable."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    return graph, out
-
-
-def profile(fn, batch: int) -> None:
-    """Wall time and the top CUDA kernels of one call (after a warm-up), per matrix."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    fn()
-    torch.cuda.synchronize()
-    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    events = prof.key_averages()
-    kernels = sorted((e for e in events if e.device_time_total > 0 and e.device_type.name == "CUDA"),
-                     key=lambda e: -e.self_device_time_total)
-    total = sum(e.self_device_time_total for e in kernels) / 1e3
-    print(f"  profile: kernel time {total / batch:.3f} ms per matrix; top kernels:")
-    for e in kernels[:12]:
-        print(f"    {e.self_device_time_total / 1e3 / batch:7.3f} ms x {e.count:5d}  {e.key[:110]}")
-    cpu = sorted((e for e in events if e.device_type.name == "CPU"), key=lambda e: -e.self_cpu_time_total)
-    print("  top host ops (self time):")
-    for e in cpu[:10]:
-        print(f"    {e.self_cpu_time_total / 1e3 / batch:7.3f} ms x {e.count:5d}  {e.key[:110]}")
 
 
 def main() -> None:
@@ -91,10 +40,7 @@ def main() -> None:
     ap.add_argument("--graph", action="store_true", help="also time the inertia count replayed as one CUDA graph")
     args = ap.parse_args()
     print(run_info(torch.device("cuda")), flush=True)
-    for case in args.cases:
-        shape, batch = case.split(":")
-        n, m = map(int, shape.split("x"))
-        batch = int(batch)
+    for shape, n, m, batch in cases(args.cases):
         k, big = min(n, m), max(n, m)
         w = torch.stack([generated_like((n, m), seed=500 + i, kind=kind_of(i)) for i in range(batch)])
         per = lambda ms: f"{ms / batch:.3f} ms"  # noqa: E731

@@ -1,6 +1,6 @@
-"""Which route the truncated SVD's small l x l eigen solves should take on a GPU machine:
-truncated_svd (bf16 route) timed with linalg.truncated_svd.SMALL_EIGH = host / numpy / device,
-same matrices, same run (CUDA events, median of --repeats after a warm-up).
+"""Which route the truncated SVD's small l x l eigen solves should take on a GPU machine: truncated_svd
+(bf16 route) timed with linalg.truncated_svd.SMALL_EIGH = host / numpy / device, same matrices, same
+run (gpu_probe.timed: median of --repeats after a warm-up; CUDA events in its dba9e9d log).
 
     python3 bench/probes/small_eigh_route.py [--cases 4096x14336:16 ...]
 """
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from fast_components import timed  # noqa: E402
+from gpu_probe import cases, timed  # noqa: E402
 from run_info import run_info  # noqa: E402
 from workloads import trained_like  # noqa: E402
 
@@ -33,10 +33,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     print(run_info(torch.device("cuda")), flush=True)
-    for case in args.cases:
-        shape, k = case.split(":")
-        n, m = map(int, shape.split("x"))
-        k = int(k)
+    for shape, n, m, k in cases(args.cases):
         a = trained_like(n, m, seed=7)
         a32 = a.float()
         line = [f"{shape} k={k}:"]

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from gpu_probe import cases, timed  # noqa: E402
 from run_info import run_info  # noqa: E402
 from workloads import trained_like  # noqa: E402
 
@@ -74,20 +76,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     print(run_info(torch.device("cuda")), flush=True)
-    for case in args.cases:
-        shape, k = case.split(":")
-        n, m = map(int, shape.split("x"))
-        k = int(k)
+    for shape, n, m, k in cases(args.cases):
         a = trained_like(n, m, seed=7).unsqueeze(0)
         runs = [phases(a, k, k + 10, 2) for _ in range(args.repeats + 1)][1:]
-        total = []
-        for _ in range(args.repeats):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            truncated_svd(a[0], k, oversample=10, power_iters=2)
-            torch.cuda.synchronize()
-            total.append((time.perf_counter() - t0) * 1e3)
-        print(f"{shape} k={k}: truncated_svd {statistics.median(total):.3f} ms (host clock); phases (median ms):")
+        total = timed(lambda: truncated_svd(a[0], k, oversample=10, power_iters=2), args.repeats)
+        print(f"{shape} k={k}: truncated_svd {total:.3f} ms (host clock); phases (median ms):")
         for name in runs[0]:
             print(f"    {statistics.median(r[name] for r in runs):7.3f}  {name}")
 

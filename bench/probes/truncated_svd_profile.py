@@ -1,7 +1,7 @@
-"""Where truncated_svd's time goes at small k on a GPU: wall time (CUDA events) against the kernel
-time summed by torch.profiler, the top kernels and host ops, next to torch.svd_lowrank's wall
-time on the same matrix (fp32 copy), bench/truncated_svd.py's settings (oversample 10, 2 power
-iterations).
+"""Where truncated_svd's time goes at small k on a GPU: wall time (gpu_probe.timed; CUDA events in its
+05bffc8 log) against the kernel time summed by torch.profiler, the top kernels and host ops, next to
+torch.svd_lowrank's wall time on the same matrix (fp32 copy), bench/truncated_svd.py's settings
+(oversample 10, 2 power iterations).
 
     python3 bench/probes/truncated_svd_profile.py [--cases 4096x14336:16 8192x28672:16 4096x14336:64]
 """
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from fast_components import profile, timed  # noqa: E402
+from gpu_probe import cases, profile, timed  # noqa: E402
 from run_info import run_info  # noqa: E402
 from workloads import trained_like  # noqa: E402
 
@@ -31,10 +31,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     print(run_info(torch.device("cuda")), flush=True)
-    for case in args.cases:
-        shape, k = case.split(":")
-        n, m = map(int, shape.split("x"))
-        k = int(k)
+    for shape, n, m, k in cases(args.cases):
         a = trained_like(n, m, seed=7)
         a32 = a.float()
         ours = timed(lambda: truncated_svd(a, k, oversample=10, power_iters=2), args.repeats)

@@ -20,22 +20,18 @@ import torch
 
 def orthonormalize(y: torch.Tensor) -> torch.Tensor:
     """An orthonormal basis Q [B, p, c] of the columns of fp32 ``y`` [B, p, c], p >= c; fp32."""
-    out, failed = cholesky_qr2(y)
+    out, failed = cholesky_qr(y, passes=2)
     if bool(failed.any()):  # waits for the device
         out[failed] = torch.linalg.qr(y[failed])[0]
     return out
 
 
-def cholesky_qr2(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Q, failed): Cholesky QR twice in float64, without waiting for the device. ``failed`` [B]
-    (bool, on the device) marks the matrices whose Gram was not positive definite; their Q is
-    finite but not orthonormal, and the caller redoes them (orthonormalize: Householder QR; a
-    chain of products can check once at its end instead of at every step)."""
-    return cholesky_qr(y, passes=2)
-
-
 def cholesky_qr(y: torch.Tensor, passes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Q, failed) as cholesky_qr2 with ``passes`` passes. One pass leaves Q orthonormal to about
+    """(Q, failed): Cholesky QR ``passes`` times in float64, without waiting for the device.
+    ``failed`` [B] (bool, on the device) marks the matrices whose Gram was not positive definite;
+    their Q is finite but not orthonormal, and the caller redoes them (orthonormalize: Householder
+    QR; a chain of products can check once at its end instead of at every step).
+    Two passes: orthonormal to rounding (CholeskyQR2). One pass leaves Q orthonormal to about
     cond(Y)^2 1e-16: enough between the steps of an iteration whose next product starts from it
     (cond(Y) ~ sigma_1 / sigma_c there, tens to thousands), not for a final basis. Each pass forms
     R^-1 (c x c) and applies it by one GEMM, no triangular solve with the tall Y (cuBLAS's batched

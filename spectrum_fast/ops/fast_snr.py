@@ -2,8 +2,8 @@
 
 Per matrix (n x m, k = min, M = max, beta = k / M), in Spectrum's units (ops.mp_law), from the fp32
 Gram G (k x k, one bf16 tensor-core product with fp32 accumulation on a GPU):
-1. The t largest eigenvalues of G by subspace iteration (ITERATIONS products with G on tensor
-   cores, its bf16 parts GRAM_PARTS, Cholesky QR in float64 after each), then Rayleigh-Ritz
+1. The t largest eigenvalues of G by subspace iteration (ITERATIONS products with G rounded to
+   bf16 on tensor cores, Cholesky QR in float64 after each), then Rayleigh-Ritz
    with the fp32 G; singular values are their square roots. t from START_VALUES, doubled for the
    matrices whose every found value is still a spike or that have more values above the edge
    than were found.
@@ -53,10 +53,6 @@ from .stats import threshold_factor
 START_VALUES = 32
 OVERSAMPLE = 16
 ITERATIONS = 16
-# bf16 parts of G in the iteration products. One: G rounded to bf16 steers the subspace only; the
-# Rayleigh-Ritz step uses the fp32 G (CPU, a 1536 x 5120 workload matrix, 16 iterations: 1, 2 and
-# 3 parts gave the top 32 values to the same relative errors, 1e-8 to 2e-2 down the list).
-GRAM_PARTS = 1
 # At or below this k every value comes from the float64 Gram's eigenvalues.
 FULL_SPECTRUM_MAX_K = 64
 # Matrices that would need more than this fraction of their values (rank-deficient ones: their
@@ -96,16 +92,16 @@ def _bulk_below(k: int, counts: torch.Tensor, beta: float) -> tuple[torch.Tensor
 
 
 def _unfound_signal(values: torch.Tensor, found: torch.Tensor, n_above: torch.Tensor, sigma: torch.Tensor,
-                    tau: torch.Tensor, k: int, beta: float, frob2: torch.Tensor) -> torch.Tensor:
+                    tau: torch.Tensor, frob2: torch.Tensor, bulk_squares: torch.Tensor) -> torch.Tensor:
     """Estimated sum of the values above the edge that were not found (more than MAX_VALUES above
     it: matrices far from the model, e.g. rank-deficient ones, whose zero singular values pull sigma
     down), 0 elsewhere. Their energy is ||W||_F^2 less the found values' and the bulk's expectation
-    below the edge (sigma^2 k times the MP law's partial mean up to the quantile (k - s) / k); each
-    is taken at the root of their mean square, kept between tau and the smallest found value."""
+    below the edge (sigma^2 times ``bulk_squares``, _bulk_below's second part); each is taken at the
+    root of their mean square, kept between tau and the smallest found value."""
     middle = (n_above - found).clamp_min(0)
     if not bool((middle > 0).any()):
         return torch.zeros_like(sigma)
-    below = sigma * sigma * _bulk_below(k, n_above, beta)[1]
+    below = sigma * sigma * bulk_squares
     energy = frob2 - (values * values).sum(-1) - below
     smallest_found = values.gather(-1, (found - 1).clamp_min(0).unsqueeze(-1)).squeeze(-1)
     mean_square = (energy / middle.clamp_min(1)).clamp_min(0)
@@ -128,11 +124,12 @@ def _table(top: torch.Tensor, found: torch.Tensor, n_above: torch.Tensor, sigma:
     values = torch.where(valid, top, 0.0)
     tau = sigma * threshold_factor(k, big)
     above = index < n_above.unsqueeze(-1)
-    signal = torch.where(above, values, 0.0).sum(-1) + _unfound_signal(values, found, n_above, sigma, tau, k, beta, frob2)
+    bulk_values, bulk_squares = _bulk_below(k, n_above, beta)
+    signal = torch.where(above, values, 0.0).sum(-1) + _unfound_signal(values, found, n_above, sigma, tau, frob2,
+                                                                       bulk_squares)
     n_signal = n_above.to(torch.float64)
     exact = found == k  # every value found: the noise sum is theirs, as in the exact mode
-    noise = torch.where(exact, torch.where(valid & ~above, values, 0.0).sum(-1),
-                        sigma * _bulk_below(k, n_above, beta)[0])
+    noise = torch.where(exact, torch.where(valid & ~above, values, 0.0).sum(-1), sigma * bulk_values)
     noise = torch.where(n_signal < k, noise, 1.0)  # Spectrum's rule when no value is below the edge
     sigma_max = values[:, 0]
     snr = torch.where(sigma_max > 0, signal / noise / sigma_max, 0.0)
@@ -145,23 +142,6 @@ def _full_spectrum(w: torch.Tensor) -> torch.Tensor:
     return eig.to(device=w.device, dtype=torch.float64).clamp_min(0).sqrt().flip(-1)
 
 
-def _gram_parts(g: torch.Tensor) -> list[torch.Tensor]:
-    """fp32 G as GRAM_PARTS bf16 tensors (on a CPU: their values in fp32, for tests)."""
-    parts = split_products.split_parts(g, torch.bfloat16, GRAM_PARTS)
-    return parts if g.is_cuda else [p.float() for p in parts]
-
-
-def _times_gram(parts: list[torch.Tensor], q: torch.Tensor) -> torch.Tensor:
-    """(sum of parts) @ q on tensor cores: q rounded to bf16 (the iteration's subspace; the
-    Rayleigh-Ritz step below does not round), fp32 accumulation."""
-    q16 = q.to(torch.bfloat16) if q.is_cuda else q.to(torch.bfloat16).float()
-    out = None
-    for part in parts:
-        y = split_products._bmm_fp32_out(part, q16) if q.is_cuda else torch.bmm(part, q16)
-        out = y if out is None else out.add_(y)
-    return out
-
-
 def top_eigenvalues(g: torch.Tensor, t: int, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(values [B, t] float64 descending, failed [B] bool): the t largest eigenvalues of the
     symmetric positive semi-definite fp32 ``g`` [B, k, k] by subspace iteration (module docstring,
@@ -171,14 +151,15 @@ def top_eigenvalues(g: torch.Tensor, t: int, seed: int | None = None) -> tuple[t
     generator = torch.Generator(device=g.device)
     generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
     q = torch.randn(b, k, width, generator=generator, device=g.device, dtype=torch.float32)
-    parts = _gram_parts(g)
+    # The products with G rounded to bf16, on tensor cores, q rounded too (one part): they only
+    # steer the subspace; the Rayleigh-Ritz step below uses the fp32 G (CPU, a 1536 x 5120 workload
+    # matrix, 16 iterations: G in 1, 2 or 3 bf16 parts gave the top 32 values to the same relative
+    # errors, 1e-8 to 2e-2 down the list).
+    g16 = g.to(torch.bfloat16)
     failed = torch.zeros(b, dtype=torch.bool, device=g.device)
     for i in range(ITERATIONS):
-        y = _times_gram(parts, q)
-        if i + 1 < ITERATIONS:
-            q, bad = cholesky_qr(y, passes=1)
-        else:  # the Rayleigh-Ritz basis: orthonormal to rounding
-            q, bad = cholesky_qr(y, passes=2)
+        # One Cholesky QR pass between products, two for the Rayleigh-Ritz basis.
+        q, bad = cholesky_qr(split_products.split_bmm(g16, q, 1), passes=2 if i + 1 == ITERATIONS else 1)
         failed |= bad
     with _full_fp32_matmul():
         gq = torch.bmm(g, q)
@@ -235,10 +216,7 @@ def fast_snr_statistics(w: torch.Tensor, start_values: int | None = None, seed: 
     k, big = min(n, m), max(n, m)
     frob2 = torch.linalg.vector_norm(w.reshape(b, -1), dim=-1, dtype=torch.float64).square()
     if k <= FULL_SPECTRUM_MAX_K:
-        top = _full_spectrum(w)
-        full = torch.full((b,), k, device=w.device)
-        sigma = _spikes(frob2, top, k, big).sigma
-        return _table(top, full, _count_above_edge(top, sigma, k, big), sigma, k, big, frob2)
+        return _exact_rows(w, frob2)
     g = gram(w, "float32")
     t = min(k, start_values or START_VALUES)
     top = torch.full((b, k), math.nan, dtype=torch.float64, device=w.device)
@@ -255,14 +233,14 @@ def fast_snr_statistics(w: torch.Tensor, start_values: int | None = None, seed: 
         values, failed = top_eigenvalues(g_todo, t, seed)
         s = values.clamp_min(0).sqrt()
         spikes = _spikes(frob2[todo], s, k, big)
-        spikes.sigma = _settle_spike_count(g_todo, frob2[todo], s, spikes, k, big)
-        tau = spikes.sigma * threshold_factor(k, big)
+        settled = _settle_spike_count(g_todo, frob2[todo], s, spikes, k, big)
+        tau = settled * threshold_factor(k, big)
         counts, reliable = count_above(g_todo, tau * tau)
         del g_todo
         top[todo, :t] = s
         found[todo] = t
         n_above[todo] = counts
-        sigma[todo] = spikes.sigma
+        sigma[todo] = settled
         # Done: sigma's spikes all found (one found value is not a spike) and every value above the
         # edge among the found ones. Unreliable counts and broken iterations take the exact route.
         trouble = failed | ~reliable
@@ -277,15 +255,14 @@ def fast_snr_statistics(w: torch.Tensor, start_values: int | None = None, seed: 
     table = _table(top, found, n_above, sigma, k, big, frob2)
     rest = exact_route.nonzero().squeeze(-1)
     if rest.numel():
-        exact_top = _full_spectrum(w[rest])
-        exact_sigma = _spikes(frob2[rest], exact_top, k, big).sigma
-        full = torch.full((rest.numel(),), k, device=w.device)
-        table[rest] = _table(exact_top, full, _count_above_edge(exact_top, exact_sigma, k, big), exact_sigma, k, big,
-                             frob2[rest])
+        table[rest] = _exact_rows(w[rest], frob2[rest])
     return table
 
 
-def _count_above_edge(values: torch.Tensor, sigma: torch.Tensor, k: int, big: int) -> torch.Tensor:
-    """#{values > sigma (1 + sqrt beta)} per matrix, for values found exactly (all k)."""
-    tau = sigma * threshold_factor(k, big)
-    return (values > tau.unsqueeze(-1)).sum(-1)
+def _exact_rows(w: torch.Tensor, frob2: torch.Tensor) -> torch.Tensor:
+    """The exact mode's "mp-moments" table of [B, n, m] ``w``: every value from the float64 Gram."""
+    k, big = min(w.shape[-2:]), max(w.shape[-2:])
+    top = _full_spectrum(w)
+    sigma = _spikes(frob2, top, k, big).sigma
+    n_above = (top > (sigma * threshold_factor(k, big)).unsqueeze(-1)).sum(-1)
+    return _table(top, torch.full_like(n_above, k), n_above, sigma, k, big, frob2)
