@@ -17,7 +17,7 @@ from setuptools import setup
 
 CPP_SOURCES = ["csrc/module.cpp", "csrc/snr_statistics.cpp", "csrc/band_reduction.cpp"]
 CUDA_SOURCES = ["csrc/cuda_entry_points.cpp", "csrc/householder_panels.cu", "csrc/householder_panels_cluster.cu",
-                "csrc/compact_wy.cu", "csrc/bulge_chase.cu"]
+                "csrc/compact_wy.cu", "csrc/bulge_chase.cu", "csrc/ldlt_unpivoted.cu"]
 
 
 def cuda_arch_flags() -> list[str]:

@@ -1,5 +1,5 @@
 // spectrum_fast._C's CUDA entry points: argument checks around the launchers of
-// csrc/householder_panels*.cu, compact_wy.cu and bulge_chase.cu (which assume valid arguments). Every launch goes
+// csrc/householder_panels*.cu, compact_wy.cu, bulge_chase.cu and ldlt_unpivoted.cu (which assume valid arguments). Every launch goes
 // to the current CUDA stream of the tensor's device. Numbers in messages: messages.h.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -103,4 +103,29 @@ std::tuple<at::Tensor, at::Tensor> band_to_tridiagonal_(at::Tensor bands, int64_
   at::Tensor e = width > 1 ? bands.narrow(1, 0, std::max<int64_t>(n - 1, 0)).select(2, 1).clone()
                            : at::zeros({batch, std::max<int64_t>(n - 1, 0)}, bands.options());
   return {d, e};
+}
+
+int64_t ldlt_unpivoted_max_size() { return 128; }
+
+std::tuple<at::Tensor, at::Tensor> ldlt_unpivoted(at::Tensor blocks) {
+  TORCH_CHECK(blocks.is_cuda(), "ldlt_unpivoted: needs a CUDA tensor, got ", blocks.device());
+  TORCH_CHECK(blocks.scalar_type() == at::kDouble, "ldlt_unpivoted: needs float64, got ", blocks.scalar_type());
+  TORCH_CHECK(blocks.dim() == 3 && blocks.size(1) == blocks.size(2), "ldlt_unpivoted: needs square blocks [B, b, b], got ",
+              dims(blocks.sizes()));
+  const int64_t batch = blocks.size(0), b = blocks.size(1);
+  TORCH_CHECK(b <= ldlt_unpivoted_max_size(), "ldlt_unpivoted: blocks of at most ", num(ldlt_unpivoted_max_size()),
+              " rows, got ", num(b));
+  TORCH_CHECK(batch <= 2147483647LL, "ldlt_unpivoted: too many blocks for one launch");
+  const c10::cuda::CUDAGuard guard(blocks.device());
+  // Poisoned: an entry the kernel failed to write shows up as NaN.
+  at::Tensor d = at::full({batch, b}, NAN, blocks.options());
+  at::Tensor l_inv_t = at::full({batch, b, b}, NAN, blocks.options());
+  if (batch > 0 && b > 0) {
+    int limit = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, blocks.device().index()));
+    TORCH_CHECK(ldlt_unpivoted_shared_bytes(b) <= limit, "ldlt_unpivoted: blocks of ", num(b), " rows need ",
+                num(ldlt_unpivoted_shared_bytes(b)), " bytes of shared memory per block, the device has ", num(limit));
+    launch_ldlt_unpivoted(blocks, d, l_inv_t);
+  }
+  return {d, l_inv_t};
 }

@@ -24,3 +24,9 @@ int64_t bulge_chase_shared_bytes(int64_t n, int64_t bandwidth, bool float32);
 // The chase in place on contiguous bands [B, n, width], width >= 2 * bandwidth, n > 2, bandwidth
 // 2..32, with blocks_per_matrix blocks (a cluster) per matrix, 1..8; 0 chooses from n and B.
 void launch_bulge_chase(const at::Tensor& bands, int64_t bandwidth, int64_t blocks_per_matrix);
+
+// Shared memory per block of the pivot-block LDL^T for b x b blocks.
+int64_t ldlt_unpivoted_shared_bytes(int64_t b);
+// B = L diag(d) L^T without pivoting and L^-T, for float64 blocks [B, b, b] (lower triangles read,
+// any strides), b <= 128, into contiguous d [B, b] and l_inv_t [B, b, b].
+void launch_ldlt_unpivoted(const at::Tensor& blocks, const at::Tensor& d, const at::Tensor& l_inv_t);

@@ -39,6 +39,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
           pybind11::arg("bands"), pybind11::arg("bandwidth"), pybind11::arg("blocks_per_matrix") = 0);
   mod.def("bulge_chase_max_bandwidth", &bulge_chase_max_bandwidth);
   mod.def("bulge_chase_max_blocks_per_matrix", &bulge_chase_max_blocks_per_matrix);
+  mod.def("ldlt_unpivoted", &ldlt_unpivoted,
+          "Symmetric float64 blocks [B, b, b] (lower triangles read, b <= ldlt_unpivoted_max_size()) = L diag(d) L^T "
+          "without pivoting, on the current CUDA stream -> (d [B, b], L^-T [B, b, b]); a zero pivot's inverse is "
+          "taken as 0",
+          pybind11::arg("blocks"));
+  mod.def("ldlt_unpivoted_max_size", &ldlt_unpivoted_max_size);
   mod.attr("with_cuda") = true;
 #else
   mod.attr("with_cuda") = false;

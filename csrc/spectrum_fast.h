@@ -41,4 +41,10 @@ std::tuple<at::Tensor, at::Tensor> compact_wy(at::Tensor qr, at::Tensor tau);
 std::tuple<at::Tensor, at::Tensor> band_to_tridiagonal_(at::Tensor bands, int64_t bandwidth, int64_t blocks_per_matrix);
 int64_t bulge_chase_max_bandwidth();
 int64_t bulge_chase_max_blocks_per_matrix();
+// The inertia count's pivot blocks (spectrum_fast/linalg/inertia.py): for symmetric float64 blocks
+// [B, b, b] on a CUDA device (lower triangles read, any strides), b <= ldlt_unpivoted_max_size(),
+// on the current stream: B = L diag(d) L^T without pivoting -> (d [B, b], L^-T [B, b, b]). A zero
+// pivot gives 0 in place of its inverse (the caller checks |d|).
+std::tuple<at::Tensor, at::Tensor> ldlt_unpivoted(at::Tensor blocks);
+int64_t ldlt_unpivoted_max_size();
 #endif

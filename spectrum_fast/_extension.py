@@ -34,4 +34,5 @@ def kernels_available() -> dict[str, bool]:
         "_C.cuda": cuda is not None,
         "_C.householder_panels": cuda is not None and hasattr(cuda, "householder_panels_"),
         "_C.bulge_chase": cuda is not None and hasattr(cuda, "band_to_tridiagonal_"),
+        "_C.ldlt_unpivoted": cuda is not None and hasattr(cuda, "ldlt_unpivoted"),
     }
