@@ -34,11 +34,13 @@ def test_orthonormal_basis_of_the_same_columns(p, c, cond, seed):
     assert residual.max().item() < 1e-5, seed
 
 
-def test_cholesky_qr_passes(device, seed):
+@pytest.mark.parametrize("c", [24, 70, 100, 130])
+def test_cholesky_qr_passes(device, c, seed):
     """One pass: orthonormal to ~cond^2 1e-16 (here 1e2), then fp32 rounding; two: fp32 rounding.
-    A zero matrix is flagged and stays finite."""
+    A zero matrix is flagged and stays finite. On a GPU, c picks the compiled LDL^T's tile (32, 64,
+    128) or, past 128, cuSOLVER's Cholesky."""
     gen = torch.Generator().manual_seed(seed)
-    y = graded(3, 400, 24, 1e2, gen)
+    y = graded(3, 400, c, 1e2, gen)
     y[0] = 0
     for passes in (1, 2):
         q, failed = cholesky_qr(y.to(device), passes=passes)
@@ -46,7 +48,7 @@ def test_cholesky_qr_passes(device, seed):
         assert failed.cpu().tolist() == [True, False, False], (seed, passes)
         assert bool(torch.isfinite(q).all()), (seed, passes)
         q64 = q[1:].double().cpu()
-        assert (q64.mT @ q64 - torch.eye(24, dtype=torch.float64)).abs().max().item() < 5e-6, (seed, passes)
+        assert (q64.mT @ q64 - torch.eye(c, dtype=torch.float64)).abs().max().item() < 5e-6, (seed, passes)
         y64 = y[1:].double()
         assert ((y64 - q64 @ (q64.mT @ y64)).norm() / y64.norm()).item() < 1e-5, (seed, passes)
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import _extension
+
 
 def orthonormalize(y: torch.Tensor) -> torch.Tensor:
     """An orthonormal basis Q [B, p, c] of the columns of fp32 ``y`` [B, p, c], p >= c; fp32."""
@@ -40,9 +42,29 @@ def cholesky_qr(y: torch.Tensor, passes: int) -> tuple[torch.Tensor, torch.Tenso
     failed = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
     eye = torch.eye(y.shape[-1], dtype=torch.float64, device=y.device).expand(y.shape[0], -1, -1)
     for _ in range(passes):
-        chol, info = torch.linalg.cholesky_ex(q.mT @ q)
-        failed |= info != 0
-        # Failed matrices get an identity factor: Q stays finite (= Y) until the caller redoes them.
-        chol = torch.where((info != 0)[:, None, None], eye, chol)
-        q = q @ torch.linalg.solve_triangular(chol.mT, eye, upper=True)  # Y R^-1 with R = L^T
+        r_inverse, bad = _inverse_factor(q.mT @ q, eye)
+        failed |= bad
+        q = q @ r_inverse  # Y R^-1
     return q.to(torch.float32), failed
+
+
+# Where the compiled small LDL^T runs (csrc/ldlt_unpivoted.cu: c <= its max size, CUDA, the
+# extension built), R^-1 comes from it in one launch; else from cuSOLVER's Cholesky and a
+# triangular solve (H100: 30 + 12 us per 26 x 26 Gram, bench/probes/truncated_svd_calls_h100_*.log).
+LDLT_KERNEL = True
+
+
+def _inverse_factor(gram: torch.Tensor, eye: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R^-1, bad) for float64 Grams [B, c, c] = R^T R; ``bad`` marks those not positive definite,
+    whose R^-1 is the identity (Q stays finite, = Y, until the caller redoes them)."""
+    ext = _extension.cuda_ops() if LDLT_KERNEL and gram.is_cuda else None
+    if ext is not None and hasattr(ext, "ldlt_unpivoted") and gram.shape[-1] <= ext.ldlt_unpivoted_max_size():
+        # G = L diag(d) L^T: R = diag(d)^1/2 L^T, R^-1 = L^-T diag(d)^-1/2. d > 0 fails on NaN too.
+        d, l_inv_t = ext.ldlt_unpivoted(gram)
+        bad = ~(d > 0).all(-1)
+        r_inverse = l_inv_t * d.clamp_min(torch.finfo(d.dtype).tiny).rsqrt().unsqueeze(-2)
+        return torch.where(bad[:, None, None], eye, r_inverse), bad
+    chol, info = torch.linalg.cholesky_ex(gram)
+    bad = info != 0
+    chol = torch.where(bad[:, None, None], eye, chol)
+    return torch.linalg.solve_triangular(chol.mT, eye, upper=True), bad
