@@ -18,7 +18,10 @@ Routes of the randomized method:
 - bf16 A on a GPU (SPLIT_PRODUCTS, below): products on bf16 tensor cores with the fp32 operand
   split in bf16 parts, Cholesky QR in float64 (once between products, twice for the final basis),
   the small SVD from B B^T's eigenpairs (SMALL_EIGH: on the host, on the GPU from l = 128); Omega
-  bf16 from torch.randn, or from the Triton kernel (FUSED_SKETCH, off: slower there);
+  bf16 from torch.randn, or from the Triton kernel (FUSED_SKETCH, off: slower there). From the
+  second call with a shape on, the device work before and after the small eigen solve replays
+  from two CUDA graphs (linalg.graphs: the call is otherwise ~100 launches, host-bound), which
+  hold a copy of A while cached;
 - otherwise products, QRs and SVDs in fp32 (float64 for float64 A); bf16/fp16 A is upcast to fp32
   exactly, whole when its copy is small (_RESIDENT_BYTES), else chunk by chunk at every product
   (_CHUNK_BYTES at a time). TF32 is kept off as in ops.gram (matmul precision "highest" for the
@@ -41,7 +44,7 @@ import torch
 
 from ..kernels import sketch as sketch_kernel
 from ..ops.gram import _full_fp32_matmul, upcast_blocks
-from . import split_products
+from . import graphs, split_products
 from .orthonormalize import cholesky_qr
 
 METHODS = ("randomized", "lanczos")
@@ -72,7 +75,6 @@ def truncated_svd(A: torch.Tensor, k: int, *, method: str = "randomized", oversa
     elif method == "randomized" and _takes_split_products(a):
         with torch.no_grad():
             u, s, vh, failed = _randomized_svd_split(a, k, l, power_iters, seed)
-            u, s, vh = (t.to(torch.float32) for t in (u, s, vh))
             if bool(failed.any()):  # a rank-deficient sketch: those matrices again, Householder QR
                 with _full_fp32_matmul():
                     redo = _randomized_svd(_UpcastOperator(a[failed]), k, l, power_iters, seed)
@@ -250,14 +252,37 @@ def _small_eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.linalg.eigh(gram.cpu())
 
 
+# Repeated calls of a shape replay the split route's device work from CUDA graphs (linalg.graphs):
+# the sketch's basis and projection, then the assembly; the small eigen solve runs between them.
+_GRAPHS = graphs.GraphCache()
+
+
 def _randomized_svd_split(a: torch.Tensor, k: int, l: int, power_iters: int, seed: int):
     batch, n, m = a.shape
     if FUSED_SKETCH and sketch_kernel.available(a.device):
-        y = sketch_kernel.sketch(a, l, seed)
+        q, small64, gram, failed = _split_basis_and_projection(a, sketch_kernel.sketch(a, l, seed), power_iters)
     else:
         generator = torch.Generator(device=a.device).manual_seed(seed % 2**64)
         omega = torch.randn(batch, m, l, generator=generator, device=a.device, dtype=a.dtype)
-        y = split_products.split_bmm(a, omega, 1)  # Omega is bf16 already: one part is exact
+        key = ("randomized_svd_split", tuple(a.shape), a.dtype, a.device, l, power_iters)
+        q, small64, gram, failed = _GRAPHS.run(key + ("sketch",), _split_stage_one(power_iters), a, omega)
+    evals, evecs = _small_eigh(gram)  # ascending
+    evals = evals.flip(-1)[..., :k].to(a.device)
+    evecs = evecs.flip(-1)[..., :k].to(a.device)
+    key = ("randomized_svd_split", tuple(a.shape), a.dtype, a.device, l, k)
+    u, s, vh = _GRAPHS.run(key + ("assembly",), _split_assembly, q, small64, evals, evecs)
+    return u, s, vh, failed
+
+
+def _split_stage_one(power_iters: int):
+    def stage_one(a: torch.Tensor, omega: torch.Tensor):
+        return _split_basis_and_projection(a, split_products.split_bmm(a, omega, 1), power_iters)  # Omega is bf16: exact
+
+    return stage_one
+
+
+def _split_basis_and_projection(a: torch.Tensor, y: torch.Tensor, power_iters: int):
+    """From the sketch Y = A Omega: (Q [B, n, l] fp32, B = Q^T A [B, l, m] float64, B B^T, failed [B])."""
     # Cholesky QR without a check at each step (a check waits for the GPU): a matrix whose sketch
     # is rank-deficient is marked and redone by the caller (truncated_svd). One pass between
     # products, two for the basis B is projected on (orthonormalize.cholesky_qr).
@@ -267,17 +292,19 @@ def _randomized_svd_split(a: torch.Tensor, k: int, l: int, power_iters: int, see
         # is (sigma_1 / sigma_l)^2, well within Cholesky QR's reach in float64 (module orthonormalize).
         z = split_products.split_bmm(a.mT, q, ITERATION_PARTS)
         q, bad = cholesky_qr(split_products.split_bmm(a, z, ITERATION_PARTS), passes=2 if i + 1 == power_iters else 1)
-        failed |= bad
-    small = split_products.split_bmm_left(q.mT, a, 3)  # B = Q^T A: [batch, l, m]
-    small64 = small.to(torch.float64)
-    evals, evecs = _small_eigh(small64 @ small64.mT)  # ascending
-    evals, evecs = evals.flip(-1)[..., :k].to(a.device), evecs.flip(-1)[..., :k].to(a.device)
+        failed = failed | bad
+    small64 = split_products.split_bmm_left(q.mT, a, 3).to(torch.float64)  # B = Q^T A: [batch, l, m]
+    return q, small64, small64 @ small64.mT, failed
+
+
+def _split_assembly(q: torch.Tensor, small64: torch.Tensor, evals: torch.Tensor, evecs: torch.Tensor):
+    """fp32 (U, S, Vh) from the top eigenpairs (descending, [B, k] and [B, l, k]) of B B^T."""
     s = evals.clamp_min(0).sqrt()
     # Vh = S^-1 U_B^T B; a zero singular value (a rank-deficient or zero A) leaves its row at zero.
     inverse = torch.where(s > 0, 1.0 / s, 0.0)
     vh = inverse.unsqueeze(-1) * (evecs.mT @ small64)
     u = q.to(torch.float64) @ evecs
-    return u, s, vh, failed
+    return u.to(torch.float32), s.to(torch.float32), vh.to(torch.float32)
 
 
 # -- Golub-Kahan-Lanczos --------------------------------------------------------------------------
