@@ -80,7 +80,7 @@ def _kernel_ops():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("b", [1, 2, 33, 128])
+@pytest.mark.parametrize("b", [1, 2, 16, 32, 33, 64, 65, 128])
 def test_pivot_block_kernel_is_ldlt_without_pivoting(b, seed):
     """d and L^-T of the compiled kernel: L^-1 B L^-T = diag(d) to rounding, d = the unpivoted LU's
     pivots (torch), L^-T unit upper triangular, on indefinite blocks; blocks read through a strided view (the count

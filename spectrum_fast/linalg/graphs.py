@@ -77,4 +77,7 @@ def _capture(fn: Callable[..., tuple[torch.Tensor, ...]], inputs: tuple[torch.Te
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         outputs = fn(*static_inputs)
+    # A graph's first launch uploads it to the device: slow (H100: 12-37 ms for the randomized SVD's
+    # first replays, bench/results/truncated_svd_h100_*.log, ms_runs), so it is done here.
+    graph.replay()
     return static_inputs, graph, tuple(outputs)
