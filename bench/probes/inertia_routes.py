@@ -1,5 +1,5 @@
 """The inertia count (linalg.inertia) on a GPU: its pivot-block routes ("lu": torch's LU without
-pivoting; "kernel": csrc/pivot_blocks.cu), counts checked against float64 eigenvalues (the first
+pivoting; "kernel": csrc/ldlt_unpivoted.cu, pivot blocks of 128 or 64 in panels of 128), counts checked against float64 eigenvalues (the first
 log, at 4227733, compared a batched trsm per column block with L^-T applied by a GEMM); which of its ops a CUDA graph capture refuses at a batch; a kernel table. And how
 often the fast mode's spike-edge check (ops.fast_snr._settle_spike_count) fires by its 1% band
 against a Ritz residual test (|theta - cut^2| <= ||G x - theta x||), and how often it moves r.
@@ -87,8 +87,10 @@ def main() -> None:
         ev = eigvalsh(gram(w, "float64")).to(g.device, torch.float64)
         truth = (ev > shift.unsqueeze(-1)).sum(-1)
         lines = [f"{shape} x {batch}:"]
-        for elimination in ("lu", "kernel"):
+        for elimination, block in (("lu", 128), ("kernel", 128), ("kernel", 64)):
             inertia.PIVOT_BLOCK["cuda"] = elimination
+            inertia.BLOCK = block
+            elimination = f"{elimination} block {block}"
             ms = timed(lambda: inertia.count_above(g, shift), args.repeats)
             c, r = inertia.count_above(g, shift)
             lines.append(f"count_above {elimination}: {per(ms)} (counts right {int((c == truth).sum())}/{batch}, "
@@ -115,8 +117,10 @@ def main() -> None:
         rel = (resid[:, :t] / theta[:, :t].clamp_min(1e-30))
         lines.append(f"Ritz residual / theta over the found values: median {float(rel.median()):.1e}, "
                      f"max {float(rel.max()):.1e}")
-        lines.append(f"fast_snr_statistics ({inertia.PIVOT_BLOCK['cuda']}) " + per(timed(lambda: fast_snr.fast_snr_statistics(w, seed=1),
-                                                                  args.repeats)))
+        for block in (128, 64):  # the kernel route
+            inertia.BLOCK = block
+            ms = timed(lambda: fast_snr.fast_snr_statistics(w, seed=1), args.repeats)
+            lines.append(f"fast_snr_statistics ({inertia.PIVOT_BLOCK['cuda']}, block {block}) {per(ms)}")
         print("\n  ".join(lines), flush=True)
         if args.profile:
             attempt("profile", lambda: profile(lambda: inertia.count_above(g, shift), batch))
