@@ -38,6 +38,7 @@ import numpy as np
 import pytest
 import torch
 
+import spectrum_fast.linalg
 from spectrum_fast.kernels import sketch as sketch_kernel
 from spectrum_fast.linalg import truncated_svd
 
@@ -370,6 +371,8 @@ def test_repeated_shapes_replay_cuda_graphs_with_the_eager_results(monkeypatch, 
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5, msg=lambda m: f"{ctx} {name}: {m}")
         s_ref = torch.linalg.svdvals(a.double().cpu())
         assert relative_errors(got[1], s_ref).max() <= SPIKED_RTOL, ctx
+    spectrum_fast.linalg.release_graphs()
+    assert not svd_module._GRAPHS._graphs, "release_graphs left graphs held"
 
 
 # -- bad input ----------------------------------------------------------------------------------------
