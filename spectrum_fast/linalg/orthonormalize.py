@@ -48,17 +48,21 @@ def cholesky_qr(y: torch.Tensor, passes: int) -> tuple[torch.Tensor, torch.Tenso
     return q.to(torch.float32), failed
 
 
-# Where the compiled small LDL^T runs (csrc/ldlt_unpivoted.cu: c <= its max size, CUDA, the
-# extension built), R^-1 comes from it in one launch; else from cuSOLVER's Cholesky and a
-# triangular solve (H100: 30 + 12 us per 26 x 26 Gram, bench/probes/truncated_svd_calls_h100_*.log).
+# Up to LDLT_MAX_COLUMNS columns on CUDA (the extension built), R^-1 comes from the compiled small
+# LDL^T (csrc/ldlt_unpivoted.cu) in one launch; else from cuSOLVER's Cholesky and a triangular
+# solve. H100, one pass replayed from a graph (bench/probes/cholesky_qr_routes_h100_80b2a13.log):
+# 52 against 72 us at c = 26, 77 against 84 at 48 (14336 rows), 159 against 181 at 48 (64 x 1536);
+# past 64 columns the kernel's 128 tile is the slower (215 against 144 us at c = 74).
 LDLT_KERNEL = True
+LDLT_MAX_COLUMNS = 64
 
 
 def _inverse_factor(gram: torch.Tensor, eye: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(R^-1, bad) for float64 Grams [B, c, c] = R^T R; ``bad`` marks those not positive definite,
     whose R^-1 is the identity (Q stays finite, = Y, until the caller redoes them)."""
     ext = _extension.cuda_ops() if LDLT_KERNEL and gram.is_cuda else None
-    if ext is not None and hasattr(ext, "ldlt_unpivoted") and gram.shape[-1] <= ext.ldlt_unpivoted_max_size():
+    if (ext is not None and hasattr(ext, "ldlt_unpivoted")
+            and gram.shape[-1] <= min(LDLT_MAX_COLUMNS, ext.ldlt_unpivoted_max_size())):
         # G = L diag(d) L^T: R = diag(d)^1/2 L^T, R^-1 = L^-T diag(d)^-1/2. d > 0 fails on NaN too.
         d, l_inv_t = ext.ldlt_unpivoted(gram)
         bad = ~(d > 0).all(-1)
