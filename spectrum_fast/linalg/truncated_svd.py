@@ -42,6 +42,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..host_threads import one_torch_thread
 from ..kernels import sketch as sketch_kernel
 from ..ops.gram import _full_fp32_matmul, upcast_blocks
 from . import graphs, split_products
@@ -249,7 +250,9 @@ def _small_eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.linalg.eigh(gram)
     if route == "numpy":
         return tuple(torch.from_numpy(x) for x in np.linalg.eigh(gram.cpu().numpy()))
-    return torch.linalg.eigh(gram.cpu())
+    host = gram.cpu()
+    with one_torch_thread():  # a few dozen rows: one thread beats the host's many
+        return torch.linalg.eigh(host)
 
 
 # Repeated calls of a shape replay the split route's device work from CUDA graphs (linalg.graphs):

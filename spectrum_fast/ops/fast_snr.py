@@ -40,6 +40,7 @@ import math
 
 import torch
 
+from ..host_threads import one_torch_thread
 from ..linalg import split_products
 from ..linalg.inertia import count_above
 from ..linalg.orthonormalize import cholesky_qr
@@ -176,12 +177,8 @@ def _small_eigvalsh(small: torch.Tensor) -> torch.Tensor:
     LAPACK call per matrix on the shared host pool 12 ms a batch of ~28
     (bench/probes/fast_profile_deepseek_h100_689b352.log); on one thread, 64 of 48 x 48 took 6.9 ms
     on a 2-core development machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         return torch.linalg.eigvalsh(small)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _settle_spike_count(g: torch.Tensor, frob2: torch.Tensor, s: torch.Tensor, spikes: noise_edge.DeflatedMoments,

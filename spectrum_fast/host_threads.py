@@ -1,0 +1,22 @@
+"""torch's host (CPU) ops on one thread for a while: small LAPACK calls (eigen problems of a few
+dozen rows, between GPU steps) ran slower on all 16 of the H100 machine's host threads than on one:
+~1 ms per 48 x 48 matrix on 16 (bench/probes/fast_components_h100_04bb809.log), ~0.1 ms on one
+(bench/probes/fast_profile_deepseek_h100_847eb04.log: 57 ms of eigvalsh for 480 matrices)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch.set_num_threads(1) inside the block, the previous number restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
