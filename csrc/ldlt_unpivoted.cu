@@ -1,23 +1,22 @@
 // Small symmetric float64 matrices B (b x b, b <= 128; lower triangles read), batched:
 // B = L diag(d) L^T without pivoting, and L^-T, one block of threads per matrix. Two users:
-// - the pivot blocks of the inertia count (spectrum_fast/linalg/inertia.py);
-// - Cholesky QR (spectrum_fast/linalg/orthonormalize.py): for a positive definite Gram, R^-1 =
-//   L^-T diag(d)^-1/2. cuSOLVER's potrf and cuBLAS's trsm took 30 and 12 us per 26 x 26 Gram on
-//   the H100, 4 of each per randomized SVD (bench/probes/truncated_svd_calls_h100_*.log).
-//
-// Why for the count: it factors G - shift I one 128-column block at a time, and each pivot block went
-// through torch's lu_factor_ex(pivot=False) and a triangular solve. At a batch of 8 x 4096 those
-// were cuSOLVER/cuBLAS calls looped over the batch (getrf_panel and trsm_left_kernel: 1.3-2 ms of
-// a 3.1-4 ms count per matrix, more than its GEMMs, bench/probes/inertia_routes_h100_*.log); at
-// larger batches MAGMA's batched kernels, which synchronize the device and so keep the count out
-// of a CUDA graph. A 128 x 128 block is 128 KB: it fits in one SM's shared memory, and both
-// eliminations are b dependent steps of at most b^2 independent updates each.
+// - the pivot blocks of the inertia count (spectrum_fast/linalg/inertia.py): they went through
+//   torch's lu_factor_ex(pivot=False) and a triangular solve, which at a batch of 8 x 4096 were
+//   cuSOLVER/cuBLAS calls looped over the batch (1.3-2 ms of a count's 3.1-4 ms of kernels per
+//   matrix, H100, bench/probes/inertia_routes_h100_4227733-solve-vs-inverse.log) and at larger
+//   batches MAGMA's batched kernels, which synchronize the device and so kept the count out of a
+//   CUDA graph;
+// - Cholesky QR (spectrum_fast/linalg/orthonormalize.py) up to 64 columns: for a positive
+//   definite Gram, R^-1 = L^-T diag(d)^-1/2 (one pass replayed from a graph: 52 against 72 us
+//   with cuSOLVER's potrf and a trsm at 26 columns, bench/probes/cholesky_qr_routes_h100_80b2a13.log).
 //
 // Each thread holds a fixed tile of the block, padded to kMax x kMax (32, 64 or 128, the smallest
-// that holds b), in registers: rows ty + kRows p, columns tx + kCols q. A first version kept the block in shared memory and streamed it
-// through every step: 0.34 ms a launch on the H100, bound by shared-memory traffic (b^3 / 3 reads
-// and writes). Here a step moves one column (or row) through shared memory and does its updates
-// in registers.
+// that holds b), in registers: rows ty + kRows p, columns tx + kCols q. A step moves one column (or
+// row) through shared memory and does its updates in registers. (A first version kept the block
+// in shared memory and streamed it through every step: 0.34 ms a launch at b = 128, bound by
+// shared-memory traffic.) Both eliminations are b dependent steps, and a step costs ~0.4 us at the
+// 32 and 64 tiles, ~1 us at 128 (bench/probes/ldlt_kernel_h100_3106379-*.log, variants of this
+// kernel with the same speed): ~25 us a launch at b = 32, ~0.25 ms at b = 128.
 // 1. LDL^T, right-looking, both triangles kept (symmetric updates): at step j the owners of column
 //    j publish it, d_j = a_jj, a_il -= a_ij a_lj / d_j for i, l > j, and column j below the
 //    diagonal becomes L's (times 1 / d_j). A zero pivot scales by 0 (the caller flags matrices

@@ -5,9 +5,9 @@ Sylvester's law of inertia: a congruence S = L D L^T keeps the number of positiv
 that of G - shift I is the number of positive eigenvalues of D. The factorization goes BLOCK
 columns at a time; each diagonal block of the Schur complement at its turn (the pivot block) is
 split one of three ways (PIVOT_BLOCK):
-- "kernel" (CUDA, the compiled extension): L diag(d) L^T without pivoting and L^-T, one block of
-  threads per matrix with the pivot block in shared memory (csrc/ldlt_unpivoted.cu); nothing waits,
-  so a count can run inside a CUDA graph;
+- "kernel" (CUDA, the compiled extension): L diag(d) L^T without pivoting and L^-T in one launch,
+  one block of threads per matrix (csrc/ldlt_unpivoted.cu); nothing waits, so a count can run
+  inside a CUDA graph;
 - "lu" (CUDA without the extension): torch's LU without pivoting, which for a symmetric block is
   L diag(d) L^T (U = diag(d) L^T), and L^-T by a triangular solve. torch runs these as cuSOLVER or
   cuBLAS calls looped over the batch at small batches (slow: bench/probes/inertia_routes_h100_*.log)
@@ -33,7 +33,7 @@ import torch
 
 from .. import _extension
 
-# Pivot blocks of 128 columns, one per panel: fewer, larger batched LU and triangular solves. H100
+# Pivot blocks of 128 columns, one per panel: fewer, larger pivot-block launches. H100 (torch's LU route)
 # (bench/probes/fast_components_h100_cc1a531.log, counts right for all): 0.29 against 0.38 ms per
 # 1536 x 1536 Gram (batch 64) with blocks of 32; 4.65 against 9.61 ms per 4096 x 4096 (batch 4).
 BLOCK = 128
@@ -105,7 +105,7 @@ def _triangular_eliminator(l_inv_t: torch.Tensor, inverse: torch.Tensor):
     """eliminate(C) = (C L^-T, C L^-T diag(1/d)), whose product is C block^-1 C^T for block = L
     diag(d) L^T: L^-T formed once per block and applied to the tall C by one GEMM (H100, against
     a batched triangular solve per C: 3.34 against 3.53 ms per 4096 x 4096 count, 0.210 against
-    0.236 ms per 1536 x 1536, bench/probes/inertia_routes_h100_*.log)."""
+    0.236 ms per 1536 x 1536, bench/probes/inertia_routes_h100_4227733-solve-vs-inverse.log)."""
 
     def eliminate(c: torch.Tensor):
         x = c @ l_inv_t

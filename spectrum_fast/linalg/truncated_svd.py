@@ -45,7 +45,7 @@ import torch
 from ..host_threads import one_torch_thread
 from ..kernels import sketch as sketch_kernel
 from ..ops.gram import _full_fp32_matmul, upcast_blocks
-from . import graphs, split_products
+from . import graphs, orthonormalize, split_products
 from .orthonormalize import cholesky_qr
 
 METHODS = ("randomized", "lanczos")
@@ -267,7 +267,9 @@ def _randomized_svd_split(a: torch.Tensor, k: int, l: int, power_iters: int, see
     else:
         generator = torch.Generator(device=a.device).manual_seed(seed % 2**64)
         omega = torch.randn(batch, m, l, generator=generator, device=a.device, dtype=a.dtype)
-        key = ("randomized_svd_split", tuple(a.shape), a.dtype, a.device, l, power_iters)
+        # The key holds what the captured work depends on: shapes, and the switches read while capturing.
+        key = ("randomized_svd_split", tuple(a.shape), a.dtype, a.device, l, power_iters, ITERATION_PARTS,
+               orthonormalize.LDLT_KERNEL, orthonormalize.LDLT_MAX_COLUMNS)
         q, small64, gram, failed = _GRAPHS.run(key + ("sketch",), _split_stage_one(power_iters), a, omega)
     evals, evecs = _small_eigh(gram)  # ascending
     evals = evals.flip(-1)[..., :k].to(a.device)
@@ -279,7 +281,8 @@ def _randomized_svd_split(a: torch.Tensor, k: int, l: int, power_iters: int, see
 
 def _split_stage_one(power_iters: int):
     def stage_one(a: torch.Tensor, omega: torch.Tensor):
-        return _split_basis_and_projection(a, split_products.split_bmm(a, omega, 1), power_iters)  # Omega is bf16: exact
+        # Omega is bf16 already: one part is exact.
+        return _split_basis_and_projection(a, split_products.split_bmm(a, omega, 1), power_iters)
 
     return stage_one
 
