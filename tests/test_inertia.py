@@ -83,8 +83,9 @@ def _kernel_ops():
 @pytest.mark.parametrize("b", [1, 2, 16, 32, 33, 64, 65, 128])
 def test_pivot_block_kernel_is_ldlt_without_pivoting(b, seed):
     """d and L^-T of the compiled kernel: L^-1 B L^-T = diag(d) to rounding, d = the unpivoted LU's
-    pivots (torch), L^-T unit upper triangular, on indefinite blocks; blocks read through a strided view (the count
-    passes sub-blocks of its working matrix), upper triangles poisoned (only the lower one is read)."""
+    pivots (torch), L^-T unit upper triangular, on indefinite blocks of every tile size; blocks read
+    through a strided view (the count passes sub-blocks of its working matrix), upper triangles
+    poisoned (only the lower one is read)."""
     ext = _kernel_ops()
     gen = torch.Generator().manual_seed(seed)
     # Diagonally dominant with diagonal entries of both signs: indefinite, and stable without pivoting.
