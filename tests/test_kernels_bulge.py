@@ -68,9 +68,13 @@ def test_matches_the_numpy_reference(device):
     # the least storage the kernel accepts: 2b diagonals
     d, e, _ = band_to_tridiagonal_(torch.from_numpy(a.copy()).unsqueeze(0).to(device), b, width=2 * b)
     d_ref, e_ref = band_to_tridiagonal(a, b)
+    # Entry by entry, two roundings of the same transformation: their differences grow down the
+    # chase (up to 1.4e-12 of the scale at seed 1218995907, at most 5e-13 over 30 other seeds on the
+    # CPU); a different transformation would differ at the scale itself. Similarity is checked to
+    # 1e-13 by check() above.
     scale = np.abs(a).max()
-    assert np.abs(d[0].cpu().numpy() - d_ref).max() <= 1e-12 * scale, f"[seed={SEED}]"
-    assert np.abs(e[0].cpu().numpy() - e_ref).max() <= 1e-12 * scale, f"[seed={SEED}]"
+    assert np.abs(d[0].cpu().numpy() - d_ref).max() <= 1e-11 * scale, f"[seed={SEED}]"
+    assert np.abs(e[0].cpu().numpy() - e_ref).max() <= 1e-11 * scale, f"[seed={SEED}]"
 
 
 def test_trivial_sizes_and_bad_input(device):
