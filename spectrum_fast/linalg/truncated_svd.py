@@ -39,6 +39,8 @@ torch.manual_seed was set; an int makes a call reproducible on a given device an
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -270,7 +272,8 @@ def _randomized_svd_split(a: torch.Tensor, k: int, l: int, power_iters: int, see
         # The key holds what the captured work depends on: shapes, and the switches read while capturing.
         key = ("randomized_svd_split", tuple(a.shape), a.dtype, a.device, l, power_iters, ITERATION_PARTS,
                orthonormalize.LDLT_KERNEL, orthonormalize.LDLT_MAX_COLUMNS)
-        q, small64, gram, failed = _GRAPHS.run(key + ("sketch",), _split_stage_one(power_iters), a, omega)
+        stage_one = functools.partial(_split_from_omega, power_iters=power_iters)
+        q, small64, gram, failed = _GRAPHS.run(key + ("sketch",), stage_one, a, omega)
     evals, evecs = _small_eigh(gram)  # ascending
     evals = evals.flip(-1)[..., :k].to(a.device)
     evecs = evecs.flip(-1)[..., :k].to(a.device)
@@ -279,12 +282,9 @@ def _randomized_svd_split(a: torch.Tensor, k: int, l: int, power_iters: int, see
     return u, s, vh, failed
 
 
-def _split_stage_one(power_iters: int):
-    def stage_one(a: torch.Tensor, omega: torch.Tensor):
-        # Omega is bf16 already: one part is exact.
-        return _split_basis_and_projection(a, split_products.split_bmm(a, omega, 1), power_iters)
-
-    return stage_one
+def _split_from_omega(a: torch.Tensor, omega: torch.Tensor, power_iters: int):
+    """_split_basis_and_projection from the sketch A Omega (Omega is bf16 already: one part is exact)."""
+    return _split_basis_and_projection(a, split_products.split_bmm(a, omega, 1), power_iters)
 
 
 def _split_basis_and_projection(a: torch.Tensor, y: torch.Tensor, power_iters: int):

@@ -166,19 +166,9 @@ def top_eigenvalues(g: torch.Tensor, t: int, seed: int | None = None) -> tuple[t
         gq = torch.bmm(g, q)
     small = (q.to(torch.float64).mT @ gq.to(torch.float64)).cpu()
     small = (small + small.mT) / 2
-    values = _small_eigvalsh(small).flip(-1)[:, :t].to(g.device)
-    return values, failed
-
-
-def _small_eigvalsh(small: torch.Tensor) -> torch.Tensor:
-    """Ascending eigenvalues of [B, l, l] float64 host matrices (l ~ 48), by torch on one host
-    thread: with all 16 of the H100 machine's, torch's batched eigvalsh took ~1 ms per matrix
-    (bench/probes/fast_components_h100_04bb809.log: 3 calls, 63 ms, for a batch of 64), and one
-    LAPACK call per matrix on the shared host pool 12 ms a batch of ~28
-    (bench/probes/fast_profile_deepseek_h100_689b352.log); on one thread, 64 of 48 x 48 took 6.9 ms
-    on a 2-core development machine."""
-    with one_torch_thread():
-        return torch.linalg.eigvalsh(small)
+    with one_torch_thread():  # 48 x 48 problems: one host thread beats all (host_threads says by how much)
+        values = torch.linalg.eigvalsh(small)
+    return values.flip(-1)[:, :t].to(g.device), failed
 
 
 def _settle_spike_count(g: torch.Tensor, frob2: torch.Tensor, s: torch.Tensor, spikes: noise_edge.DeflatedMoments,
