@@ -1,5 +1,5 @@
 // spectrum_fast._C's CUDA entry points: argument checks around the launchers of
-// csrc/householder_panels*.cu, compact_wy.cu, bulge_chase.cu and ldlt_unpivoted.cu (which assume valid arguments). Every launch goes
+// csrc/householder_panels*.cu, compact_wy.cu, bulge_chase.cu, ldlt_unpivoted.cu and small_eigh_jacobi.cu (which assume valid arguments). Every launch goes
 // to the current CUDA stream of the tensor's device. Numbers in messages: messages.h.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -128,4 +128,30 @@ std::tuple<at::Tensor, at::Tensor> ldlt_unpivoted(at::Tensor blocks) {
     launch_ldlt_unpivoted(blocks, d, l_inv_t);
   }
   return {d, l_inv_t};
+}
+
+int64_t small_eigh_jacobi_max_size() { return small_eigh_jacobi_built() ? 32 : 0; }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> small_eigh_jacobi(at::Tensor a) {
+  TORCH_CHECK(small_eigh_jacobi_built(), "small_eigh_jacobi: this build of spectrum_fast._C has no cuSOLVER (setup.py "
+              "did not find cusolverDn.h under CUDA_HOME): use torch.linalg.eigh");
+  TORCH_CHECK(a.is_cuda(), "small_eigh_jacobi: needs a CUDA tensor, got ", a.device());
+  TORCH_CHECK(a.scalar_type() == at::kDouble, "small_eigh_jacobi: needs float64, got ", a.scalar_type());
+  TORCH_CHECK(a.dim() == 3 && a.size(1) == a.size(2), "small_eigh_jacobi: needs square matrices [B, n, n], got ",
+              dims(a.sizes()));
+  const int64_t batch = a.size(0), n = a.size(1);
+  TORCH_CHECK(n >= 1 && n <= small_eigh_jacobi_max_size(), "small_eigh_jacobi: matrices of 1 to ",
+              num(small_eigh_jacobi_max_size()), " rows, got ", num(n));
+  TORCH_CHECK(batch <= 2147483647LL, "small_eigh_jacobi: too many matrices for one call");
+  const c10::cuda::CUDAGuard guard(a.device());
+  at::Tensor vectors = a.clone(at::MemoryFormat::Contiguous);  // overwritten by the solver
+  // Poisoned: an entry the solver failed to write shows up as NaN, a flag as not converged.
+  at::Tensor w = at::full({batch, n}, NAN, a.options());
+  at::Tensor info = at::full({batch}, -1, a.options().dtype(at::kInt));
+  if (batch > 0) {
+    const int status = launch_small_eigh_jacobi(vectors, w, info);
+    TORCH_CHECK(status == 0, "small_eigh_jacobi: cuSOLVER failed with status ", status);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {w, vectors.mT(), info};
 }

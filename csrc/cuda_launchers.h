@@ -30,3 +30,10 @@ int64_t ldlt_unpivoted_shared_bytes(int64_t b);
 // B = L diag(d) L^T without pivoting and L^-T, for float64 blocks [B, b, b] (lower triangles read,
 // any strides), b <= 128, into contiguous d [B, b] and l_inv_t [B, b, b].
 void launch_ldlt_unpivoted(const at::Tensor& blocks, const at::Tensor& d, const at::Tensor& l_inv_t);
+
+// Whether the batched Jacobi eigen solver was built (setup.py found cuSOLVER).
+bool small_eigh_jacobi_built();
+// Eigenpairs of contiguous symmetric float64 matrices [B, n, n], n <= 32, lower triangles read: in
+// place, the eigenvectors as rows; ascending eigenvalues into w [B, n]; per matrix 0 (converged) or
+// not into int32 info [B], on the device. Returns cuSOLVER's status (0: queued), -1 if not built.
+int launch_small_eigh_jacobi(const at::Tensor& vectors, const at::Tensor& w, const at::Tensor& info);

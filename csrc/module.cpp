@@ -45,6 +45,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
           "taken as 0",
           pybind11::arg("blocks"));
   mod.def("ldlt_unpivoted_max_size", &ldlt_unpivoted_max_size);
+  mod.def("small_eigh_jacobi", &small_eigh_jacobi,
+          "Eigenpairs of symmetric float64 matrices [B, n, n] (lower triangles read, n <= small_eigh_jacobi_max_size(), "
+          "0 in a build without cuSOLVER) by cuSOLVER's batched Jacobi solver on the current CUDA stream, nothing "
+          "read back on the host -> (ascending eigenvalues [B, n], eigenvectors as columns [B, n, n], int32 info [B], "
+          "0 where converged)",
+          pybind11::arg("a"));
+  mod.def("small_eigh_jacobi_max_size", &small_eigh_jacobi_max_size);
   mod.attr("with_cuda") = true;
 #else
   mod.attr("with_cuda") = false;

@@ -17,11 +17,13 @@ Both run batched over B with torch ops.
 Routes of the randomized method:
 - bf16 A on a GPU (SPLIT_PRODUCTS, below): products on bf16 tensor cores with the fp32 operand
   split in bf16 parts, Cholesky QR in float64 (once between products, twice for the final basis),
-  the small SVD from B B^T's eigenpairs (SMALL_EIGH: on the host, on the GPU from l = 128); Omega
-  bf16 from torch.randn, or from the Triton kernel (FUSED_SKETCH, off: slower there). From the
-  second call with a shape on, the device work before and after the small eigen solve replays
-  from two CUDA graphs (linalg.graphs: the call is otherwise ~100 launches, host-bound), which
-  hold a copy of A while cached;
+  the small SVD from B B^T's eigenpairs (SMALL_EIGH: up to l = 32 on the device by cuSOLVER's
+  batched Jacobi solver where the extension has it, else on the host below l = 128 and on the
+  device by torch from there); Omega bf16
+  from torch.randn, or from the Triton kernel (FUSED_SKETCH, off: slower there). From the second
+  call with a shape on, the device work replays from a CUDA graph (linalg.graphs: the call is
+  otherwise ~100 launches, host-bound): the whole call up to l = 32, else two graphs, before and
+  after the small eigen solve on the host. A graph holds a copy of A while cached;
 - otherwise products, QRs and SVDs in fp32 (float64 for float64 A); bf16/fp16 A is upcast to fp32
   exactly, whole when its copy is small (_RESIDENT_BYTES), else chunk by chunk at every product
   (_CHUNK_BYTES at a time). TF32 is kept off as in ops.gram (matmul precision "highest" for the
@@ -41,13 +43,11 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
 import torch
 
-from ..host_threads import one_torch_thread
 from ..kernels import sketch as sketch_kernel
 from ..ops.gram import _full_fp32_matmul, upcast_blocks
-from . import graphs, orthonormalize, split_products
+from . import graphs, orthonormalize, small_eigh, split_products
 from .orthonormalize import cholesky_qr
 
 METHODS = ("randomized", "lanczos")
@@ -234,52 +234,57 @@ def _takes_split_products(a: torch.Tensor) -> bool:
     return SPLIT_PRODUCTS and split_products.available(a)
 
 
-# Where the l x l eigen solves of B B^T run: "host" (torch on the CPU, float64), "numpy" (LAPACK
-# one matrix after another on the host), "device" (torch on the GPU: cuSOLVER), "auto": the device
-# from l = SMALL_EIGH_DEVICE_FROM. H100, one matrix (bench/probes/small_eigh_route at dba9e9d):
-# l = 26 host 2.87 / numpy 15.7 / device 3.40 ms for the whole call, l = 74 3.85 / 4.11 / 3.99,
-# l = 266 9.29 / 19.6 / 6.53.
+# Where the l x l eigen solves of B B^T run (linalg.small_eigh's routes): "auto" takes "jacobi" (on
+# the device, inside the call's CUDA graph) for l <= its limit (32) where the extension has it,
+# the device's torch.linalg.eigh from l = SMALL_EIGH_DEVICE_FROM, the host between. H100, one
+# matrix (bench/probes/small_eigh_route at dba9e9d): l = 26 host 2.87 / numpy 15.7 / device 3.40 ms
+# for the whole call, l = 74 3.85 / 4.11 / 3.99, l = 266 9.29 / 19.6 / 6.53.
 SMALL_EIGH = "auto"
 SMALL_EIGH_DEVICE_FROM = 128
 
 
-def _small_eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenpairs (ascending) of the [B, l, l] float64 ``gram``, where SMALL_EIGH says."""
-    route = SMALL_EIGH
-    if route == "auto":
-        route = "device" if gram.shape[-1] >= SMALL_EIGH_DEVICE_FROM else "host"
-    if route == "device":
-        return torch.linalg.eigh(gram)
-    if route == "numpy":
-        return tuple(torch.from_numpy(x) for x in np.linalg.eigh(gram.cpu().numpy()))
-    host = gram.cpu()
-    with one_torch_thread():  # a few dozen rows: one thread beats the host's many
-        return torch.linalg.eigh(host)
+def _small_eigh_route(l: int, device: torch.device) -> str:
+    if SMALL_EIGH != "auto":
+        return SMALL_EIGH
+    if l <= small_eigh.jacobi_max_size(device):
+        return "jacobi"
+    return "device" if l >= SMALL_EIGH_DEVICE_FROM else "host"
 
 
 # Repeated calls of a shape replay the split route's device work from CUDA graphs (linalg.graphs):
-# the sketch's basis and projection, then the assembly; the small eigen solve runs between them.
+# the whole call where the small eigen solve runs on the device without the host ("jacobi"), else
+# the sketch's basis and projection, then the assembly, with the small eigen solve between them.
 _GRAPHS = graphs.GraphCache()
 
 
 def _randomized_svd_split(a: torch.Tensor, k: int, l: int, power_iters: int, seed: int):
     batch, n, m = a.shape
+    route = _small_eigh_route(l, a.device)
     if FUSED_SKETCH and sketch_kernel.available(a.device):
         q, small64, gram, failed = _split_basis_and_projection(a, sketch_kernel.sketch(a, l, seed), power_iters)
-    else:
-        generator = torch.Generator(device=a.device).manual_seed(seed % 2**64)
-        omega = torch.randn(batch, m, l, generator=generator, device=a.device, dtype=a.dtype)
-        # The key holds what the captured work depends on: shapes, and the switches read while capturing.
-        key = ("randomized_svd_split", tuple(a.shape), a.dtype, a.device, l, power_iters, ITERATION_PARTS,
-               orthonormalize.LDLT_KERNEL, orthonormalize.LDLT_MAX_COLUMNS)
-        stage_one = functools.partial(_split_from_omega, power_iters=power_iters)
-        q, small64, gram, failed = _GRAPHS.run(key + ("sketch",), stage_one, a, omega)
-    evals, evecs = _small_eigh(gram)  # ascending
-    evals = evals.flip(-1)[..., :k].to(a.device)
-    evecs = evecs.flip(-1)[..., :k].to(a.device)
-    key = ("randomized_svd_split", tuple(a.shape), a.dtype, a.device, l, k)
-    u, s, vh = _GRAPHS.run(key + ("assembly",), _split_assembly, q, small64, evals, evecs)
-    return u, s, vh, failed
+        u, s, vh, unsolved = _split_assembly(q, small64, *small_eigh.small_eigh(gram, route), k=k)
+        return u, s, vh, failed | unsolved
+    generator = torch.Generator(device=a.device).manual_seed(seed % 2**64)
+    omega = torch.randn(batch, m, l, generator=generator, device=a.device, dtype=a.dtype)
+    # The key holds what the captured work depends on: shapes, and the switches read while capturing.
+    key = ("randomized_svd_split", tuple(a.shape), a.dtype, a.device, l, k, power_iters, ITERATION_PARTS,
+           orthonormalize.LDLT_KERNEL, orthonormalize.LDLT_MAX_COLUMNS, route)
+    if route == "jacobi":
+        whole = functools.partial(_split_svd_from_omega, k=k, power_iters=power_iters)
+        return _GRAPHS.run(key, whole, a, omega)
+    stage_one = functools.partial(_split_from_omega, power_iters=power_iters)
+    q, small64, gram, failed = _GRAPHS.run(key + ("sketch",), stage_one, a, omega)
+    values, vectors, solved = small_eigh.small_eigh(gram, route)
+    u, s, vh, unsolved = _GRAPHS.run(key + ("assembly",), functools.partial(_split_assembly, k=k),
+                                     q, small64, values, vectors, solved)
+    return u, s, vh, failed | unsolved
+
+
+def _split_svd_from_omega(a: torch.Tensor, omega: torch.Tensor, k: int, power_iters: int):
+    """The whole split route from Omega, with the small eigen solve on the device ("jacobi")."""
+    q, small64, gram, failed = _split_from_omega(a, omega, power_iters)
+    u, s, vh, unsolved = _split_assembly(q, small64, *small_eigh.small_eigh(gram, "jacobi"), k=k)
+    return u, s, vh, failed | unsolved
 
 
 def _split_from_omega(a: torch.Tensor, omega: torch.Tensor, power_iters: int):
@@ -303,14 +308,18 @@ def _split_basis_and_projection(a: torch.Tensor, y: torch.Tensor, power_iters: i
     return q, small64, small64 @ small64.mT, failed
 
 
-def _split_assembly(q: torch.Tensor, small64: torch.Tensor, evals: torch.Tensor, evecs: torch.Tensor):
-    """fp32 (U, S, Vh) from the top eigenpairs (descending, [B, k] and [B, l, k]) of B B^T."""
+def _split_assembly(q: torch.Tensor, small64: torch.Tensor, values: torch.Tensor, vectors: torch.Tensor,
+                    solved: torch.Tensor, k: int):
+    """fp32 (U, S, Vh) and unsolved [B] from the eigenpairs (ascending, [B, l] and [B, l, l]) of
+    B B^T and the solver's flags."""
+    evals = values.flip(-1)[..., :k]  # the top k, descending
+    evecs = vectors.flip(-1)[..., :k]
     s = evals.clamp_min(0).sqrt()
     # Vh = S^-1 U_B^T B; a zero singular value (a rank-deficient or zero A) leaves its row at zero.
     inverse = torch.where(s > 0, 1.0 / s, 0.0)
     vh = inverse.unsqueeze(-1) * (evecs.mT @ small64)
     u = q.to(torch.float64) @ evecs
-    return u.to(torch.float32), s.to(torch.float32), vh.to(torch.float32)
+    return u.to(torch.float32), s.to(torch.float32), vh.to(torch.float32), ~solved
 
 
 # -- Golub-Kahan-Lanczos --------------------------------------------------------------------------

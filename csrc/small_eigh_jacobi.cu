@@ -1,0 +1,74 @@
+// Eigenpairs of many small symmetric float64 matrices (n <= 32) on the device, without the host:
+// cuSOLVER's batched Jacobi solver (cusolverDnDsyevjBatched). One user: the randomized SVD's
+// l x l eigen problem of B B^T (spectrum_fast/linalg/truncated_svd.py, l = k + 10 = 26 at k = 16).
+// torch.linalg.eigh runs the same solver there but reads its convergence flags on the host
+// (a synchronization), which keeps it out of a CUDA graph; the host eigen solve it replaced cost
+// the call a round trip (copy out, LAPACK, copy back: ~0.3 ms of a 1.1 ms call at 4096 x 14336,
+// bench/probes/truncated_svd_calls_h100_*.log). Here the flags stay on the device for the caller
+// to check once the whole call is done.
+//
+// Built only where setup.py found cuSOLVER (SPECTRUM_FAST_WITH_CUSOLVER: the header and the
+// library); otherwise small_eigh_jacobi_built() is false and nothing here is called.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+#include "cuda_launchers.h"
+
+#ifdef SPECTRUM_FAST_WITH_CUSOLVER
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cusolverDn.h>
+
+namespace {
+
+// The solver's parameters, made once per process: the tolerance (0: machine precision, as
+// LAPACK's accuracy), the sweep limit and ascending order. They are read when a solve is queued,
+// so a graph captured with them keeps working.
+struct JacobiParameters {
+  syevjInfo_t info = nullptr;
+  int status = 0;
+  JacobiParameters() {
+    status = cusolverDnCreateSyevjInfo(&info);
+    if (status == CUSOLVER_STATUS_SUCCESS) status = cusolverDnXsyevjSetTolerance(info, 0.0);
+    // Jacobi converges quadratically: ~6-10 sweeps for n <= 32; the limit only stops a runaway.
+    if (status == CUSOLVER_STATUS_SUCCESS) status = cusolverDnXsyevjSetMaxSweeps(info, 100);
+    if (status == CUSOLVER_STATUS_SUCCESS) status = cusolverDnXsyevjSetSortEig(info, 1);
+  }
+};
+
+}  // namespace
+
+bool small_eigh_jacobi_built() { return true; }
+
+int launch_small_eigh_jacobi(const at::Tensor& vectors, const at::Tensor& w, const at::Tensor& info) {
+  static const JacobiParameters parameters;  // thread-safe initialization, never destroyed
+  if (parameters.status != CUSOLVER_STATUS_SUCCESS) return parameters.status;
+  const int n = static_cast<int>(vectors.size(-1)), batch = static_cast<int>(vectors.size(0));
+  cusolverDnHandle_t handle = at::cuda::getCurrentCUDASolverDnHandle();
+  int status = cusolverDnSetStream(handle, c10::cuda::getCurrentCUDAStream().stream());
+  if (status != CUSOLVER_STATUS_SUCCESS) return status;
+  // cuSOLVER is column-major: it sees each row-major matrix transposed. Its upper triangle is
+  // then our lower one (read, as torch.linalg.eigh's default), and its eigenvector columns come
+  // back as our rows (the caller transposes the view).
+  const cusolverEigMode_t mode = CUSOLVER_EIG_MODE_VECTOR;
+  const cublasFillMode_t fill = CUBLAS_FILL_MODE_UPPER;
+  double* a = vectors.data_ptr<double>();
+  double* values = w.data_ptr<double>();
+  int workspace_size = 0;
+  status = cusolverDnDsyevjBatched_bufferSize(handle, mode, fill, n, a, n, values, &workspace_size, parameters.info,
+                                              batch);
+  if (status != CUSOLVER_STATUS_SUCCESS) return status;
+  // From torch's caching allocator: inside a graph capture, from the graph's own pool.
+  at::Tensor workspace = at::empty({std::max(workspace_size, 1)}, vectors.options());
+  return cusolverDnDsyevjBatched(handle, mode, fill, n, a, n, values, workspace.data_ptr<double>(), workspace_size,
+                                 info.data_ptr<int>(), parameters.info, batch);
+}
+
+#else
+
+bool small_eigh_jacobi_built() { return false; }
+
+int launch_small_eigh_jacobi(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return -1; }
+
+#endif
