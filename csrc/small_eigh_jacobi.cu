@@ -16,9 +16,10 @@
 #include "cuda_launchers.h"
 
 #ifdef SPECTRUM_FAST_WITH_CUSOLVER
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cusolverDn.h>
+
+#include <unordered_map>
 
 namespace {
 
@@ -37,6 +38,23 @@ struct JacobiParameters {
   }
 };
 
+// Our own cuSOLVER handle per thread and device (a handle is not for concurrent use, and belongs
+// to the device current when it was made). torch keeps such a pool too, but its accessor
+// (at::cuda::getCurrentCUDASolverDnHandle) was an undefined symbol when this extension loaded
+// with torch 2.11. Made on first use (outside any graph capture: GraphCache runs a call eagerly
+// first), kept for the thread's life.
+int handle_for(int device, cusolverDnHandle_t* handle) {
+  thread_local std::unordered_map<int, cusolverDnHandle_t> handles;
+  auto found = handles.find(device);
+  if (found != handles.end()) {
+    *handle = found->second;
+    return CUSOLVER_STATUS_SUCCESS;
+  }
+  const int status = cusolverDnCreate(handle);
+  if (status == CUSOLVER_STATUS_SUCCESS) handles.emplace(device, *handle);
+  return status;
+}
+
 }  // namespace
 
 bool small_eigh_jacobi_built() { return true; }
@@ -45,8 +63,9 @@ int launch_small_eigh_jacobi(const at::Tensor& vectors, const at::Tensor& w, con
   static const JacobiParameters parameters;  // thread-safe initialization, never destroyed
   if (parameters.status != CUSOLVER_STATUS_SUCCESS) return parameters.status;
   const int n = static_cast<int>(vectors.size(-1)), batch = static_cast<int>(vectors.size(0));
-  cusolverDnHandle_t handle = at::cuda::getCurrentCUDASolverDnHandle();
-  int status = cusolverDnSetStream(handle, c10::cuda::getCurrentCUDAStream().stream());
+  cusolverDnHandle_t handle = nullptr;
+  int status = handle_for(vectors.get_device(), &handle);  // the caller has made that device current
+  if (status == CUSOLVER_STATUS_SUCCESS) status = cusolverDnSetStream(handle, c10::cuda::getCurrentCUDAStream().stream());
   if (status != CUSOLVER_STATUS_SUCCESS) return status;
   // cuSOLVER is column-major: it sees each row-major matrix transposed. Its upper triangle is
   // then our lower one (read, as torch.linalg.eigh's default), and its eigenvector columns come
