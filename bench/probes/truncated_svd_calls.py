@@ -1,8 +1,9 @@
 """truncated_svd call by call on a GPU (4096 x 14336 bf16, trained-like): the wall time of each of
 seven calls per k (the first with a shape runs eagerly, the second captures the CUDA graphs, the
 rest replay them), the small eigen solve's routes at k = 16 (the device's Jacobi solver inside
-one graph, or the host between two) and at k = 64 (host or device), and a kernel table of one
-replayed call at k = 16.
+one graph, or the host between two) and at k = 64 (host or device), calls on a new tensor each
+(new addresses: the graph copies A in) against the same tensor (read in place), and a kernel
+table of one replayed call at k = 16.
 
     python3 bench/probes/truncated_svd_calls.py
 """
@@ -54,6 +55,14 @@ def main() -> None:
             print(f"k={k}, small eigh {route}: " + " ".join(f"{t:.2f}" for t in times)
                   + f" ms; the {k + 10} x {k + 10} eigh alone " + " ".join(f"{t:.2f}" for t in alone), flush=True)
     svd_module.SMALL_EIGH = "auto"
+    for k in (16, 64):
+        held = []  # kept alive: every call at a new address
+        times = []
+        for _ in range(7):
+            held.append(a.clone())
+            times.append(call_ms(lambda: truncated_svd(held[-1], k, oversample=10, power_iters=2)))
+        print(f"k={k}, a new tensor per call: " + " ".join(f"{t:.2f}" for t in times) + " ms", flush=True)
+        del held
     profile(lambda: truncated_svd(a, 16, oversample=10, power_iters=2), 1)
 
 

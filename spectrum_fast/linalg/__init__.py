@@ -2,8 +2,9 @@
 
 truncated_svd -> the top-k singular triplets of a matrix or a batch of same-shape matrices
 (randomized Halko-Martinsson-Tropp, or Golub-Kahan-Lanczos); linalg/truncated_svd.py says how.
-release_graphs -> frees the CUDA graphs truncated_svd keeps for repeated shapes (each holds a
-copy of its A; linalg/graphs.py), e.g. before training starts. graphs.ENABLED = False turns them off.
+release_graphs -> frees the CUDA graphs truncated_svd keeps for repeated shapes (each holds its
+intermediates, and a copy of A where A came at new addresses; linalg/graphs.py), e.g. before
+training starts. graphs.ENABLED = False turns them off.
 """
 
 import sys

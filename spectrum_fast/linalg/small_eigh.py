@@ -10,7 +10,8 @@ Routes:
   synchronization, and raises where one did not converge.
 - "jacobi": cuSOLVER's batched Jacobi solver through the extension (csrc/small_eigh_jacobi.cu),
   n <= jacobi_max_size(): nothing read on the host, so it runs inside a CUDA graph; the flags
-  come back as ``converged`` for the caller to check once its work is done.
+  come back as ``converged`` (False also for a matrix with a NaN or an infinity) for the caller
+  to check once its work is done.
 The first three return converged all True (they raise instead).
 """
 
@@ -39,7 +40,9 @@ def small_eigh(gram: torch.Tensor, route: str) -> tuple[torch.Tensor, torch.Tens
     symmetric float64 ``gram`` [B, n, n] (lower triangles read), on gram's device."""
     if route == "jacobi":
         values, vectors, info = _extension.cuda_ops().small_eigh_jacobi(gram)
-        return values, vectors, info == 0
+        # The solver reports a NaN matrix converged, with finite values (its rotation tests are false
+        # for NaN): a non-finite input is marked here.
+        return values, vectors, (info == 0) & torch.isfinite(gram).all(-1).all(-1)
     if route == "device":
         values, vectors = torch.linalg.eigh(gram)
     elif route == "numpy":

@@ -23,7 +23,8 @@ Routes of the randomized method:
   from torch.randn, or from the Triton kernel (FUSED_SKETCH, off: slower there). From the second
   call with a shape on, the device work replays from a CUDA graph (linalg.graphs: the call is
   otherwise ~100 launches, host-bound): the whole call up to l = 32, else two graphs, before and
-  after the small eigen solve on the host. A graph holds a copy of A while cached;
+  after the small eigen solve on the host. A graph reads A in place when A is at an address it
+  has seen (the same tensor again, or a reused buffer), else from a copy it holds while cached;
 - otherwise products, QRs and SVDs in fp32 (float64 for float64 A); bf16/fp16 A is upcast to fp32
   exactly, whole when its copy is small (_RESIDENT_BYTES), else chunk by chunk at every product
   (_CHUNK_BYTES at a time). TF32 is kept off as in ops.gram (matmul precision "highest" for the
@@ -271,9 +272,9 @@ def _randomized_svd_split(a: torch.Tensor, k: int, l: int, power_iters: int, see
            orthonormalize.LDLT_KERNEL, orthonormalize.LDLT_MAX_COLUMNS, route)
     if route == "jacobi":
         whole = functools.partial(_split_svd_from_omega, k=k, power_iters=power_iters)
-        return _GRAPHS.run(key, whole, a, omega)
+        return _GRAPHS.run(key, whole, a, omega, in_place=(0,))
     stage_one = functools.partial(_split_from_omega, power_iters=power_iters)
-    q, small64, gram, failed = _GRAPHS.run(key + ("sketch",), stage_one, a, omega)
+    q, small64, gram, failed = _GRAPHS.run(key + ("sketch",), stage_one, a, omega, in_place=(0,))
     values, vectors, solved = small_eigh.small_eigh(gram, route)
     u, s, vh, unsolved = _GRAPHS.run(key + ("assembly",), functools.partial(_split_assembly, k=k),
                                      q, small64, values, vectors, solved)
