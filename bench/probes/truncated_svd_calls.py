@@ -62,7 +62,7 @@ def main() -> None:
             held.append(a.clone())
             times.append(call_ms(lambda: truncated_svd(held[-1], k, oversample=10, power_iters=2)))
         print(f"k={k}, a new tensor per call: " + " ".join(f"{t:.2f}" for t in times) + " ms", flush=True)
-        del held
+        held.clear()
     profile(lambda: truncated_svd(a, 16, oversample=10, power_iters=2), 1)
 
 
