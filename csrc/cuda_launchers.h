@@ -35,5 +35,7 @@ void launch_ldlt_unpivoted(const at::Tensor& blocks, const at::Tensor& d, const 
 bool small_eigh_jacobi_built();
 // Eigenpairs of contiguous symmetric float64 matrices [B, n, n], n <= 32, lower triangles read: in
 // place, the eigenvectors as rows; ascending eigenvalues into w [B, n]; per matrix 0 (converged) or
-// not into int32 info [B], on the device. Returns cuSOLVER's status (0: queued), -1 if not built.
-int launch_small_eigh_jacobi(const at::Tensor& vectors, const at::Tensor& w, const at::Tensor& info);
+// not into int32 info [B], on the device. tolerance >= 0 (0: machine precision), max_sweeps >= 1.
+// Returns cuSOLVER's status (0: queued), -1 if not built.
+int launch_small_eigh_jacobi(const at::Tensor& vectors, const at::Tensor& w, const at::Tensor& info, double tolerance,
+                             int64_t max_sweeps);

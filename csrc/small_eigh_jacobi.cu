@@ -19,24 +19,29 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cusolverDn.h>
 
+#include <map>
 #include <unordered_map>
+#include <utility>
 
 namespace {
 
-// The solver's parameters, made once per process: the tolerance (0: machine precision, as
-// LAPACK's accuracy), the sweep limit and ascending order. They are read when a solve is queued,
-// so a graph captured with them keeps working.
-struct JacobiParameters {
-  syevjInfo_t info = nullptr;
-  int status = 0;
-  JacobiParameters() {
-    status = cusolverDnCreateSyevjInfo(&info);
-    if (status == CUSOLVER_STATUS_SUCCESS) status = cusolverDnXsyevjSetTolerance(info, 0.0);
-    // Jacobi converges quadratically: ~6-10 sweeps for n <= 32; the limit only stops a runaway.
-    if (status == CUSOLVER_STATUS_SUCCESS) status = cusolverDnXsyevjSetMaxSweeps(info, 100);
-    if (status == CUSOLVER_STATUS_SUCCESS) status = cusolverDnXsyevjSetSortEig(info, 1);
+// The solver's parameters per (tolerance, sweep limit), made on first use: tolerance 0 is machine
+// precision (LAPACK's accuracy); eigenvalues come sorted ascending. They are read when a solve is
+// queued, so a graph captured with them keeps working. Per thread, as the handles below.
+int parameters_for(double tolerance, int max_sweeps, syevjInfo_t* parameters) {
+  thread_local std::map<std::pair<double, int>, syevjInfo_t> made;
+  auto found = made.find({tolerance, max_sweeps});
+  if (found != made.end()) {
+    *parameters = found->second;
+    return CUSOLVER_STATUS_SUCCESS;
   }
-};
+  int status = cusolverDnCreateSyevjInfo(parameters);
+  if (status == CUSOLVER_STATUS_SUCCESS) status = cusolverDnXsyevjSetTolerance(*parameters, tolerance);
+  if (status == CUSOLVER_STATUS_SUCCESS) status = cusolverDnXsyevjSetMaxSweeps(*parameters, max_sweeps);
+  if (status == CUSOLVER_STATUS_SUCCESS) status = cusolverDnXsyevjSetSortEig(*parameters, 1);
+  if (status == CUSOLVER_STATUS_SUCCESS) made.emplace(std::make_pair(tolerance, max_sweeps), *parameters);
+  return status;
+}
 
 // Our own cuSOLVER handle per thread and device (a handle is not for concurrent use, and belongs
 // to the device current when it was made). torch keeps such a pool too, but its accessor
@@ -59,12 +64,14 @@ int handle_for(int device, cusolverDnHandle_t* handle) {
 
 bool small_eigh_jacobi_built() { return true; }
 
-int launch_small_eigh_jacobi(const at::Tensor& vectors, const at::Tensor& w, const at::Tensor& info) {
-  static const JacobiParameters parameters;  // thread-safe initialization, never destroyed
-  if (parameters.status != CUSOLVER_STATUS_SUCCESS) return parameters.status;
+int launch_small_eigh_jacobi(const at::Tensor& vectors, const at::Tensor& w, const at::Tensor& info, double tolerance,
+                             int64_t max_sweeps) {
+  syevjInfo_t parameters = nullptr;
+  int status = parameters_for(tolerance, static_cast<int>(max_sweeps), &parameters);
+  if (status != CUSOLVER_STATUS_SUCCESS) return status;
   const int n = static_cast<int>(vectors.size(-1)), batch = static_cast<int>(vectors.size(0));
   cusolverDnHandle_t handle = nullptr;
-  int status = handle_for(vectors.get_device(), &handle);  // the caller has made that device current
+  status = handle_for(vectors.get_device(), &handle);  // the caller has made that device current
   if (status == CUSOLVER_STATUS_SUCCESS) status = cusolverDnSetStream(handle, c10::cuda::getCurrentCUDAStream().stream());
   if (status != CUSOLVER_STATUS_SUCCESS) return status;
   // cuSOLVER is column-major: it sees each row-major matrix transposed. Its upper triangle is
@@ -75,19 +82,19 @@ int launch_small_eigh_jacobi(const at::Tensor& vectors, const at::Tensor& w, con
   double* a = vectors.data_ptr<double>();
   double* values = w.data_ptr<double>();
   int workspace_size = 0;
-  status = cusolverDnDsyevjBatched_bufferSize(handle, mode, fill, n, a, n, values, &workspace_size, parameters.info,
+  status = cusolverDnDsyevjBatched_bufferSize(handle, mode, fill, n, a, n, values, &workspace_size, parameters,
                                               batch);
   if (status != CUSOLVER_STATUS_SUCCESS) return status;
   // From torch's caching allocator: inside a graph capture, from the graph's own pool.
   at::Tensor workspace = at::empty({std::max(workspace_size, 1)}, vectors.options());
   return cusolverDnDsyevjBatched(handle, mode, fill, n, a, n, values, workspace.data_ptr<double>(), workspace_size,
-                                 info.data_ptr<int>(), parameters.info, batch);
+                                 info.data_ptr<int>(), parameters, batch);
 }
 
 #else
 
 bool small_eigh_jacobi_built() { return false; }
 
-int launch_small_eigh_jacobi(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return -1; }
+int launch_small_eigh_jacobi(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, int64_t) { return -1; }
 
 #endif

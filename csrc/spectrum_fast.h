@@ -50,7 +50,8 @@ int64_t ldlt_unpivoted_max_size();
 // Eigenpairs of symmetric float64 matrices [B, n, n] on a CUDA device (lower triangles read),
 // n <= small_eigh_jacobi_max_size() (0 where built without cuSOLVER), on the current stream,
 // nothing read back on the host -> (ascending eigenvalues [B, n], eigenvectors as columns
-// [B, n, n], int32 info [B]: 0 where the solver converged).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> small_eigh_jacobi(at::Tensor a);
+// [B, n, n], int32 info [B]: 0 where the solver converged within max_sweeps sweeps to tolerance,
+// 0: machine precision).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> small_eigh_jacobi(at::Tensor a, double tolerance, int64_t max_sweeps);
 int64_t small_eigh_jacobi_max_size();
 #endif
