@@ -1,7 +1,8 @@
 """linalg.graphs.GraphCache on a GPU: eager first, then replays that give what eager calls give on
 new inputs, whether the input is copied into the graph's buffer or read in place at its address
 (the same tensor changed in place, a new tensor at a reused address, new addresses), the cap on
-in-place captures, and a capture that cannot work running eagerly with one warning."""
+in-place captures, and a capture that cannot work running eagerly with one warning and leaving
+torch's random generator usable."""
 
 from __future__ import annotations
 
@@ -86,3 +87,4 @@ def test_a_capture_that_waits_for_the_device_runs_eagerly(seed):
         for i, (a, b) in enumerate(inputs):
             check(cache.run("k", waits, a, b), a, b, f"[seed={seed} call {i}]")
     assert not cache._graphs
+    torch.randn(4, device="cuda")  # the failed capture left the device's random generator usable

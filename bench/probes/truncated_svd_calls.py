@@ -2,8 +2,9 @@
 seven calls per k (the first with a shape runs eagerly, the second captures the CUDA graphs, the
 rest replay them), the small eigen solve's routes at k = 16 (the device's Jacobi solver inside
 one graph, or the host between two) and at k = 64 (host or device), calls on a new tensor each
-(new addresses: the graph copies A in) against the same tensor (read in place), and a kernel
-table of one replayed call at k = 16.
+(new addresses: the graph copies A in) against the same tensor (read in place), the call's
+(last) graph replayed alone, back to back (the GPU's time for it, gaps between its kernels
+included), and a kernel table of one replayed call at k = 16.
 
     python3 bench/probes/truncated_svd_calls.py
 """
@@ -55,6 +56,18 @@ def main() -> None:
             print(f"k={k}, small eigh {route}: " + " ".join(f"{t:.2f}" for t in times)
                   + f" ms; the {k + 10} x {k + 10} eigh alone " + " ".join(f"{t:.2f}" for t in alone), flush=True)
     svd_module.SMALL_EIGH = "auto"
+    for k in (16, 64):
+        truncated_svd(a, k, oversample=10, power_iters=2)  # its graphs most recently used
+        key = next(reversed(svd_module._GRAPHS._graphs))
+        graph = svd_module._GRAPHS._graphs[key][1]
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(20):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        print(f"k={k}: its last graph replayed alone, 20 back to back: {start.elapsed_time(end) / 20:.3f} ms per replay",
+              flush=True)
     for k in (16, 64):
         held = []  # kept alive: every call at a new address
         times = []

@@ -117,9 +117,24 @@ def _capture(fn: Callable[..., tuple[torch.Tensor, ...]], inputs: tuple[torch.Te
         fn(*static_inputs)  # warm-up: library handles and workspaces are created outside the capture
     torch.cuda.current_stream(inputs[0].device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outputs = fn(*static_inputs)
+    try:
+        with torch.cuda.graph(graph):
+            outputs = fn(*static_inputs)
+    except RuntimeError:
+        _reset_generators_after_failed_capture(inputs[0].device)
+        raise
     # A graph's first launch uploads it to the device: slow (H100: 12-37 ms for the randomized SVD's
     # first replays, bench/results/truncated_svd_h100_*.log, ms_runs), so it is done here.
     graph.replay()
     return buffers, graph, tuple(outputs)
+
+
+def _reset_generators_after_failed_capture(device: torch.device) -> None:
+    """A capture that fails leaves the device's default CUDA generator in capture mode (torch 2.11:
+    its capture epilogue never ran), and the process's next random op on the device raises
+    "Offset increment outside graph capture encountered unexpectedly". A capture that completes
+    runs the prologue and epilogue again, which resets it."""
+    graph = torch.cuda.CUDAGraph()
+    scratch = torch.zeros(1, device=device)
+    with torch.cuda.graph(graph):
+        scratch.add_(1)
