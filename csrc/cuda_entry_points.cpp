@@ -142,7 +142,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> small_eigh_jacobi(at::Tensor a, d
               num(small_eigh_jacobi_max_size()), " rows, got ", num(n));
   TORCH_CHECK(batch <= 2147483647LL, "small_eigh_jacobi: too many matrices for one launch");
   TORCH_CHECK(std::isfinite(tolerance) && tolerance >= 0, "small_eigh_jacobi: tolerance must be >= 0 (0: machine "
-              "precision), got ", tolerance);
+              "precision), got ", spectrum_fast::real(tolerance));
   TORCH_CHECK(max_sweeps >= 1 && max_sweeps <= 1000, "small_eigh_jacobi: max_sweeps must be 1 to 1000, got ",
               num(max_sweeps));
   const c10::cuda::CUDAGuard guard(a.device());

@@ -10,11 +10,19 @@
 #include <c10/util/ArrayRef.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <string>
 
 namespace spectrum_fast {
 
 inline std::string num(int64_t value) { return std::to_string(value); }
+
+// A floating-point number, "%g" (std::to_string would print -1e-300 as "-0.000000").
+inline std::string real(double value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%g", value);
+  return text;
+}
 
 inline std::string dims(c10::IntArrayRef sizes) {
   std::string out = "[";

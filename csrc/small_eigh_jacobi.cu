@@ -11,10 +11,10 @@
 // The method (Golub & Van Loan, "Matrix Computations", 8.5): a sweep rotates every pair (p, q)
 // once, J^T A J zeroing a_pq, and V <- V J accumulates the eigenvectors. Pairs are scheduled by
 // the round-robin ("circle") ordering, so a round's n / 2 rotations touch disjoint rows and
-// columns and are applied at once: each thread owns one entry (i, j) and computes its new value
-// from the four entries of rows {i, partner(i)} x columns {j, partner(j)}. A and V live in shared
-// memory, double-buffered: a round reads one copy and writes the other, so it needs two barriers
-// (after the rotations are computed, after they are applied). A sweep is n - 1 rounds (n rounded
+// columns and are applied at once: each thread owns one entry (i, j), works out the rotations of
+// row i and column j itself, and computes the entry's new value from the four entries of rows
+// {i, partner(i)} x columns {j, partner(j)}. A and V live in shared memory, double-buffered: a
+// round reads one copy and writes the other, one barrier a round. A sweep is n - 1 rounds (n rounded
 // up to even; an odd n gets a zero row and column, whose pairs never rotate). Convergence is
 // checked before each sweep: off(A) <= tolerance ||A||_F (tolerance 0: machine precision);
 // Jacobi converges quadratically, ~6-10 sweeps here. The matrix is scaled by its largest entry
@@ -34,14 +34,17 @@ constexpr int kMax = 32;
 constexpr int kLd = kMax + 1;  // padded rows: the column reads of a round hit distinct banks
 constexpr int kThreads = kMax * kMax;
 
-// Sum (or max) over the block; every thread gets the result. ``partial`` holds 32 values.
+// Warp, then block: the sums (kMaximum false) or maxima of two values; every thread gets them.
 template <bool kMaximum>
-__device__ double block_reduce(double value, double* partial) {
+__device__ double2 block_reduce(double2 value, double2* partial) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  auto combine = [](double2 x, double2 y) {
+    return kMaximum ? make_double2(fmax(x.x, y.x), fmax(x.y, y.y)) : make_double2(x.x + y.x, x.y + y.y);
+  };
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) {
-    const double other = __shfl_down_sync(0xffffffffu, value, offset);
-    value = kMaximum ? fmax(value, other) : value + other;
+    value = combine(value, make_double2(__shfl_down_sync(0xffffffffu, value.x, offset),
+                                        __shfl_down_sync(0xffffffffu, value.y, offset)));
   }
   if (lane == 0) partial[warp] = value;
   __syncthreads();
@@ -49,8 +52,8 @@ __device__ double block_reduce(double value, double* partial) {
     value = partial[lane];
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) {
-      const double other = __shfl_down_sync(0xffffffffu, value, offset);
-      value = kMaximum ? fmax(value, other) : value + other;
+      value = combine(value, make_double2(__shfl_down_sync(0xffffffffu, value.x, offset),
+                                          __shfl_down_sync(0xffffffffu, value.y, offset)));
     }
     if (lane == 0) partial[0] = value;
   }
@@ -58,6 +61,33 @@ __device__ double block_reduce(double value, double* partial) {
   value = partial[0];
   __syncthreads();  // partial is reused by the next reduction
   return value;
+}
+
+// Round r of the round-robin ordering on m (even) indices: m - 1 stays, the others turn; index x
+// meets (2 r - x) mod (m - 1), and the one that would meet itself (x = r) meets m - 1.
+__device__ int partner_in_round(int x, int round, int m) {
+  if (x == m - 1) return round;
+  if (x == round) return m - 1;
+  return ((2 * round - x) % (m - 1) + (m - 1)) % (m - 1);
+}
+
+// The rotation of pair {x, partner} in this round, as the coefficients of index x: new row (or
+// column) x = keep * old x + mix * old partner. J = [[c, s], [-s, c]] on (p, q), p < q, the
+// smaller angle that zeroes a_pq (t = tan, Golub & Van Loan 8.5.2, written without a division
+// by a_pq: t = sign(d) e / (|d| + sqrt(d^2 + e^2)), d = a_qq - a_pp, e = 2 a_pq).
+__device__ void rotation(const double* a, int x, int partner, int n, double& keep, double& mix) {
+  const int p = min(x, partner), q = max(x, partner);
+  const double e = 2.0 * a[p * kLd + q];
+  keep = 1.0;
+  mix = 0.0;
+  if (e == 0.0 || q >= n) return;
+  const double d = a[q * kLd + q] - a[p * kLd + p];
+  // max(.., |e|): where d^2 + e^2 underflows, r >= |e| keeps t finite.
+  const double r = fmax(sqrt(d * d + e * e), fabs(e));
+  const double t = copysign(1.0, d) * e / (fabs(d) + r);
+  const double c = rsqrt(1.0 + t * t);
+  keep = c;
+  mix = x == p ? -t * c : t * c;
 }
 
 __global__ void __launch_bounds__(kThreads) small_eigh_jacobi_kernel(const double* __restrict__ input,
@@ -68,16 +98,14 @@ __global__ void __launch_bounds__(kThreads) small_eigh_jacobi_kernel(const doubl
                                                                    int* __restrict__ info) {
   __shared__ double a[2][kMax * kLd];
   __shared__ double v[2][kMax * kLd];
-  __shared__ int partner[kMax];
-  __shared__ double keep[kMax], mix[kMax];  // new row/column j = keep_j * old j + mix_j * old partner(j)
-  __shared__ double partial[32];
+  __shared__ double2 partial[32];
   const int j = threadIdx.x & 31, i = threadIdx.x >> 5;  // this thread's entry
   const int m = n + (n & 1);                               // even
   const double* src = input + blockIdx.x * batch_stride;
 
   // The lower triangle, scaled by the largest entry.
-  double entry = i < n && j < n ? src[max(i, j) * row_stride + min(i, j) * col_stride] : 0.0;
-  const double largest = block_reduce<true>(fabs(entry), partial);
+  const double entry = i < n && j < n ? src[max(i, j) * row_stride + min(i, j) * col_stride] : 0.0;
+  const double largest = block_reduce<true>(make_double2(fabs(entry), 0.0), partial).x;
   const double scale = largest > 0.0 && largest <= DBL_MAX ? largest : 1.0;  // 0, inf, NaN: unscaled
   a[0][i * kLd + j] = entry / scale;
   v[0][i * kLd + j] = i == j ? 1.0 : 0.0;
@@ -88,48 +116,33 @@ __global__ void __launch_bounds__(kThreads) small_eigh_jacobi_kernel(const doubl
 
   for (int sweep = 0;; ++sweep) {
     const double x = i < n && j < n ? a[current][i * kLd + j] : 0.0;
-    const double off = block_reduce<false>(i != j ? x * x : 0.0, partial);
-    const double total = block_reduce<false>(x * x, partial);
-    if (isfinite(total) && off <= threshold * threshold * total) {  // a NaN or an infinity never converges
+    const double2 sums = block_reduce<false>(make_double2(i != j ? x * x : 0.0, x * x), partial);
+    // off(A) <= threshold ||A||_F; a NaN or an infinity never converges.
+    if (isfinite(sums.y) && sums.x <= threshold * threshold * sums.y) {
       converged = true;
       break;
     }
     if (sweep == max_sweeps) break;
     for (int round = 0; round + 1 < m; ++round) {
-      // Round-robin pairs: index m - 1 stays, the others turn by one each round.
-      if (threadIdx.x < m / 2) {
-        const int k = threadIdx.x;
-        int p = (round + k) % (m - 1), q = k == 0 ? m - 1 : (round - k + m - 1) % (m - 1);
-        if (p > q) {
-          const int t = p;
-          p = q;
-          q = t;
-        }
-        const double* now = a[current];
-        const double apq = now[p * kLd + q];
-        double c = 1.0, s = 0.0;
-        if (apq != 0.0 && q < n) {
-          // tan of the angle that zeroes a_pq, the smaller root (|angle| <= pi / 4)
-          const double theta = (now[q * kLd + q] - now[p * kLd + p]) / (2.0 * apq);
-          const double t = copysign(1.0, theta) / (fabs(theta) + hypot(1.0, theta));
-          c = 1.0 / sqrt(1.0 + t * t);
-          s = t * c;
-        }
-        partner[p] = q;
-        partner[q] = p;
-        keep[p] = c;
-        keep[q] = c;
-        mix[p] = -s;
-        mix[q] = s;
-      }
-      __syncthreads();
+      // Each thread works out the rotations of its row and its column itself (the same numbers
+      // every thread of those pairs gets): one barrier a round instead of two.
       if (i < m && j < m) {
-        const int pi = partner[i], pj = partner[j];
         const double* now = a[current];
-        const double ki = keep[i], mi = mix[i], kj = keep[j], mj = mix[j];
+        const int pi = partner_in_round(i, round, m), pj = partner_in_round(j, round, m);
+        double ki, mi, kj, mj;
+        rotation(now, j, pj, n, kj, mj);
+        if (pi == j) {  // i and j are one pair
+          ki = kj;
+          mi = -mj;
+        } else if (i == j) {
+          ki = kj;
+          mi = mj;
+        } else {
+          rotation(now, i, pi, n, ki, mi);
+        }
         double next = ki * (kj * now[i * kLd + j] + mj * now[i * kLd + pj]) +
                       mi * (kj * now[pi * kLd + j] + mj * now[pi * kLd + pj]);
-        if (pj == i && mj != 0.0) next = 0.0;  // the entry this round's rotation zeroes
+        if (pi == j && mj != 0.0) next = 0.0;  // the entry this rotation zeroes
         a[current ^ 1][i * kLd + j] = next;
         const double* vnow = v[current];
         v[current ^ 1][i * kLd + j] = kj * vnow[i * kLd + j] + mj * vnow[i * kLd + pj];
