@@ -130,9 +130,11 @@ std::tuple<at::Tensor, at::Tensor> ldlt_unpivoted(at::Tensor blocks) {
   return {d, l_inv_t};
 }
 
-int64_t small_eigh_jacobi_max_size() { return 32; }
+int64_t small_eigh_jacobi_max_size() { return small_eigh_jacobi_built() ? 32 : 0; }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> small_eigh_jacobi(at::Tensor a, double tolerance, int64_t max_sweeps) {
+  TORCH_CHECK(small_eigh_jacobi_built(), "small_eigh_jacobi: this build of spectrum_fast._C has no cuSOLVER (setup.py "
+              "did not find cusolverDn.h under CUDA_HOME): use torch.linalg.eigh");
   TORCH_CHECK(a.is_cuda(), "small_eigh_jacobi: needs a CUDA tensor, got ", a.device());
   TORCH_CHECK(a.scalar_type() == at::kDouble, "small_eigh_jacobi: needs float64, got ", a.scalar_type());
   TORCH_CHECK(a.dim() == 3 && a.size(1) == a.size(2), "small_eigh_jacobi: needs square matrices [B, n, n], got ",
@@ -140,16 +142,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> small_eigh_jacobi(at::Tensor a, d
   const int64_t batch = a.size(0), n = a.size(1);
   TORCH_CHECK(n >= 1 && n <= small_eigh_jacobi_max_size(), "small_eigh_jacobi: matrices of 1 to ",
               num(small_eigh_jacobi_max_size()), " rows, got ", num(n));
-  TORCH_CHECK(batch <= 2147483647LL, "small_eigh_jacobi: too many matrices for one launch");
+  TORCH_CHECK(batch <= 2147483647LL, "small_eigh_jacobi: too many matrices for one call");
   TORCH_CHECK(std::isfinite(tolerance) && tolerance >= 0, "small_eigh_jacobi: tolerance must be >= 0 (0: machine "
               "precision), got ", spectrum_fast::real(tolerance));
-  TORCH_CHECK(max_sweeps >= 1 && max_sweeps <= 1000, "small_eigh_jacobi: max_sweeps must be 1 to 1000, got ",
+  TORCH_CHECK(max_sweeps >= 1 && max_sweeps <= 1000000, "small_eigh_jacobi: max_sweeps must be 1 to 1000000, got ",
               num(max_sweeps));
   const c10::cuda::CUDAGuard guard(a.device());
-  // Poisoned: an entry the kernel failed to write shows up as NaN, a flag as -1.
-  at::Tensor values = at::full({batch, n}, NAN, a.options());
-  at::Tensor vectors = at::full({batch, n, n}, NAN, a.options());
+  at::Tensor vectors = a.clone(at::MemoryFormat::Contiguous);  // overwritten by the solver
+  // Poisoned: an entry the solver failed to write shows up as NaN, a flag as not converged.
+  at::Tensor w = at::full({batch, n}, NAN, a.options());
   at::Tensor info = at::full({batch}, -1, a.options().dtype(at::kInt));
-  if (batch > 0) launch_small_eigh_jacobi(a, values, vectors, info, tolerance, max_sweeps);
-  return {values, vectors, info};
+  if (batch > 0) {
+    const int status = launch_small_eigh_jacobi(vectors, w, info, tolerance, max_sweeps);
+    TORCH_CHECK(status == 0, "small_eigh_jacobi: cuSOLVER failed with status ", status);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {w, vectors.mT(), info};
 }

@@ -31,9 +31,11 @@ int64_t ldlt_unpivoted_shared_bytes(int64_t b);
 // any strides), b <= 128, into contiguous d [B, b] and l_inv_t [B, b, b].
 void launch_ldlt_unpivoted(const at::Tensor& blocks, const at::Tensor& d, const at::Tensor& l_inv_t);
 
-// Eigenpairs of symmetric float64 matrices a [B, n, n] (n <= 32, lower triangles read, any
-// strides) by the cyclic Jacobi method, one block per matrix: ascending eigenvalues into values
-// [B, n], eigenvectors as columns into vectors [B, n, n] (both contiguous), 0 (converged within
-// max_sweeps to tolerance, 0: machine precision) or 1 into int32 info [B].
-void launch_small_eigh_jacobi(const at::Tensor& a, const at::Tensor& values, const at::Tensor& vectors,
-                              const at::Tensor& info, double tolerance, int64_t max_sweeps);
+// Whether the batched Jacobi eigen solver was built (setup.py found cuSOLVER).
+bool small_eigh_jacobi_built();
+// Eigenpairs of contiguous symmetric float64 matrices [B, n, n], n <= 32, lower triangles read: in
+// place, the eigenvectors as rows; ascending eigenvalues into w [B, n]; per matrix 0 (converged) or
+// not into int32 info [B], on the device. tolerance >= 0 (0: machine precision), max_sweeps >= 1.
+// Returns cuSOLVER's status (0: queued), -1 if not built.
+int launch_small_eigh_jacobi(const at::Tensor& vectors, const at::Tensor& w, const at::Tensor& info, double tolerance,
+                             int64_t max_sweeps);

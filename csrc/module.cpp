@@ -46,11 +46,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
           pybind11::arg("blocks"));
   mod.def("ldlt_unpivoted_max_size", &ldlt_unpivoted_max_size);
   mod.def("small_eigh_jacobi", &small_eigh_jacobi,
-          "Eigenpairs of symmetric float64 matrices [B, n, n] (lower triangles read, n <= small_eigh_jacobi_max_size()) "
-          "by the cyclic Jacobi method, one block per matrix, on the current CUDA stream, nothing read back on the "
-          "host -> (ascending eigenvalues [B, n], eigenvectors as columns [B, n, n], int32 info [B], 0 where it "
-          "converged within max_sweeps sweeps to tolerance, 0: machine precision)",
-          pybind11::arg("a"), pybind11::arg("tolerance") = 0.0, pybind11::arg("max_sweeps") = 30);
+          "Eigenpairs of symmetric float64 matrices [B, n, n] (lower triangles read, n <= small_eigh_jacobi_max_size(), "
+          "0 in a build without cuSOLVER) by cuSOLVER's batched Jacobi solver on the current CUDA stream, nothing "
+          "read back on the host -> (ascending eigenvalues [B, n], eigenvectors as columns [B, n, n], int32 info [B], "
+          "0 where converged within max_sweeps sweeps to tolerance, 0: machine precision)",
+          pybind11::arg("a"), pybind11::arg("tolerance") = 0.0, pybind11::arg("max_sweeps") = 100);
   mod.def("small_eigh_jacobi_max_size", &small_eigh_jacobi_max_size);
   mod.attr("with_cuda") = true;
 #else

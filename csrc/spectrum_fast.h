@@ -47,10 +47,10 @@ int64_t bulge_chase_max_blocks_per_matrix();
 // pivot gives 0 in place of its inverse (the caller checks |d|).
 std::tuple<at::Tensor, at::Tensor> ldlt_unpivoted(at::Tensor blocks);
 int64_t ldlt_unpivoted_max_size();
-// Eigenpairs of symmetric float64 matrices [B, n, n] on a CUDA device (lower triangles read, any
-// strides), n <= small_eigh_jacobi_max_size(), by the cyclic Jacobi method on the current stream,
+// Eigenpairs of symmetric float64 matrices [B, n, n] on a CUDA device (lower triangles read),
+// n <= small_eigh_jacobi_max_size() (0 where built without cuSOLVER), on the current stream,
 // nothing read back on the host -> (ascending eigenvalues [B, n], eigenvectors as columns
-// [B, n, n], int32 info [B]: 0 where it converged within max_sweeps sweeps to tolerance,
+// [B, n, n], int32 info [B]: 0 where the solver converged within max_sweeps sweeps to tolerance,
 // 0: machine precision).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> small_eigh_jacobi(at::Tensor a, double tolerance, int64_t max_sweeps);
 int64_t small_eigh_jacobi_max_size();

@@ -26,8 +26,8 @@ def kernels_available() -> dict[str, bool]:
     """What is built: {"_C": the extension, "_C.snr_statistics": its CPU statistics, "_C.cuda": its
     CUDA part, "_C.householder_panels": the batched panel QR of the eigen route's stage 1,
     "_C.bulge_chase": its pipelined band-to-tridiagonal chase, "_C.ldlt_unpivoted": the small LDL^T
-    of the inertia count and Cholesky QR, "_C.small_eigh_jacobi": the batched small Jacobi eigen
-    solver of the randomized SVD}.
+    of the inertia count and Cholesky QR, "_C.small_eigh_jacobi": the batched small eigen solver of
+    the randomized SVD (built where cuSOLVER was found)}.
     ``spectrum-fast doctor`` says what each operation will use."""
     ext, cuda = load(), cuda_ops()
     return {
@@ -37,5 +37,5 @@ def kernels_available() -> dict[str, bool]:
         "_C.householder_panels": cuda is not None and hasattr(cuda, "householder_panels_"),
         "_C.bulge_chase": cuda is not None and hasattr(cuda, "band_to_tridiagonal_"),
         "_C.ldlt_unpivoted": cuda is not None and hasattr(cuda, "ldlt_unpivoted"),
-        "_C.small_eigh_jacobi": cuda is not None and hasattr(cuda, "small_eigh_jacobi"),
+        "_C.small_eigh_jacobi": cuda is not None and getattr(cuda, "small_eigh_jacobi_max_size", lambda: 0)() > 0,
     }

@@ -1,10 +1,10 @@
-"""The small Jacobi eigen solver (csrc/small_eigh_jacobi.cu; at 24335d0 cuSOLVER's batched Jacobi,
-syevjBatched, behind the same op) on the randomized SVD's own l x l Grams B B^T (4096 x 14336
-bf16 trained-like, k = 16 and 20, l = 26 and 30, one matrix): the time of one solve replayed from
-a CUDA graph (with the op's two small output fills), by tolerance and sweep limit, its accuracy
-(largest eigenvalue error against float64 eigvalsh on the host, relative to the largest eigenvalue
-and to the k-th) and convergence flags; then torch.linalg.eigh's kernels on a batch of two of
-them (cuSOLVER's syevjBatched for n <= 32), for comparison in the same run.
+"""The small Jacobi eigen solver (csrc/small_eigh_jacobi.cu: cuSOLVER's batched Jacobi,
+syevjBatched; at 5693118 and 8a1df9c a kernel of our own behind the same op, slower, not kept) on
+the randomized SVD's own l x l Grams B B^T (4096 x 14336 bf16 trained-like, k = 16 and 20, l = 26
+and 30, one matrix): the time of one solve replayed from a CUDA graph (with the op's small output
+fills), by tolerance and sweep limit, its accuracy (largest eigenvalue error against float64
+eigvalsh on the host, relative to the largest eigenvalue and to the k-th) and convergence flags;
+then the kernels of torch.linalg.eigh on a batch of two of them, for comparison in the same run.
 
     python3 bench/probes/small_eigh_jacobi.py
 """
@@ -53,7 +53,7 @@ def main() -> None:
         top, kth = truth[0, -1].item(), truth[0, -k].item()
         print(f"l = {l}: eigenvalues {truth[0, 0].item():.3e} .. {top:.3e}, k-th {kth:.3e}", flush=True)
         for tolerance in (0.0, 1e-12):
-            for sweeps in (30, 8, 6, 5, 4):
+            for sweeps in (100, 8, 6, 5, 4):
                 graph, (values, _, info) = captured(lambda: ext.small_eigh_jacobi(gram, tolerance, sweeps))
                 us = replayed_us(graph)
                 error = (values.cpu() - truth).abs().max().item()

@@ -8,10 +8,10 @@ Routes:
 - "numpy": LAPACK through numpy, one matrix after another on the host.
 - "device": torch.linalg.eigh on the GPU (cuSOLVER); it reads cuSOLVER's flags on the host, a
   synchronization, and raises where one did not converge.
-- "jacobi": the cyclic Jacobi method, one block of threads per matrix, through the extension
-  (csrc/small_eigh_jacobi.cu), n <= jacobi_max_size(): nothing read on the host, so it runs
-  inside a CUDA graph; its convergence flags come back as ``converged`` (False also for a matrix
-  with a NaN or an infinity) for the caller to check once its work is done.
+- "jacobi": cuSOLVER's batched Jacobi solver through the extension (csrc/small_eigh_jacobi.cu),
+  n <= jacobi_max_size(): nothing read on the host, so it runs inside a CUDA graph; the flags
+  come back as ``converged`` (False also for a matrix with a NaN or an infinity) for the caller
+  to check once its work is done.
 The first three return converged all True (they raise instead).
 """
 
@@ -28,7 +28,7 @@ ROUTES = ("host", "numpy", "device", "jacobi")
 
 def jacobi_max_size(device: torch.device) -> int:
     """The largest n the "jacobi" route takes on ``device``; 0 where it cannot run there (a CPU
-    device, or the extension not built with its CUDA part)."""
+    device, the extension not built, or built without cuSOLVER)."""
     ext = _extension.cuda_ops() if device.type == "cuda" else None
     if ext is None or not hasattr(ext, "small_eigh_jacobi"):
         return 0
@@ -40,8 +40,8 @@ def small_eigh(gram: torch.Tensor, route: str) -> tuple[torch.Tensor, torch.Tens
     symmetric float64 ``gram`` [B, n, n] (lower triangles read), on gram's device."""
     if route == "jacobi":
         values, vectors, info = _extension.cuda_ops().small_eigh_jacobi(gram)
-        # The kernel flags a NaN or an infinity itself; checked here too, for any solver behind the route
-        # (cuSOLVER's batched Jacobi, used first, reported a NaN matrix converged with finite values).
+        # The solver reports a NaN matrix converged, with finite values (its rotation tests are false
+        # for NaN): a non-finite input is marked here.
         return values, vectors, (info == 0) & torch.isfinite(gram).all(-1).all(-1)
     if route == "device":
         values, vectors = torch.linalg.eigh(gram)

@@ -17,9 +17,9 @@ Both run batched over B with torch ops.
 Routes of the randomized method:
 - bf16 A on a GPU (SPLIT_PRODUCTS, below): products on bf16 tensor cores with the fp32 operand
   split in bf16 parts, Cholesky QR in float64 (once between products, twice for the final basis),
-  the small SVD from B B^T's eigenpairs (SMALL_EIGH: up to l = 32 on the device by the
-  extension's Jacobi kernel where it is built, else on the host below l = 128 and on the device
-  by torch from there); Omega bf16
+  the small SVD from B B^T's eigenpairs (SMALL_EIGH: up to l = 32 on the device by cuSOLVER's
+  batched Jacobi solver where the extension has it, else on the host below l = 128 and on the
+  device by torch from there); Omega bf16
   from torch.randn, or from the Triton kernel (FUSED_SKETCH, off: slower there). From the second
   call with a shape on, the device work replays from a CUDA graph (linalg.graphs: the call is
   otherwise ~100 launches, host-bound): the whole call up to l = 32, else two graphs, before and
