@@ -78,6 +78,40 @@ def write_llama3_8b(folder: Path, layers: int = LLAMA3_8B_LAYERS, device: str = 
     return total
 
 
+LLAMA3_8B_CONFIG = {  # Meta-Llama-3-8B's config.json, the fields transformers needs
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
+    "num_hidden_layers": LLAMA3_8B_LAYERS, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+    "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "tie_word_embeddings": False,
+    "hidden_act": "silu", "bos_token_id": 128000, "eos_token_id": 128001, "torch_dtype": "bfloat16",
+}
+
+
+def write_llama3_8b_model(folder: Path, layers: int = LLAMA3_8B_LAYERS, device: str = "cuda") -> int:
+    """write_llama3_8b plus what makes it a complete LlamaForCausalLM checkpoint transformers loads:
+    the embedding and head (128256 x 4096, Gaussian x 0.02), the norms, a full config. -> bytes."""
+    from safetensors.torch import save_file
+
+    total = write_llama3_8b(folder, layers, device)
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    g = torch.Generator(device=device).manual_seed(8)
+    vocab, hidden = LLAMA3_8B_CONFIG["vocab_size"], LLAMA3_8B_CONFIG["hidden_size"]
+    extra = {name: (torch.randn(vocab, hidden, generator=g, device=device) * 0.02).to(torch.bfloat16).cpu()
+             for name in ("model.embed_tokens.weight", "lm_head.weight")}
+    extra["model.norm.weight"] = torch.ones(hidden, dtype=torch.bfloat16)
+    for layer in range(layers):
+        extra[f"model.layers.{layer}.post_attention_layernorm.weight"] = torch.ones(hidden, dtype=torch.bfloat16)
+    shard = "model-extra.safetensors"
+    save_file(extra, str(folder / shard), metadata={"format": "pt"})
+    added = sum(t.numel() * t.element_size() for t in extra.values())
+    index["metadata"]["total_size"] = total + added
+    index["weight_map"].update({k: shard for k in extra})
+    index_path.write_text(json.dumps(index))
+    (folder / "config.json").write_text(json.dumps(LLAMA3_8B_CONFIG | {"_name_or_path": "synthetic/llama3-8b-shaped",
+                                                                       "num_hidden_layers": layers}))
+    return total + added
+
+
 # -- generated on the GPU, tensor by tensor (the models larger than the device's disk) ----------------
 LLAMA3_70B = [
     ("self_attn.q_proj", 8192, 8192), ("self_attn.k_proj", 1024, 8192), ("self_attn.v_proj", 1024, 8192),

@@ -5,11 +5,13 @@
     result.to_spectrum_json("out/")                   # spectrum.py's JSON files
     result.to_yaml("out/", top_percent=50)            # Axolotl's unfrozen_parameters YAML
     spectrum_fast.freeze(model, result, top_percent=50)
+    model = spectrum_fast.load_pretrained("path/to/model", top_percent=50)  # bf16, frozen but the selection
 """
 
 from ._extension import kernels_available
 from .errors import SelectionError, SourceError, SpectrumFastError
 from .freeze import FreezeReport, freeze
+from .pretrained import load_pretrained
 from .results import MatrixRow, ScanResult, load_results
 from .scan import scan
 from .sources import TensorInfo, WeightSource
@@ -17,6 +19,6 @@ from .sources import TensorInfo, WeightSource
 __version__ = "0.1.0"
 
 __all__ = [
-    "scan", "freeze", "load_results", "kernels_available", "ScanResult", "MatrixRow", "FreezeReport",
+    "scan", "freeze", "load_pretrained", "load_results", "kernels_available", "ScanResult", "MatrixRow", "FreezeReport",
     "SpectrumFastError", "SourceError", "SelectionError", "WeightSource", "TensorInfo", "__version__",
 ]

@@ -111,7 +111,8 @@ def scan(
         tasks, skipped = plan_tasks(infos, types, pool_experts)
         if isinstance(src, ModuleSource):
             meta = [t for t in tasks if src.is_meta(t.tensor)]
-            skipped += [(t.tensor.name, "on the meta device (offloaded), not scanned") for t in meta]
+            why = "on the meta device with no offloaded copy (never loaded), not scanned"
+            skipped += [(t.tensor.name, why) for t in meta]
             tasks = [t for t in tasks if not src.is_meta(t.tensor)]
         require_some(tasks, infos, types, src.label)
         matrix_bytes = matrix_device_bytes

@@ -131,11 +131,19 @@ class DictSource(WeightSource):
 
 
 class ModuleSource(WeightSource):
-    """An in-memory torch.nn.Module (a transformers model included). Tied weights count once."""
+    """An in-memory torch.nn.Module (a transformers model included). Tied weights count once.
+
+    Models dispatched by accelerate (``device_map="auto"`` with CPU or disk offload,
+    ``cpu_offload``, ``disk_offload``) keep offloaded weights as meta parameters and the real
+    ones in their module's hook (``module._hf_hook.weights_map``: host memory, or a file read on
+    access); those are read from there, one at a time. Parameters on several GPUs are read where
+    they are. Only a meta parameter with no offloaded copy (a model built on the meta device and
+    never loaded) has nothing to read."""
 
     def __init__(self, module: torch.nn.Module, model_name: str | None = None):
         self.module = module
         self._params = dict(module.named_parameters())  # remove_duplicate=True: tied weights once
+        self._offloaded = _offloaded_weights(module, self._params)
         self.label = type(module).__name__
         cfg = getattr(module, "config", None)
         self.model_name = model_name or getattr(module, "name_or_path", None) or getattr(cfg, "_name_or_path", None) \
@@ -145,13 +153,20 @@ class ModuleSource(WeightSource):
         return [_info_from_tensor(k, v) for k, v in self._params.items()]
 
     def read(self, info: TensorInfo) -> torch.Tensor:
+        offloaded = self._offloaded.get(info.name)
+        if offloaded is not None:
+            weights_map, key = offloaded
+            return weights_map[key].detach()
         return self._params[info.name].detach()
 
     def device_of(self, info: TensorInfo) -> torch.device:
+        if info.name in self._offloaded:
+            return torch.device("cpu")  # host memory, or a file mapped into it
         return self._params[info.name].device
 
     def is_meta(self, info: TensorInfo) -> bool:
-        return self._params[info.name].is_meta
+        """A meta parameter with no offloaded copy to read."""
+        return self._params[info.name].is_meta and info.name not in self._offloaded
 
     def _param_of(self, getter: str) -> str | None:
         fn = getattr(self.module, getter, None)
@@ -170,6 +185,45 @@ class ModuleSource(WeightSource):
 
     def head_name(self) -> str | None:
         return self._param_of("get_output_embeddings") or super().head_name()
+
+
+def _offload_hooks(hook) -> list:
+    """The hooks of a module's ``_hf_hook`` that hold offloaded weights (accelerate's AlignDevicesHook
+    with a weights_map), looking inside a SequentialHook's chain."""
+    chain = getattr(hook, "hooks", None)
+    hooks = list(chain) if isinstance(chain, (list, tuple)) else [hook]
+    return [h for h in hooks if getattr(h, "offload", False) and getattr(h, "weights_map", None) is not None]
+
+
+def _offloaded_weights(module: torch.nn.Module, params: dict[str, torch.nn.Parameter]) -> dict[str, tuple[Any, str]]:
+    """{parameter name: (weights_map, key)} for the meta parameters whose real weight an accelerate
+    offload hook holds. The map of a hooked module is keyed by names relative to that module; with
+    place_submodules it covers the submodules' parameters too."""
+    wanted = {name for name, p in params.items() if p.is_meta}
+    found: dict[str, tuple[Any, str]] = {}
+    if not wanted:
+        return found
+    for prefix, sub in module.named_modules():
+        for hook in _offload_hooks(getattr(sub, "_hf_hook", None)):
+            keys = _weights_map_keys(hook.weights_map)
+            for local, _ in sub.named_parameters(recurse=bool(getattr(hook, "place_submodules", False))):
+                name = f"{prefix}.{local}" if prefix else local
+                if name in wanted and name not in found and local in keys:
+                    found[name] = (hook.weights_map, local)
+    return found
+
+
+def _weights_map_keys(weights_map) -> set[str]:
+    """The keys ``weights_map[key]`` answers, without loading a tensor: a membership test on
+    accelerate's maps would load it (Mapping.__contains__ calls __getitem__, which reads a disk-
+    offloaded weight). Its PrefixedDataset iterates the full names (prefix included) but is
+    indexed by the names after the prefix."""
+    prefix = getattr(weights_map, "prefix", "")
+    try:
+        names = list(iter(weights_map))
+    except (TypeError, OSError):
+        return set()
+    return {n[len(prefix):] for n in names if n.startswith(prefix)}
 
 
 class SafetensorsSource(WeightSource):
@@ -347,7 +401,8 @@ def _torch_load(path: Path) -> dict:
     return state
 
 
-def _model_name_of_folder(folder: Path) -> str:
+def model_name_of_folder(folder: Path) -> str:
+    """The name a model folder's files carry (Spectrum's): the hub id in its config.json, else the folder's name."""
     cfg = folder / "config.json"
     if cfg.is_file():
         try:
@@ -397,7 +452,7 @@ def open_source(source: Any, model_name: str | None = None) -> WeightSource:
         if path.name.endswith(".index.json"):
             return open_source(path.parent, model_name)
         raise SourceError(f"{path}: unknown weight file type: give a .safetensors or .bin file, or the model folder")
-    name = model_name or _model_name_of_folder(path)
+    name = model_name or model_name_of_folder(path)
     if (path / "model.safetensors.index.json").is_file():
         return SafetensorsSource(_read_index(path / "model.safetensors.index.json"), name, str(path))
     if (path / "model.safetensors").is_file():

@@ -1,0 +1,94 @@
+"""spectrum_fast.load_pretrained on CPU: a saved tiny Llama comes back in bf16 with requires_grad
+set by the selection of a separate scan of the same checkpoint (same rows, same files), the
+scan's files written when asked, a non-causal-LM checkpoint loaded by AutoModel, and a bad path
+refused in one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import spectrum_fast  # noqa: E402
+from spectrum_fast.errors import SelectionError  # noqa: E402
+
+QUIET = {"progress": False}
+
+
+def save_tiny_llama(folder, seed: int) -> None:
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=128)
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(cfg)
+    with torch.no_grad():  # weights with a spread of spectra, not the init's near-zero ones
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * torch.rand(()) * 0.1)
+    model.to(torch.bfloat16).save_pretrained(folder)  # as checkpoints are published
+
+
+def test_selection_and_files_match_a_separate_scan(tmp_path, seed):
+    """The same SNRs and selection as scanning the checkpoint's files (rows come in file order
+    there, in module order here), and the same files as from_pretrained followed by scan(model)."""
+    save_tiny_llama(tmp_path / "model", seed)
+    model, result, report = spectrum_fast.load_pretrained(tmp_path / "model", top_percent=50, device_map={"": "cpu"},
+                                                           scan_options=QUIET, out=tmp_path / "out",
+                                                           return_scan=True)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    from_files = spectrum_fast.scan(tmp_path / "model", device="cpu", progress=False)
+    assert {r.name: r.snr for r in result.rows} == {r.name: r.snr for r in from_files.rows}, seed
+    chosen = set(from_files.select(50))
+    assert set(result.select(50)) == chosen, seed
+    scanned = {r.name for r in from_files.rows}
+    for name, p in model.named_parameters():
+        module = name.rsplit(".", 1)[0]
+        if module in scanned:
+            assert p.requires_grad == (module in chosen), (seed, name)
+    assert 0 < report.trainable < report.total
+
+    plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.bfloat16)
+    separate = spectrum_fast.scan(plain, device="cpu", progress=False, model_name=result.model_name)
+    separate_out = tmp_path / "separate"
+    separate_out.mkdir()
+    separate.to_spectrum_json(separate_out)
+    separate.to_yaml(separate_out, 50)
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == sorted(f.name for f in separate_out.iterdir())
+    for f in sorted(separate_out.iterdir()):
+        assert (tmp_path / "out" / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def test_returns_the_model_alone_by_default(tmp_path, seed):
+    save_tiny_llama(tmp_path / "model", seed)
+    model = spectrum_fast.load_pretrained(tmp_path / "model", top_percent=34, device_map={"": "cpu"},
+                                          scan_options=QUIET)
+    assert isinstance(model, transformers.LlamaForCausalLM)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any(".layers." in n for n in trainable) and len(trainable) < len(list(model.parameters()))
+
+
+def test_a_checkpoint_that_is_not_a_causal_lm(tmp_path, seed):
+    cfg = transformers.BertConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                  vocab_size=128)
+    torch.manual_seed(seed)
+    transformers.BertModel(cfg).to(torch.bfloat16).save_pretrained(tmp_path / "bert")
+    model = spectrum_fast.load_pretrained(tmp_path / "bert", top_percent=50, device_map={"": "cpu"},
+                                          scan_options=QUIET)
+    assert isinstance(model, transformers.BertModel)
+    assert any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("case", ["missing", "not-a-model"])
+def test_bad_paths_are_one_line(tmp_path, case):
+    path = tmp_path / "nothing"
+    if case == "not-a-model":
+        path.mkdir()
+        (path / "config.json").write_text("{not json")
+    with pytest.raises(SelectionError) as caught:
+        spectrum_fast.load_pretrained(path, top_percent=50, device_map={"": "cpu"}, scan_options=QUIET)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message, message
+
+
+def test_top_percent_is_checked(tmp_path):
+    with pytest.raises(SelectionError):
+        spectrum_fast.load_pretrained(tmp_path, top_percent=0, scan_options=QUIET)
