@@ -428,6 +428,7 @@ def run_batches(
     eigen_route: str = "auto",
     max_in_flight: int | None = None,
     estimator: str = "spectrum",
+    on_matrices: Callable[[Batch, torch.Tensor], None] | None = None,
 ) -> Iterator[tuple[MatrixTask, MatrixRow]]:
     """Analyse each batch, yielding rows in batch order.
 
@@ -437,7 +438,8 @@ def run_batches(
     their eigenvalues. ``estimator`` picks the noise scale (ops.noise_edge; default Spectrum's).
     ``timings`` (if given) accumulates "read_s" (reader thread, overlapped with everything),
     "wait_s" (time the analysis loop stood waiting for the reader: what reading adds to the scan)
-    and "compute_s" (the wall time of the analysis loop).
+    and "compute_s" (the wall time of the analysis loop). ``on_matrices(batch, w)`` sees each
+    batch's matrices [B, n, m] as read, on the device, before anything changes them.
     """
     in_flight_for = (lambda k: max_in_flight) if max_in_flight is not None else (lambda k: _default_in_flight(k, device))
     in_flight: deque[_InFlight] = deque()
@@ -468,6 +470,8 @@ def run_batches(
         started = time.perf_counter()
         if copy_stream is not None:
             torch.cuda.current_stream(device).wait_stream(copy_stream)  # this batch's copies are done
+        if on_matrices is not None:
+            on_matrices(batch, w)
         flat = w.reshape(len(batch.tasks), -1)
         finite, nonzero = _finite_and_nonzero(flat)
         # A non-finite matrix would poison nothing else, but LAPACK may refuse it: zero its NaNs and

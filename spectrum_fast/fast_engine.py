@@ -39,14 +39,17 @@ def run_batches_fast(
     device: torch.device,
     on_batch: Callable[[Batch], None] | None = None,
     timings: dict[str, float] | None = None,
+    on_matrices: Callable[[Batch, torch.Tensor], None] | None = None,
 ) -> Iterator[tuple[MatrixTask, MatrixRow]]:
-    """Estimate each batch's statistics, yielding rows in batch order. ``timings`` as in
-    engine.run_batches ("read_s", "wait_s", "compute_s")."""
+    """Estimate each batch's statistics, yielding rows in batch order. ``timings`` and
+    ``on_matrices`` as in engine.run_batches."""
     loop_start = time.perf_counter()
     for loaded in engine.timed_loads(source, batches, device, timings):
         started = time.perf_counter()
         batch = loaded.batch
         w = loaded.take()
+        if on_matrices is not None:
+            on_matrices(batch, w)
         finite, nonzero = engine._finite_and_nonzero(w.reshape(len(batch.tasks), -1))
         torch.nan_to_num_(w, nan=0.0, posinf=0.0, neginf=0.0)  # its row says "nonfinite" whatever follows
         table = fast_snr.fast_snr_statistics(w)

@@ -2,16 +2,25 @@
 selection trainable and everything else frozen, reading its weights once.
 
 Spectrum's own way is three passes: load the model in float32 for the scan, write the YAML, load
-it again in bf16 to train. Here transformers loads the checkpoint once, in ``torch_dtype``, onto
-the devices it will train on (the GPU when there is one); the scan then reads every weight from
-that memory (``scan(model)``: offloaded ones from their accelerate hooks), so no file is read
-twice and no float32 copy of the model exists; ``freeze()`` sets requires_grad from the result.
-The scan's working memory on the GPU is bounded by ``max_gpu_memory`` (default
-LOAD_SCAN_GPU_MEMORY, on top of the model).
+it again in bf16 to train. Here every weight is read once, and no float32 copy of the model exists:
+- one read, fused (a local safetensors checkpoint whose tensor names are the model's parameter
+  names, onto one device): transformers builds the model with its weights on the meta device;
+  the scan reads the checkpoint with its own reader (overlapping reads and compute), and each
+  batch of matrices, once on the device, is also copied into the model's parameters in
+  ``torch_dtype`` (scan(on_matrices=...)); the tensors the scan does not analyse (embeddings,
+  head, norms, biases) are read after it. The scan sees the checkpoint's values, as scan(path)
+  does;
+- otherwise (a device_map over several devices or with offload, renamed or converted weights,
+  .bin files, quantized checkpoints, modules kept in float32): transformers loads the model,
+  then the scan reads every weight from memory (scan(model); offloaded ones from their
+  accelerate hooks).
+``freeze()`` then sets requires_grad from the result. The scan's working memory on the GPU is
+bounded by ``max_gpu_memory`` (default LOAD_SCAN_GPU_MEMORY, on top of the model).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -23,7 +32,7 @@ from .errors import SelectionError
 from .freeze import freeze
 from .scan import scan
 from .selection import check_top_percent
-from .sources import model_name_of_folder
+from .sources import model_name_of_folder, open_source
 
 log = logging.getLogger("spectrum_fast")
 
@@ -65,13 +74,16 @@ def load_pretrained(
         device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
     kwargs = {"dtype": torch_dtype, "device_map": device_map, **from_pretrained_kwargs}
     cls = model_cls or _checkpoint_class(path, from_pretrained_kwargs)
-    model = _from_pretrained(cls, path, kwargs, fallback=None if model_cls else AutoModel)
-
     options = {"types": types, "model_name": _model_name(path)} | (scan_options or {})
-    options.setdefault("device", _scan_device(model))
-    if torch.device(options["device"]).type == "cuda":
-        options.setdefault("max_gpu_memory", LOAD_SCAN_GPU_MEMORY)
-    result = scan(model, **options)
+    fused = _fused_load(path, cls, torch_dtype, device_map, from_pretrained_kwargs, options)
+    if fused is not None:
+        model, result = fused
+    else:
+        model = _from_pretrained(cls, path, kwargs, fallback=None if model_cls else AutoModel)
+        options.setdefault("device", _scan_device(model))
+        if torch.device(options["device"]).type == "cuda":
+            options.setdefault("max_gpu_memory", LOAD_SCAN_GPU_MEMORY)
+        result = scan(model, **options)
     report = freeze(model, result, top_percent)
     log.info("spectrum_fast.load_pretrained: %s (%d of %d matrices selected at %g%%)", report,
              len(result.select(top_percent)), len(result.rows), top_percent)
@@ -83,6 +95,108 @@ def load_pretrained(
     if return_scan:
         return model, result, report
     return model
+
+
+# from_pretrained arguments the fused path honours (anything else takes transformers' path).
+_FUSED_KWARGS = {"local_files_only"}
+
+
+def _fused_load(path, cls, dtype: torch.dtype, device_map, from_pretrained_kwargs: dict, options: dict):
+    """(model, ScanResult) by the one-read path (module docstring), or None where it does not apply."""
+    device = _single_device(device_map)
+    folder = Path(path)
+    if (device is None or set(from_pretrained_kwargs) - _FUSED_KWARGS or not folder.is_dir()
+            or not any(folder.glob("*.safetensors"))):
+        return None
+    import accelerate
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(folder)
+    if getattr(config, "quantization_config", None) or getattr(cls, "_keep_in_fp32_modules", None):
+        return None
+    with accelerate.init_empty_weights(include_buffers=False), _default_dtype(dtype):
+        model = cls.from_config(config) if cls.__name__.startswith("Auto") else cls(config)
+    # Inside init_empty_weights, tying re-registers the head's weight as a new meta tensor: tie again.
+    model.tie_weights()
+    src = open_source(folder)
+    try:
+        infos = {info.name: info for info in src.tensors()}
+        params = dict(model.named_parameters())  # tied parameters once
+        buffers = dict(model.named_buffers())
+        if any(n not in params and n not in buffers for n in infos) or any(n not in infos for n in params):
+            return None  # renamed, converted or missing weights: transformers' loader knows them
+        for name, buf in buffers.items():
+            _set_tensor(model, name, buf.to(device), buffer=True)
+        filled: set[str] = set()
+
+        def put(tasks, w) -> None:
+            """Copy a batch's matrices, as the scan read them, into the model's parameters."""
+            for i, task in enumerate(tasks):
+                name = task.tensor.name
+                if name not in filled:
+                    _set_tensor(model, name, torch.empty(params[name].shape, dtype=dtype, device=device))
+                    filled.add(name)
+                target = model.get_parameter(name).data
+                target = target[task.expert] if task.expert is not None else target
+                target.view(-1).copy_(w[i].reshape(-1))
+
+        options = dict(options, device=options.get("device", device))
+        if torch.device(options["device"]).type == "cuda":
+            options.setdefault("max_gpu_memory", LOAD_SCAN_GPU_MEMORY)
+        result = scan(folder, on_matrices=put, **options)
+        for name, info in infos.items():  # what the scan did not analyse
+            if name in filled:
+                continue
+            value = src.read(info)
+            if name in buffers:
+                _set_tensor(model, name, value.to(device=device, dtype=buffers[name].dtype), buffer=True)
+            else:
+                _set_tensor(model, name, value.to(device=device, dtype=dtype))
+    finally:
+        src.close()
+    model.tie_weights()
+    if any(p.is_meta for p in model.parameters()):
+        return None
+    model.config._name_or_path = str(path)
+    model.eval()  # as from_pretrained returns it
+    if (folder / "generation_config.json").is_file() and getattr(model, "generation_config", None) is not None:
+        try:
+            model.generation_config = transformers.GenerationConfig.from_pretrained(folder)
+        except (OSError, ValueError):
+            pass
+    return model, result
+
+
+def _single_device(device_map) -> torch.device | None:
+    """The one device a device_map puts the whole model on ({"": d}), else None."""
+    if isinstance(device_map, dict) and list(device_map) == [""]:
+        target = device_map[""]
+        if target in ("disk", "meta"):
+            return None
+        return torch.device(f"cuda:{target}" if isinstance(target, int) else target)
+    return None
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    """Modules built inside take ``dtype`` for floating tensors they create without one (as
+    from_pretrained(dtype=...) builds them; buffers computed in float32 explicitly stay so)."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def _set_tensor(model: torch.nn.Module, name: str, value: torch.Tensor, buffer: bool = False) -> None:
+    """Put ``value`` in place of the parameter (or buffer) ``name`` (a meta one, at first)."""
+    owner_name, _, leaf = name.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    if buffer:
+        owner._buffers[leaf] = value
+    else:
+        owner._parameters[leaf] = torch.nn.Parameter(value, requires_grad=value.is_floating_point())
 
 
 def _checkpoint_class(path, from_pretrained_kwargs: dict):

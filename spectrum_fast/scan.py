@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -14,7 +14,7 @@ from .errors import SelectionError
 from .memory import PeakTracker
 from .results import ScanResult
 from .sources import ModuleSource, open_source
-from .targets import plan_tasks, require_some
+from .targets import MatrixTask, plan_tasks, require_some
 
 # GPU memory a scan may use (torch.cuda.max_memory_allocated from the scan's start). The planner
 # sizes each shape's batches to it (engine.gpu_batch_plan). 2 GiB rather than 1.5: DeepSeek-V2's
@@ -54,6 +54,7 @@ def scan(
     eigen_route: str = "auto",
     method: str = "exact",
     estimator: str | None = None,
+    on_matrices: Callable[[list[MatrixTask], torch.Tensor], None] | None = None,
 ) -> ScanResult:
     """Signal-to-noise ratio of every selected weight matrix, exactly as Spectrum defines it.
 
@@ -85,6 +86,8 @@ def scan(
     estimator: the noise scale sigma behind the edge tau = sigma (1 + sqrt(beta)): "spectrum"
         (IQR / 1.349, the reference's and the exact mode's default), "gavish-donoho", "mp-fit" or
         "mp-moments" (ops.noise_edge; the fast mode's, and the only one it takes).
+    on_matrices: called with each batch's tasks and their matrices [B, n, m] as read, on the scan's
+        device, before the scan changes them (load_pretrained puts them into the model from there).
     """
     if precision not in ("float64", "float32"):
         raise SelectionError(f"precision {precision!r} is not known: use float64 (exact) or float32")
@@ -140,13 +143,15 @@ def scan(
                 tracker.sample()
                 bar.update(len(batch.tasks))
 
+            handed = None if on_matrices is None else (lambda batch, w: on_matrices(batch.tasks, w))
+
             if method == "fast":
                 from .fast_engine import run_batches_fast
 
-                rows = run_batches_fast(src, batches, dev, on_batch=after, timings=timings)
+                rows = run_batches_fast(src, batches, dev, on_batch=after, timings=timings, on_matrices=handed)
             else:
                 rows = run_batches(src, batches, dev, precision, on_batch=after, timings=timings,
-                                   eigen_route=eigen_route, estimator=estimator)
+                                   eigen_route=eigen_route, estimator=estimator, on_matrices=handed)
             for task, row in rows:
                 rows_by_order[task.order] = row
         rows = [rows_by_order[i] for i in sorted(rows_by_order)]

@@ -1,7 +1,8 @@
 """spectrum_fast.load_pretrained on CPU: a saved tiny Llama comes back in bf16 with requires_grad
 set by the selection of a separate scan of the same checkpoint (same rows, same files), the
-scan's files written when asked, a non-causal-LM checkpoint loaded by AutoModel, and a bad path
-refused in one line."""
+one-read path's model identical to transformers' (every tensor, the forward pass), the
+transformers path taken where the fused one does not apply, the scan's files written when asked,
+a non-causal-LM checkpoint loaded by its own class, and a bad path refused in one line."""
 
 from __future__ import annotations
 
@@ -28,8 +29,7 @@ def save_tiny_llama(folder, seed: int) -> None:
 
 
 def test_selection_and_files_match_a_separate_scan(tmp_path, seed):
-    """The same SNRs and selection as scanning the checkpoint's files (rows come in file order
-    there, in module order here), and the same files as from_pretrained followed by scan(model)."""
+    """The same SNRs, selection and files as scanning the checkpoint's files."""
     save_tiny_llama(tmp_path / "model", seed)
     model, result, report = spectrum_fast.load_pretrained(tmp_path / "model", top_percent=50, device_map={"": "cpu"},
                                                            scan_options=QUIET, out=tmp_path / "out",
@@ -46,15 +46,59 @@ def test_selection_and_files_match_a_separate_scan(tmp_path, seed):
             assert p.requires_grad == (module in chosen), (seed, name)
     assert 0 < report.trainable < report.total
 
-    plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.bfloat16)
-    separate = spectrum_fast.scan(plain, device="cpu", progress=False, model_name=result.model_name)
-    separate_out = tmp_path / "separate"
+    separate_out = tmp_path / "separate"  # the one-read path scans the files: scan(path)'s files
     separate_out.mkdir()
-    separate.to_spectrum_json(separate_out)
-    separate.to_yaml(separate_out, 50)
+    from_files.to_spectrum_json(separate_out)
+    from_files.to_yaml(separate_out, 50)
     assert sorted(f.name for f in (tmp_path / "out").iterdir()) == sorted(f.name for f in separate_out.iterdir())
     for f in sorted(separate_out.iterdir()):
         assert (tmp_path / "out" / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_one_read_model_is_transformers_model(tmp_path, seed, tied, monkeypatch):
+    """Every parameter and buffer bit-identical to from_pretrained's (dtype and device too), the
+    same logits; the fused path did run (from_pretrained was not called)."""
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=128, tie_word_embeddings=tied)
+    torch.manual_seed(seed)
+    source = transformers.LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    source.to(torch.bfloat16).save_pretrained(tmp_path / "model")
+    reference = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.bfloat16)
+    calls = []
+    original = transformers.LlamaForCausalLM.from_pretrained
+    monkeypatch.setattr(transformers.LlamaForCausalLM, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: calls.append(1) or original.__func__(cls, *a, **k)))
+    model = spectrum_fast.load_pretrained(tmp_path / "model", top_percent=50, device_map={"": "cpu"},
+                                          scan_options=QUIET)
+    assert not calls, "the one-read path should not have called from_pretrained"
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    for name in theirs:
+        assert ours[name].dtype == theirs[name].dtype and torch.equal(ours[name], theirs[name]), (seed, name)
+    for (name, b), (_, rb) in zip(model.named_buffers(), reference.named_buffers()):
+        assert b.dtype == rb.dtype and torch.equal(b, rb), (seed, name)
+    assert (model.get_input_embeddings().weight is model.get_output_embeddings().weight) == tied
+    tokens = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        assert torch.equal(model(tokens).logits, reference(tokens).logits), seed
+    assert not model.training
+
+
+def test_transformers_path_where_the_fused_one_does_not_apply(tmp_path, seed, monkeypatch):
+    """A from_pretrained argument the fused path does not know: transformers loads, the scan reads
+    the model; the same selection."""
+    save_tiny_llama(tmp_path / "model", seed)
+    fused, fused_result, _ = spectrum_fast.load_pretrained(tmp_path / "model", top_percent=50, device_map={"": "cpu"},
+                                                           scan_options=QUIET, return_scan=True)
+    plain, plain_result, _ = spectrum_fast.load_pretrained(tmp_path / "model", top_percent=50, device_map={"": "cpu"},
+                                                           scan_options=QUIET, return_scan=True,
+                                                           low_cpu_mem_usage=True)
+    assert set(fused_result.select(50)) == set(plain_result.select(50)), seed
+    assert [p.requires_grad for p in fused.parameters()] == [p.requires_grad for p in plain.parameters()]
 
 
 def test_returns_the_model_alone_by_default(tmp_path, seed):
