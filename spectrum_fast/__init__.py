@@ -6,19 +6,32 @@
     result.to_yaml("out/", top_percent=50)            # Axolotl's unfrozen_parameters YAML
     spectrum_fast.freeze(model, result, top_percent=50)
     model = spectrum_fast.load_pretrained("path/to/model", top_percent=50)  # bf16, frozen but the selection
+    spectrum_fast.mask_weight_decay(optimizer)        # weight decay spares frozen experts of fused tensors
+    trainer = Trainer(..., callbacks=[spectrum_fast.SpectrumCallback(top_percent=50)])
 """
 
 from ._extension import kernels_available
 from .errors import SelectionError, SourceError, SpectrumFastError
-from .freeze import FreezeReport, freeze
+from .freeze import FreezeReport, freeze, masked_parameters
 from .pretrained import load_pretrained
 from .results import MatrixRow, ScanResult, load_results
 from .scan import scan
 from .sources import TensorInfo, WeightSource
+from .weight_decay import mask_weight_decay
 
 __version__ = "0.1.0"
 
 __all__ = [
     "scan", "freeze", "load_pretrained", "load_results", "kernels_available", "ScanResult", "MatrixRow", "FreezeReport",
+    "mask_weight_decay", "masked_parameters", "SpectrumCallback",
     "SpectrumFastError", "SourceError", "SelectionError", "WeightSource", "TensorInfo", "__version__",
 ]
+
+
+def __getattr__(name: str):
+    # SpectrumCallback subclasses transformers' TrainerCallback: import transformers only when asked.
+    if name == "SpectrumCallback":
+        from .training import SpectrumCallback
+
+        return SpectrumCallback
+    raise AttributeError(f"module 'spectrum_fast' has no attribute {name!r}")

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 from .errors import SpectrumFastError
+from .naming import percent_label
 
 
 def _add_source(p: argparse.ArgumentParser) -> None:
@@ -20,6 +22,12 @@ def _add_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--types", nargs="+", default=["auto"], metavar="TYPE",
                    help="auto (default: >=2-D weights in numbered blocks), all, or type names / regexes")
     p.add_argument("--pool-experts", action="store_true", help="one type for all experts: mlp.experts.*.down_proj")
+
+
+def _add_axolotl(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--axolotl", action="store_true",
+                   help="also write OUT/model_snr_results/snr_results_<model>.json, the file Axolotl's Spectrum "
+                        "plugin reads (run Axolotl from OUT)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="noise scale behind the edge: spectrum (IQR/1.349, the reference's; default for exact), "
                         "gavish-donoho, mp-fit or mp-moments (fast mode's)")
     p.add_argument("--model-name", default=None, help="names the files (default: hub id in config.json or folder)")
+    _add_axolotl(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("types", help="list the weight types of a model, with counts and shapes")
@@ -53,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("json", help="snr_results_<model>.json")
     p.add_argument("--top-percent", type=float, nargs="+", required=True, metavar="P")
     p.add_argument("--out", default=".", help="output folder (default: here)")
+    _add_axolotl(p)
 
     p = sub.add_parser("doctor", help="what is installed and built, and what each operation will use")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: what a scan would pick)")
@@ -84,6 +94,25 @@ def _output_folder(path: str) -> Path:
 def _one_line(e: BaseException) -> str:
     """Messages quoted from torch or safetensors can span lines: the CLI promises one."""
     return " ".join(str(e).split())
+
+
+def _write_axolotl(result, out: Path, percents: list[float]) -> list[str]:
+    """The plugin's file, and the lines of Axolotl's config that make it read this file."""
+    path = result.to_axolotl(out)
+    fractions = [f"{p / 100:g}" for p in percents]
+    others = f" (or {', '.join(fractions[1:])})" if len(fractions) > 1 else ""
+    lines = [f"wrote {path}",
+             f"Axolotl: run it from {out} with `plugins: [axolotl.integrations.spectrum.SpectrumPlugin]`, "
+             f"`spectrum_model_name: {result.model_name}`, `spectrum_top_fraction: {fractions[0]}`{others}"]
+    counts = Counter(r.type for r in result.rows)
+    for p in percents:
+        # The plugin keeps int(count * fraction): float rounding can make that one less than int(count * p / 100).
+        short = [t for t, c in counts.items() if int(c * (p / 100)) != int(c * p / 100)]
+        if short:
+            lines.append(f"note: at spectrum_top_fraction {p / 100:g} Axolotl keeps one matrix fewer than the "
+                         f"{percent_label(p)}% YAML in {len(short)} types ({', '.join(short[:3])}"
+                         f"{' ...' if len(short) > 3 else ''}): float rounding of count * fraction")
+    return lines
 
 
 def _types(args):
@@ -121,6 +150,8 @@ def _cmd_scan(args) -> int:
         print(f"skipped {name}: {why}")
     for path in written:
         print(f"wrote {path}")
+    if args.axolotl:
+        print("\n".join(_write_axolotl(result, out, percents)))
     return 0
 
 
@@ -154,6 +185,8 @@ def _cmd_yaml(args) -> int:
     out = _output_folder(args.out)
     for p in percents:
         print(f"wrote {result.to_yaml(out, p, reference_names=True)}")
+    if args.axolotl:
+        print("\n".join(_write_axolotl(result, out, percents)))
     return 0
 
 

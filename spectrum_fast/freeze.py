@@ -9,8 +9,12 @@ it trains is what Axolotl trains from the same YAML.
 Tied weights (an embedding shared with the head) are one tensor with two names: it is trainable
 when either name is selected.
 
-One addition: a pattern ending in ``.<digits>`` (an expert of a fused 3-D tensor, scanned as
-``<parameter>.<e>``) also unfreezes the parameter named exactly as the pattern without that suffix.
+One addition: a pattern ending in ``.<digits>`` names one expert of a fused 3-D expert tensor
+[E, n, m] (scanned as ``<parameter>.<e>``). requires_grad cannot select part of a tensor, so such
+a parameter is made trainable and given a gradient mask (expert_masks.py): only the selected
+experts receive gradients, the others get exact zeros. Expert ``e`` of ``<parameter>`` also trains
+row ``e`` of ``<parameter>_bias`` ([E, k], gpt-oss), as a module name also trains its ``.bias``
+under Axolotl's rule.
 """
 
 from __future__ import annotations
@@ -24,25 +28,31 @@ from pathlib import Path
 import torch
 
 from .errors import SelectionError
-from .results import ScanResult
+from .expert_masks import expert_mask_of, install_expert_mask, remove_expert_mask
+from .results import REFERENCE_EMBEDDING_PATTERN, REFERENCE_HEAD_PATTERN, ScanResult, load_results
 
 
-_EXPERT_SUFFIX = re.compile(r"(.+)\.\d+")  # ``<parameter>.<e>``: one expert of a fused 3-D tensor
+_EXPERT_SUFFIX = re.compile(r"(.+)\.(\d+)")  # ``<parameter>.<e>``: one expert of a fused 3-D tensor
 
 
 @dataclass
 class FreezeReport:
-    trainable: int  # parameters (elements) left trainable
+    trainable: int  # parameters (elements) that receive gradients: of a masked tensor, its selected experts only
     total: int
-    trainable_tensors: list[str] = field(default_factory=list)
+    trainable_tensors: list[str] = field(default_factory=list)  # masked tensors included
     unmatched: list[str] = field(default_factory=list)  # patterns that matched no parameter
+    trained_experts: dict[str, list[int]] = field(default_factory=dict)  # masked fused tensor -> experts that train
 
     @property
     def fraction(self) -> float:
         return self.trainable / self.total if self.total else 0.0
 
     def __str__(self) -> str:
-        return f"trainable {self.trainable:,} / {self.total:,} parameters ({100 * self.fraction:.2f}%)"
+        text = f"trainable {self.trainable:,} / {self.total:,} parameters ({100 * self.fraction:.2f}%)"
+        if self.trained_experts:
+            k = len(self.trained_experts)
+            text += f", {k} fused expert tensor{'s' if k != 1 else ''} trained in part"
+        return text
 
 
 def read_unfrozen_yaml(path: str | os.PathLike) -> list[str]:
@@ -69,51 +79,124 @@ def _patterns(selection, top_percent: float | None) -> list[str]:
         extra = [n for n in (selection.embedding_name, selection.head_name) if n]
         return [f"^{n}$" for n in extra] + names
     if isinstance(selection, (str, os.PathLike)):
+        if Path(selection).suffix.lower() == ".json":
+            # A result JSON: what the YAML written from it lists (``spectrum-fast yaml``), which is also
+            # what Axolotl's Spectrum plugin builds from it: spectrum.py's two fixed lines + the selection.
+            if top_percent is None:
+                raise SelectionError(f"freeze(model, {str(selection)!r}) needs top_percent=, e.g. 50")
+            return [REFERENCE_HEAD_PATTERN, REFERENCE_EMBEDDING_PATTERN] + load_results(selection).select(top_percent)
         return read_unfrozen_yaml(selection)
     if isinstance(selection, Iterable):
         return [str(s) for s in selection]
-    raise SelectionError(f"cannot freeze from a {type(selection).__name__}: pass a ScanResult, a list of names "
-                         f"or a YAML path")
+    raise SelectionError(f"cannot freeze from a {type(selection).__name__}: pass a ScanResult, a list of names, "
+                         f"a YAML path or a result JSON path")
 
 
-def freeze(model: torch.nn.Module, selection, top_percent: float | None = None) -> FreezeReport:
-    """Freeze every parameter of ``model``, then unfreeze those the selection names.
-
-    selection: a ScanResult (with top_percent=; its embedding and head are kept trainable, as in
-        spectrum.py's YAML), a list of module names / Axolotl patterns, or an unfrozen_parameters
-        YAML path.
-    """
-    patterns = _patterns(selection, top_percent)
+def _compile(patterns: list[str]) -> list[re.Pattern]:
     compiled = []
     for p in patterns:
         try:
             compiled.append(re.compile(p.replace(".", "\\.")))
         except re.error as e:
             raise SelectionError(f"unfrozen pattern {p!r} is not a valid regex ({e})") from None
-    # A fused expert tensor ([E, n, m], e.g. transformers 5's in-memory ``mlp.experts.gate_up_proj``)
-    # is scanned as E matrices named ``<parameter>.<e>``. Such a name is longer than the parameter's,
-    # so Axolotl's rule never matches it and the YAML line would train nothing. requires_grad is per
-    # tensor, so selecting any one expert has to unfreeze the whole fused tensor (all its experts):
-    # a pattern ending in ``.<digits>`` also matches the parameter named exactly as the pattern
-    # without that suffix. (Axolotl itself does not do this: see the README.)
-    fused_names = [m.group(1) if (m := _EXPERT_SUFFIX.fullmatch(p)) else None for p in patterns]
+    return compiled
+
+
+def _expert_patterns(patterns: list[str]) -> dict[str, list[tuple[int, int]]]:
+    """{module: [(pattern index, expert)]} for the patterns ``<module>.<e>``."""
+    by_module: dict[str, list[tuple[int, int]]] = {}
+    for i, p in enumerate(patterns):
+        if m := _EXPERT_SUFFIX.fullmatch(p):
+            by_module.setdefault(m.group(1), []).append((i, int(m.group(2))))
+    return by_module
+
+
+def _expert_module(name: str, param: torch.Tensor) -> str | None:
+    """The scanned module whose experts index dim 0 of ``param``: a fused 3-D weight (named like the
+    module, or ``<module>.weight``) or its per-expert bias [E, k] (``<module>_bias``, ``<module>.bias``)."""
+    if param.dim() == 3:
+        return name.removesuffix(".weight")
+    for suffix in ("_bias", ".bias"):
+        if param.dim() == 2 and name.endswith(suffix):
+            return name.removesuffix(suffix)
+    return None
+
+
+def _experts_selected(patterns: list[str], by_module: dict[str, list[tuple[int, int]]], names: list[str],
+                      param: torch.Tensor, used: list[bool]) -> set[int]:
+    """Experts of ``param`` that patterns ``<module>.<e>`` select; raises on an index out of range."""
+    experts = set()
+    for name in names:
+        module = _expert_module(name, param)
+        for i, e in by_module.get(module, []) if module else []:
+            if e >= param.shape[0]:
+                raise SelectionError(f"unfrozen pattern {patterns[i]!r} selects expert {e} of {name}, which has "
+                                     f"{param.shape[0]} experts (0 to {param.shape[0] - 1}): the selection was made "
+                                     f"for another model; scan this one")
+            experts.add(e)
+            used[i] = True
+    return experts
+
+
+def freeze(model: torch.nn.Module, selection, top_percent: float | None = None) -> FreezeReport:
+    """Freeze every parameter of ``model``, then unfreeze those the selection names.
+
+    selection: a ScanResult (with top_percent=; its embedding and head are kept trainable, as in
+        spectrum.py's YAML), a list of module names / Axolotl patterns, an unfrozen_parameters YAML
+        path, or a result JSON path (with top_percent=; spectrum.py's head and embedding lines are
+        added, as in its YAML).
+
+    A fused expert tensor [E, n, m] of which only some experts are selected stays
+    ``requires_grad=True`` and gets a gradient mask: the other experts receive exact zeros, so
+    they do not move under SGD, Adam or AdamW without weight decay. With weight decay, call
+    ``spectrum_fast.mask_weight_decay(optimizer)`` (or use ``SpectrumCallback``, which does it):
+    decay shrinks a parameter whatever its gradient. Calling freeze() again replaces the masks.
+    Frozen parameters lose any ``.grad`` they had, so an optimizer built before freezing skips them.
+    Nothing is changed when a pattern is invalid or selects an expert that does not exist.
+    """
+    patterns = _patterns(selection, top_percent)
+    compiled = _compile(patterns)
     params: dict[int, torch.nn.Parameter] = {}
     names_of: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         params[id(param)] = param
         names_of.setdefault(id(param), []).append(name)
+
+    # Plan everything first, so a bad pattern raises before the model is touched.
     used = [False] * len(compiled)
-    trainable_names = []
-    trainable = total = 0
+    by_module = _expert_patterns(patterns)
+    plan: dict[int, bool | tuple[int, ...]] = {}  # True: trains whole; tuple: these experts; False: frozen
     for key, param in params.items():
-        hit = False
+        names = names_of[key]
+        whole = False
         for i, pat in enumerate(compiled):
-            if any(pat.match(n) or n == fused_names[i] for n in names_of[key]):
-                used[i] = hit = True
-        param.requires_grad_(hit)
-        total += param.numel()
-        if hit:
-            trainable += param.numel()
-            trainable_names.append(names_of[key][0])
-    unmatched = [p for p, u in zip(patterns, used) if not u]
-    return FreezeReport(trainable, total, trainable_names, unmatched)
+            if any(pat.match(n) for n in names):
+                used[i] = whole = True
+        experts = _experts_selected(patterns, by_module, names, param, used)
+        if whole or (experts and len(experts) == param.shape[0]):
+            plan[key] = True
+        else:
+            plan[key] = tuple(sorted(experts)) if experts else False
+
+    report = FreezeReport(0, 0, unmatched=[p for p, u in zip(patterns, used) if not u])
+    for key, param in params.items():
+        remove_expert_mask(param)  # from an earlier freeze(): masks never stack
+        how = plan[key]
+        param.requires_grad_(how is not False)
+        report.total += param.numel()
+        if how is False:
+            param.grad = None  # an optimizer skips parameters without a gradient
+            continue
+        report.trainable_tensors.append(names_of[key][0])
+        if how is True:
+            report.trainable += param.numel()
+        else:
+            install_expert_mask(param, how)
+            report.trainable += param.numel() // param.shape[0] * len(how)
+            report.trained_experts[names_of[key][0]] = list(how)
+    return report
+
+
+def masked_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The parameters of ``model`` that freeze() gave a gradient mask: fused expert tensors trained in part."""
+    return {n: p for n, p in model.named_parameters() if expert_mask_of(p) is not None}

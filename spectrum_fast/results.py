@@ -5,6 +5,12 @@ Formats (spectrum.py, cognitivecomputations/spectrum):
 - ``snr_results_<slug>_sorted.json``: {type: {module: snr}} sorted by SNR, descending;
 - ``snr_results_<slug>_unfrozenparameters_<p>percent.yaml``: ``unfrozen_parameters:``, the
   embedding and head patterns, then per type a ``# <type> layers`` comment and ``- <module>`` lines.
+
+Axolotl's Spectrum plugin (axolotl.integrations.spectrum.SpectrumPlugin, ``pre_model_load``) reads
+``./model_snr_results/snr_results_<slug>.json`` from the folder Axolotl runs in, with ``<slug>``
+from ``spectrum_model_name`` (else ``base_model``) by spectrum.py's rule, in the name -> {snr, type}
+layout only, and builds ``unfrozen_parameters`` from it with Spectrum's rule at
+``spectrum_top_fraction``; without that file it downloads the published one.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from .selection import group_by_type, select_by_type
 # spectrum.py always writes these two lines; they are the Llama names.
 REFERENCE_HEAD_PATTERN = "^lm_head.weight$"
 REFERENCE_EMBEDDING_PATTERN = "^model.embed_tokens.weight$"
+AXOLOTL_FOLDER = "model_snr_results"  # Axolotl's Spectrum plugin reads it in its working directory
 
 
 @dataclass
@@ -122,6 +129,22 @@ class ScanResult:
         if path.is_dir():
             path = path / self.yaml_filename(top_percent)
         return atomic_write_text(path, self.yaml_text(top_percent, reference_names=reference_names))
+
+    def axolotl_json(self) -> str:
+        """The plugin's layout, name -> {snr, type}. A NaN SNR (non-finite weights) is written as
+        -Infinity: the plugin ranks with Python's sorted(), where a NaN can land anywhere (it compares
+        false with everything); -Infinity ranks it last, as select() does."""
+        data = {r.name: {"snr": -math.inf if math.isnan(r.snr) else r.snr, "type": r.type} for r in self.rows}
+        return json.dumps(data, indent=4)
+
+    def to_axolotl(self, directory: str | os.PathLike = ".", model_name: str | None = None) -> Path:
+        """Write ``<directory>/model_snr_results/snr_results_<slug>.json`` for Axolotl's Spectrum plugin.
+
+        ``<slug>`` comes from ``model_name`` (default: the scan's model name) by spectrum.py's rule;
+        give Axolotl that name as ``spectrum_model_name`` and run it from ``directory``.
+        """
+        name = model_slug(model_name or self.model_name)
+        return atomic_write_text(Path(directory) / AXOLOTL_FOLDER / f"snr_results_{name}.json", self.axolotl_json())
 
     # -- display -----------------------------------------------------------------------------
     def summary(self, top_percents: tuple[float, ...] = ()) -> str:
