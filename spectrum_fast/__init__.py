@@ -8,6 +8,7 @@
 """
 
 from ._extension import kernels_available
+from .cache import CacheWarning
 from .errors import SelectionError, SourceError, SpectrumFastError
 from .freeze import FreezeReport, freeze
 from .results import MatrixRow, ScanResult, load_results
@@ -18,5 +19,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "scan", "freeze", "load_results", "kernels_available", "ScanResult", "MatrixRow", "FreezeReport",
-    "SpectrumFastError", "SourceError", "SelectionError", "WeightSource", "TensorInfo", "__version__",
+    "SpectrumFastError", "SourceError", "SelectionError", "CacheWarning", "WeightSource", "TensorInfo", "__version__",
 ]
