@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .files import atomic_write_text
@@ -161,9 +162,19 @@ def _tensor_pieces(t: torch.Tensor) -> list[torch.Tensor]:
     return [t[i : i + step] for i in range(0, t.shape[0], step)]
 
 
+_SAME_SIZE_INTEGER = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
 def _hash_tensor_piece(piece: torch.Tensor) -> bytes:
-    # contiguous() on the tensor's own device, then a copy of this piece alone to the host: the
-    # memory a GPU model's digest needs stays at a piece per thread.
+    if piece.device.type == "cpu" and piece.element_size() in _SAME_SIZE_INTEGER:
+        # The bytes through numpy (an integer view of the same width: numpy has no bfloat16): no
+        # copy for a contiguous piece, a single-threaded one otherwise. A torch copy here would
+        # start an OpenMP team in each hashing thread, whose spinning workers take the cores from
+        # the scan's LAPACK calls (engine._read_pieces says how much that cost).
+        values = piece.view(_SAME_SIZE_INTEGER[piece.element_size()]).numpy()
+        return _sha256(np.ascontiguousarray(values).data.cast("B"))
+    # On a GPU: contiguous() there, then this piece alone to the host, so a GPU model's digest
+    # needs host memory for a piece per thread.
     host = piece.contiguous().cpu()
     return _sha256(host.reshape(-1).view(torch.uint8).numpy())
 

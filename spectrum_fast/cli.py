@@ -211,9 +211,10 @@ def _cmd_doctor(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        command = {"scan": _cmd_scan, "types": _cmd_types, "yaml": _cmd_yaml, "doctor": _cmd_doctor}[args.command]
         with warnings.catch_warnings():  # restores showwarning when main() returns (tests call it in-process)
             warnings.showwarning = _warning_line
-            return {"scan": _cmd_scan, "types": _cmd_types, "yaml": _cmd_yaml, "doctor": _cmd_doctor}[args.command](args)
+            return command(args)
     except SpectrumFastError as e:
         print(f"spectrum-fast: error: {_one_line(e)}", file=sys.stderr)
         return 2

@@ -149,7 +149,7 @@ def test_cached_rows_equal_a_scan_without_the_cache(cache_dir, tmp_path, seed):
 
 def test_module_and_dict_sources_are_cached_by_their_values(cache_dir, seed, monkeypatch):
     layers = torch.nn.ModuleDict({"layers": torch.nn.ModuleList(
-        [torch.nn.Linear(48, 80, bias=False), torch.nn.Linear(80, 48, bias=False), torch.nn.Linear(48, 80, bias=False)])})
+        [torch.nn.Linear(n, m, bias=False) for n, m in ((48, 80), (80, 48), (48, 80))])})
     with torch.no_grad():
         for p in layers.parameters():
             p.copy_(_trained_like(*p.shape))
