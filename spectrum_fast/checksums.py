@@ -10,10 +10,10 @@
   a time; weights on the meta device have no bytes and are left out.
 
 SHA-256 because hashlib's runs on the CPU's SHA instructions where they exist (x86 SHA-NI,
-ARMv8): on this project's 2-core AMD EPYC CPU 1.97 GB/s a core, against 1.36 for blake2b and
-0.86 for md5 (bench/checksum_throughput.py). A faster non-cryptographic checksum (xxhash) would
-be a new dependency; crc32 is fast but 32 bits wide, too few to key results that are silently
-reused.
+ARMv8): on this project's 2-core AMD EPYC CPU 2.1 GB/s a core, against 1.4 for blake2b and 0.9
+for md5 (bench/results/checksum_throughput_cpu_616338a.log). A faster non-cryptographic checksum
+(xxhash) would be a new dependency; crc32 is fast but 32 bits wide, too few to key results that
+are silently reused.
 """
 
 from __future__ import annotations
@@ -168,9 +168,11 @@ _SAME_SIZE_INTEGER = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.i
 def _hash_tensor_piece(piece: torch.Tensor) -> bytes:
     if piece.device.type == "cpu" and piece.element_size() in _SAME_SIZE_INTEGER:
         # The bytes through numpy (an integer view of the same width: numpy has no bfloat16): no
-        # copy for a contiguous piece, a single-threaded one otherwise. A torch copy here would
-        # start an OpenMP team in each hashing thread, whose spinning workers take the cores from
-        # the scan's LAPACK calls (engine._read_pieces says how much that cost).
+        # copy for a contiguous piece, a single-threaded one otherwise. A precaution: torch ops in
+        # extra threads start OpenMP teams whose spinning workers once took the cores from LAPACK
+        # (engine._read_pieces). Here torch copies of non-contiguous pieces did not slow the scan
+        # that followed (8 transposed 1536 x 768: 0.42 s of compute either way, 2-core CPU), but
+        # hashing runs on up to 16 threads on larger hosts, where it was not measured.
         values = piece.view(_SAME_SIZE_INTEGER[piece.element_size()]).numpy()
         return _sha256(np.ascontiguousarray(values).data.cast("B"))
     # On a GPU: contiguous() there, then this piece alone to the host, so a GPU model's digest
