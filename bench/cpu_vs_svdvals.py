@@ -40,7 +40,7 @@ def main() -> None:
         ours, ref = [], []
         for _ in range(args.repeats):
             t = time.perf_counter()
-            result = spectrum_fast.scan(weights, device="cpu", progress=False)
+            result = spectrum_fast.scan(weights, device="cpu", progress=False, cache=False)
             ours.append(time.perf_counter() - t)
             t = time.perf_counter()
             ref_snr = [spectrum_snr(w) for w in fp32.values()]

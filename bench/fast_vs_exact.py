@@ -100,7 +100,7 @@ def timed_scan(weights, device: str, repeats: int, **kwargs) -> tuple[float, spe
         if device == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        result = spectrum_fast.scan(weights, device=device, progress=False, **kwargs)
+        result = spectrum_fast.scan(weights, device=device, progress=False, cache=False, **kwargs)
         times.append(time.perf_counter() - t)
     return statistics.median(times), result
 

@@ -116,11 +116,11 @@ def main() -> None:
     with safe_open(str(folder / index[layer0[0]]), framework="pt", device="cuda") as f:
         warm = {n: f.get_tensor(n) for n in layer0 if n in f.keys()}
     t = time.perf_counter()
-    spectrum_fast.scan(warm, device="cuda", progress=False)
+    spectrum_fast.scan(warm, device="cuda", progress=False, cache=False)
     torch.cuda.synchronize()
     res["process_warmup_s"] = time.perf_counter() - t
     for route in ("syevd", *args.extra_routes):  # the routes timed once below: their own start-up too
-        spectrum_fast.scan(warm, device="cuda", progress=False, eigen_route=route)
+        spectrum_fast.scan(warm, device="cuda", progress=False, cache=False, eigen_route=route)
     print(f"process warm-up (first scan, layer 0 on the GPU): {res['process_warmup_s']:.1f} s", flush=True)
     del warm
     torch.cuda.synchronize()
@@ -134,7 +134,7 @@ def main() -> None:
     def one_scan(label: str, source, precision: str = "float64", route: str = "auto") -> None:
         torch.cuda.empty_cache()
         t = time.perf_counter()
-        r = spectrum_fast.scan(source, device="cuda", progress=False, precision=precision, eigen_route=route)
+        r = spectrum_fast.scan(source, device="cuda", progress=False, cache=False, precision=precision, eigen_route=route)
         torch.cuda.synchronize()
         took = time.perf_counter() - t
         run = runs.setdefault(label, {"all_seconds": [], "matrices": len(r.rows),

@@ -58,7 +58,7 @@ def run_workload(label: str, src: GeneratedSource, sample: list, truth_sample: l
 
     _, gen_s = timed(generate_all)
     torch.cuda.empty_cache()
-    r, scan_s = timed(lambda: spectrum_fast.scan(src, device="cuda", progress=False, **budget))
+    r, scan_s = timed(lambda: spectrum_fast.scan(src, device="cuda", progress=False, cache=False, **budget))
     res = {"matrices": len(r.rows), "tensors": len(infos), "scan_s": scan_s, "generate_s": gen_s,
            "peak_gpu_bytes": r.peak_gpu_bytes, "peak_host_bytes": r.peak_host_bytes,
            "read_s": r.read_seconds, "compute_s": r.compute_seconds}
@@ -84,7 +84,7 @@ def run_workload(label: str, src: GeneratedSource, sample: list, truth_sample: l
         chosen = [i for i in infos if any(i.name.startswith(p) for p in first)]
         resident = {i.name: src.read(i).to("cuda") for i in chosen}
         torch.cuda.empty_cache()
-        times = [timed(lambda: spectrum_fast.scan(resident, device="cuda", progress=False, **budget))[1] for _ in range(2)]
+        times = [timed(lambda: spectrum_fast.scan(resident, device="cuda", progress=False, cache=False, **budget))[1] for _ in range(2)]
         del resident
         torch.cuda.empty_cache()
         res["resident_matrices"] = len(chosen)
@@ -125,7 +125,7 @@ def main() -> None:
     # GPU eigen route), paid by the first scan of a process: taken on two small matrices, apart.
     t = time.perf_counter()
     spectrum_fast.scan({f"model.layers.0.mlp.{p}.weight": torch.randn(1024, 4096, device="cuda", dtype=torch.bfloat16)
-                        for p in ("up_proj", "down_proj")}, device="cuda", progress=False)
+                        for p in ("up_proj", "down_proj")}, device="cuda", progress=False, cache=False)
     res["process_warmup_s"] = time.perf_counter() - t
     print(f"process warm-up: {res['process_warmup_s']:.1f} s", flush=True)
 

@@ -50,7 +50,7 @@ def phase_plain(folder: Path, top_percent: float) -> dict:
     torch.cuda.synchronize()
     load_s = time.perf_counter() - t
     t = time.perf_counter()
-    result = spectrum_fast.scan(model, progress=False, model_name="synthetic/llama3-8b-shaped")
+    result = spectrum_fast.scan(model, progress=False, model_name="synthetic/llama3-8b-shaped", cache=False)
     torch.cuda.synchronize()
     scan_s = time.perf_counter() - t
     return {"load_s": load_s, "scan_s": scan_s, "model_bytes": model_bytes(model),
@@ -63,7 +63,7 @@ def phase_fused(folder: Path, top_percent: float) -> dict:
     torch.cuda.synchronize()
     t = time.perf_counter()
     model, result, report = spectrum_fast.load_pretrained(folder, top_percent=top_percent, return_scan=True,
-                                                          scan_options={"progress": False})
+                                                          scan_options={"progress": False, "cache": False})
     torch.cuda.synchronize()
     return {"load_pretrained_s": time.perf_counter() - t, "model_bytes": model_bytes(model),
             "peak_gpu_bytes": torch.cuda.max_memory_allocated(), "scan_peak_gpu_bytes": result.peak_gpu_bytes,

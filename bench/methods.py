@@ -37,7 +37,7 @@ def _as_model_dict(weights: list[torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _spectrum_fast(state: dict[str, torch.Tensor]) -> list[float]:
     device = next(iter(state.values())).device
-    return [row.snr for row in spectrum_fast.scan(state, device=device, progress=False).rows]
+    return [row.snr for row in spectrum_fast.scan(state, device=device, progress=False, cache=False).rows]
 
 
 def _fp32(weights: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -75,5 +75,5 @@ def test_snr_statistics(benchmark, device):
 def test_scan_of_a_dict(benchmark, device):
     n, m = SHAPES[device][0]
     weights = {f"model.layers.{i}.mlp.w.weight": _weights(n, m, device, 100 + i) for i in range(8)}
-    result = benchmark(_synced(lambda: spectrum_fast.scan(weights, device=device, progress=False), device))
+    result = benchmark(_synced(lambda: spectrum_fast.scan(weights, device=device, progress=False, cache=False), device))
     assert len(result.rows) == 8 and all(r.status == "ok" for r in result.rows)

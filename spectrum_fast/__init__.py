@@ -11,6 +11,7 @@
 """
 
 from ._extension import kernels_available
+from .cache import CacheWarning
 from .errors import SelectionError, SourceError, SpectrumFastError
 from .freeze import FreezeReport, freeze, masked_parameters
 from .pretrained import load_pretrained
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "scan", "freeze", "load_pretrained", "load_results", "kernels_available", "ScanResult", "MatrixRow", "FreezeReport",
     "mask_weight_decay", "masked_parameters", "SpectrumCallback",
-    "SpectrumFastError", "SourceError", "SelectionError", "WeightSource", "TensorInfo", "__version__",
+    "SpectrumFastError", "SourceError", "SelectionError", "CacheWarning", "WeightSource", "TensorInfo", "__version__",
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default=None, help="names the files (default: hub id in config.json or folder)")
     _add_axolotl(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-cache", action="store_true",
+                   help="neither read nor write the result cache and resume journal "
+                        "($SPECTRUM_FAST_CACHE, default ~/.cache/spectrum_fast)")
 
     p = sub.add_parser("types", help="list the weight types of a model, with counts and shapes")
     _add_source(p)
@@ -132,7 +136,7 @@ def _cmd_scan(args) -> int:
     result = scan(source, types=_types(args), device=args.device, progress=not args.no_progress,
                   precision=args.precision, pool_experts=args.pool_experts, model_name=model_name,
                   max_gpu_memory=None if args.max_gpu_memory is None else int(args.max_gpu_memory * 2**30),
-                  method=args.method, estimator=args.estimator)
+                  method=args.method, estimator=args.estimator, cache=not args.no_cache)
     written = list(result.to_spectrum_json(out))
     written += [result.to_yaml(out, p) for p in percents]
     print(result.summary(tuple(percents)))
@@ -146,6 +150,9 @@ def _cmd_scan(args) -> int:
     if str(result.device).startswith("cuda") and waited is not None and waited > 0.1 * result.seconds:
         print(f"the GPU waited {waited:.1f} s for reads: the disk, not the analysis, "
               f"set this scan's pace")
+    reused = _reused_line(result)
+    if reused:
+        print(reused)
     for name, why in result.skipped[:10]:
         print(f"skipped {name}: {why}")
     for path in written:
@@ -153,6 +160,43 @@ def _cmd_scan(args) -> int:
     if args.axolotl:
         print("\n".join(_write_axolotl(result, out, percents)))
     return 0
+
+
+def _reused_line(result) -> str | None:
+    """What the scan took from the cache or an interrupted scan's journal instead of computing."""
+    from .cache import cache_folder
+
+    n = len(result.rows)
+    if result.from_cache and not result.resumed_rows:
+        return f"all {n} matrices from the cache ({cache_folder()}): nothing computed; --no-cache computes them again"
+    parts = []
+    if result.resumed_rows:
+        parts.append(f"resumed {result.resumed_rows} of {n} matrices from an interrupted scan")
+    if result.cached_rows:
+        parts.append(f"{result.cached_rows} of {n} matrices from the cache")
+    if not parts:
+        return None
+    computed = n - result.resumed_rows - result.cached_rows
+    return "; ".join(parts) + f" ({cache_folder()}); {computed} computed"
+
+
+def _interrupted_message(args) -> str:
+    from .cache import cache_disabled_by_env, cache_folder
+
+    plain = "spectrum-fast: interrupted; no output was written for the unfinished scan"
+    if args.command != "scan" or args.no_cache or cache_disabled_by_env():
+        return plain
+    try:
+        folder = cache_folder()
+    except RuntimeError:  # no home folder: the scan warned that it ran without the cache
+        return plain
+    return (f"spectrum-fast: interrupted; no output was written; the matrices finished so far are kept in "
+            f"{folder}: run the same command again to resume")
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (a corrupt cache entry, torch's) as one line each, like the errors."""
+    print(f"spectrum-fast: warning: {_one_line(message)}", file=sys.stderr if file is None else file)
 
 
 def _cmd_types(args) -> int:
@@ -200,7 +244,10 @@ def _cmd_doctor(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"scan": _cmd_scan, "types": _cmd_types, "yaml": _cmd_yaml, "doctor": _cmd_doctor}[args.command](args)
+        command = {"scan": _cmd_scan, "types": _cmd_types, "yaml": _cmd_yaml, "doctor": _cmd_doctor}[args.command]
+        with warnings.catch_warnings():  # restores showwarning when main() returns (tests call it in-process)
+            warnings.showwarning = _warning_line
+            return command(args)
     except SpectrumFastError as e:
         print(f"spectrum-fast: error: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -211,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spectrum-fast: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("spectrum-fast: interrupted; no output was written for the unfinished scan", file=sys.stderr)
+        print(_interrupted_message(args), file=sys.stderr)
         return 130
     except MemoryError:
         print("spectrum-fast: error: out of host memory: close other programs or scan a smaller model",

@@ -64,7 +64,8 @@ def load_pretrained(
         from their hooks.
     out: a folder to write the scan's files to (snr_results_<model>.json, ..._sorted.json and the
         unfrozen_parameters YAML at top_percent), as the CLI does.
-    scan_options: more arguments for scan() (e.g. method, estimator, max_gpu_memory, progress).
+    scan_options: more arguments for scan() (e.g. method, estimator, max_gpu_memory, progress;
+        cache=True to use the result cache, off here since its key reads the files once more).
     Returns the model (requires_grad set), or (model, ScanResult, FreezeReport) with return_scan.
     """
     top_percent = check_top_percent(top_percent)
@@ -74,7 +75,8 @@ def load_pretrained(
         device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
     kwargs = {"dtype": torch_dtype, "device_map": device_map, **from_pretrained_kwargs}
     cls = model_cls or _checkpoint_class(path, from_pretrained_kwargs)
-    options = {"types": types, "model_name": _model_name(path)} | (scan_options or {})
+    # No result cache unless asked: its key hashes every byte of the files, a second read of the weights.
+    options = {"types": types, "model_name": _model_name(path), "cache": False} | (scan_options or {})
     fused = _fused_load(path, cls, torch_dtype, device_map, from_pretrained_kwargs, options)
     if fused is not None:
         model, result = fused

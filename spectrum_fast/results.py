@@ -69,6 +69,9 @@ class ScanResult:
     peak_host_bytes: int | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (tensor, reason)
     file_base: str | None = None  # set when read from a file: spectrum.py names the YAML after it
+    from_cache: bool = False  # every row came from the result cache or a resume journal: nothing was computed
+    cached_rows: int = 0  # rows taken from the cache's entry of a finished scan
+    resumed_rows: int = 0  # rows taken from the journal of an interrupted scan
 
     # -- selection ---------------------------------------------------------------------------
     def _groups(self) -> dict[str, list[tuple[str, float]]]:

@@ -9,10 +9,11 @@ from typing import Any
 import torch
 
 from . import ops
+from .cache import ScanCache, cache_disabled_by_env
 from .engine import gpu_batch_plan, matrix_device_bytes, plan_batches, run_batches
 from .errors import SelectionError
 from .memory import PeakTracker
-from .results import ScanResult
+from .results import MatrixRow, ScanResult
 from .sources import ModuleSource, open_source
 from .targets import MatrixTask, plan_tasks, require_some
 
@@ -54,6 +55,7 @@ def scan(
     eigen_route: str = "auto",
     method: str = "exact",
     estimator: str | None = None,
+    cache: bool = True,
     on_matrices: Callable[[list[MatrixTask], torch.Tensor], None] | None = None,
 ) -> ScanResult:
     """Signal-to-noise ratio of every selected weight matrix, exactly as Spectrum defines it.
@@ -86,8 +88,14 @@ def scan(
     estimator: the noise scale sigma behind the edge tau = sigma (1 + sqrt(beta)): "spectrum"
         (IQR / 1.349, the reference's and the exact mode's default), "gavish-donoho", "mp-fit" or
         "mp-moments" (ops.noise_edge; the fast mode's, and the only one it takes).
+    cache: read and write the result cache (cache.py; the README's "Cache and resume"): rows
+        of matrices scanned before with the same weights and numeric options are taken from it
+        (``ScanResult.from_cache``, ``cached_rows``), an interrupted scan's journaled rows are
+        not computed again (``resumed_rows``), and finished rows are journaled batch by batch.
+        False (or SPECTRUM_FAST_NO_CACHE=1 in the environment) neither reads nor writes it.
     on_matrices: called with each batch's tasks and their matrices [B, n, m] as read, on the scan's
-        device, before the scan changes them (load_pretrained puts them into the model from there).
+        device, before the scan changes them (load_pretrained puts them into the model from there);
+        matrices whose rows come from the cache are not read, so not handed over.
     """
     if precision not in ("float64", "float32"):
         raise SelectionError(f"precision {precision!r} is not known: use float64 (exact) or float32")
@@ -104,6 +112,8 @@ def scan(
     if method == "fast" and estimator != "mp-moments":
         raise SelectionError(f"method='fast' estimates sigma by mp-moments, not {estimator}: "
                              f"leave estimator out or use method='exact'")
+    if not isinstance(cache, bool):
+        raise SelectionError(f"cache={cache!r}: give True or False (the folder is set by $SPECTRUM_FAST_CACHE)")
     if max_gpu_memory is not None and max_gpu_memory <= 0:
         raise SelectionError(f"max_gpu_memory={max_gpu_memory}: give a positive number of bytes")
     dev = resolve_device(device)
@@ -118,50 +128,80 @@ def scan(
             skipped += [(t.tensor.name, why) for t in meta]
             tasks = [t for t in tasks if not src.is_meta(t.tensor)]
         require_some(tasks, infos, types, src.label)
-        matrix_bytes = matrix_device_bytes
-        if max_batch_bytes is not None:
-            budget = max_batch_bytes
-        elif dev.type == "cuda" and method == "fast":
-            from .fast_engine import fast_matrix_bytes
-
-            # Three quarters of the budget for the batch; the rest for the next batch's input (read
-            # ahead) and the allocator's slack. Larger batches pay the fast mode's many small ops fewer times.
-            budget, matrix_bytes = 3 * (max_gpu_memory or DEFAULT_MAX_GPU_MEMORY) // 4, fast_matrix_bytes
-        elif dev.type == "cuda":
-            budget = gpu_batch_plan(max_gpu_memory or DEFAULT_MAX_GPU_MEMORY, precision, eigen_route, dev)
-        else:
-            budget = DEFAULT_CPU_BUDGET
-        batches = plan_batches(tasks, budget, eigen_route=eigen_route, matrix_bytes=matrix_bytes)
-        tracker = PeakTracker(dev)
-        rows_by_order = {}
-        timings: dict[str, float] = {}
-        from tqdm.auto import tqdm
-
-        with tqdm(total=len(tasks), unit="matrix", desc="SNR", disable=not progress, dynamic_ncols=True) as bar:
-
-            def after(batch):
-                tracker.sample()
-                bar.update(len(batch.tasks))
-
-            handed = None if on_matrices is None else (lambda batch, w: on_matrices(batch.tasks, w))
-
-            if method == "fast":
-                from .fast_engine import run_batches_fast
-
-                rows = run_batches_fast(src, batches, dev, on_batch=after, timings=timings, on_matrices=handed)
-            else:
-                rows = run_batches(src, batches, dev, precision, on_batch=after, timings=timings,
-                                   eigen_route=eigen_route, estimator=estimator, on_matrices=handed)
-            for task, row in rows:
-                rows_by_order[task.order] = row
+        store = None
+        if cache and not cache_disabled_by_env():
+            store = ScanCache.for_scan(src, infos, dev, precision=precision, method=method, estimator=estimator,
+                                       eigen_route=eigen_route)
+        try:
+            rows_by_order = store.known_rows(tasks) if store is not None else {}
+            pending = [t for t in tasks if t.order not in rows_by_order]
+            timings: dict[str, float] = {}
+            tracker = PeakTracker(dev)
+            if pending:
+                _compute(src, pending, dev, rows_by_order, store, tracker, timings, done=len(rows_by_order),
+                         total=len(tasks), progress=progress, precision=precision, method=method,
+                         estimator=estimator, eigen_route=eigen_route, max_gpu_memory=max_gpu_memory,
+                         max_batch_bytes=max_batch_bytes, on_matrices=on_matrices)
+            if store is not None:
+                store.finish()
+        finally:
+            if store is not None:
+                store.close()
         rows = [rows_by_order[i] for i in sorted(rows_by_order)]
         return ScanResult(
             rows=rows, model_name=src.model_name, embedding_name=src.embedding_name(),
             head_name=src.head_name(), device=str(dev), precision=precision, method=method, estimator=estimator,
-            seconds=time.perf_counter() - start, peak_gpu_bytes=tracker.gpu_peak,
-            peak_host_bytes=tracker.host_peak, skipped=skipped,
+            seconds=time.perf_counter() - start, peak_gpu_bytes=tracker.gpu_peak if pending else None,
+            peak_host_bytes=tracker.host_peak if pending else None, skipped=skipped,
             read_seconds=timings.get("read_s"), compute_seconds=timings.get("compute_s"),
-            read_wait_seconds=timings.get("wait_s"),
+            read_wait_seconds=timings.get("wait_s"), from_cache=not pending,
+            cached_rows=store.cached_rows if store is not None else 0,
+            resumed_rows=store.resumed_rows if store is not None else 0,
         )
     finally:
         src.close()
+
+
+def _compute(src, tasks: list[MatrixTask], dev: torch.device, rows_by_order: dict[int, MatrixRow],
+             store: ScanCache | None, tracker: PeakTracker, timings: dict[str, float], *, done: int, total: int,
+             progress: bool, precision: str, method: str, estimator: str, eigen_route: str,
+             max_gpu_memory: int | None, max_batch_bytes: int | None,
+             on_matrices: Callable[[list[MatrixTask], torch.Tensor], None] | None = None) -> None:
+    """Compute the rows of ``tasks`` into ``rows_by_order`` (by task.order), journaling each batch's
+    rows in ``store`` as soon as the batch is done. ``done`` of ``total`` matrices were known before."""
+    matrix_bytes = matrix_device_bytes
+    if max_batch_bytes is not None:
+        budget = max_batch_bytes
+    elif dev.type == "cuda" and method == "fast":
+        from .fast_engine import fast_matrix_bytes
+
+        # Three quarters of the budget for the batch; the rest for the next batch's input (read
+        # ahead) and the allocator's slack. Larger batches pay the fast mode's many small ops fewer times.
+        budget, matrix_bytes = 3 * (max_gpu_memory or DEFAULT_MAX_GPU_MEMORY) // 4, fast_matrix_bytes
+    elif dev.type == "cuda":
+        budget = gpu_batch_plan(max_gpu_memory or DEFAULT_MAX_GPU_MEMORY, precision, eigen_route, dev)
+    else:
+        budget = DEFAULT_CPU_BUDGET
+    batches = plan_batches(tasks, budget, eigen_route=eigen_route, matrix_bytes=matrix_bytes)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, initial=done, unit="matrix", desc="SNR", disable=not progress, dynamic_ncols=True) as bar:
+
+        def after(batch):
+            if store is not None:
+                store.commit_batch()  # before anything else can raise: a finished batch is never lost
+            tracker.sample()
+            bar.update(len(batch.tasks))
+
+        handed = None if on_matrices is None else (lambda batch, w: on_matrices(batch.tasks, w))
+        if method == "fast":
+            from .fast_engine import run_batches_fast
+
+            rows = run_batches_fast(src, batches, dev, on_batch=after, timings=timings, on_matrices=handed)
+        else:
+            rows = run_batches(src, batches, dev, precision, on_batch=after, timings=timings,
+                               eigen_route=eigen_route, estimator=estimator, on_matrices=handed)
+        for task, row in rows:
+            rows_by_order[task.order] = row
+            if store is not None:
+                store.add(task, row)

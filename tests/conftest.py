@@ -36,6 +36,35 @@ def device(request, monkeypatch) -> str:
     return request.param
 
 
+# -- the result cache ---------------------------------------------------------------------------
+@pytest.fixture(scope="session", autouse=True)
+def _no_result_cache(tmp_path_factory):
+    """Scans in tests compute, unless a test turns the cache on (the cache_dir fixture): a test that
+    scans the same weights twice to compare two code paths must not get the first result back. Session
+    scope, set in os.environ itself, so module-scoped fixtures and CLI subprocesses see it too; the
+    cache folder points into the test's temporary folders in case a test turns it on without one."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in ("SPECTRUM_FAST_NO_CACHE", "SPECTRUM_FAST_CACHE")}
+    os.environ["SPECTRUM_FAST_NO_CACHE"] = "1"
+    os.environ["SPECTRUM_FAST_CACHE"] = str(tmp_path_factory.mktemp("spectrum_fast_cache"))
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    """The result cache on, in a folder of this test's own (for scan() and CLI subprocesses alike)."""
+    folder = tmp_path / "cache"
+    monkeypatch.delenv("SPECTRUM_FAST_NO_CACHE", raising=False)
+    monkeypatch.setenv("SPECTRUM_FAST_CACHE", str(folder))
+    return folder
+
+
 # -- randomness ---------------------------------------------------------------------------------
 @pytest.fixture
 def seed() -> int:

@@ -136,3 +136,20 @@ def test_bad_paths_are_one_line(tmp_path, case):
 def test_top_percent_is_checked(tmp_path):
     with pytest.raises(SelectionError):
         spectrum_fast.load_pretrained(tmp_path, top_percent=0, scan_options=QUIET)
+
+
+def test_with_the_cache_the_model_is_still_loaded_whole(tmp_path, seed, cache_dir):
+    """With the cache asked for, a second load of the same checkpoint takes the scan's rows from it,
+    so no matrix passes through the scan: every tensor is read directly, and the model is the same."""
+    save_tiny_llama(tmp_path / "model", seed)
+    cached = QUIET | {"cache": True}
+    first, first_result, _ = spectrum_fast.load_pretrained(tmp_path / "model", top_percent=50,
+                                                           device_map={"": "cpu"}, scan_options=cached,
+                                                           return_scan=True)
+    second, second_result, _ = spectrum_fast.load_pretrained(tmp_path / "model", top_percent=50,
+                                                             device_map={"": "cpu"}, scan_options=cached,
+                                                             return_scan=True)
+    assert not first_result.from_cache and second_result.from_cache, "the second scan should come from the cache"
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(a, b), (seed, name)
+    assert [p.requires_grad for p in first.parameters()] == [p.requires_grad for p in second.parameters()]

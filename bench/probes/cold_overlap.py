@@ -45,7 +45,7 @@ def timed_scan(source, label: str, setting: str) -> None:
     torch.cuda.synchronize()
     u0, s0 = cpu_seconds()
     t = time.perf_counter()
-    r = spectrum_fast.scan(source, device="cuda", progress=False)
+    r = spectrum_fast.scan(source, device="cuda", progress=False, cache=False)
     torch.cuda.synchronize()
     u1, s1 = cpu_seconds()
     print(f"| {label} | {setting} | {time.perf_counter() - t:.1f} | {r.read_seconds:.1f} | "
@@ -71,7 +71,7 @@ def main() -> None:
     for shard in sorted(folder.glob("*.safetensors")):
         resident.update(load_file(str(shard), device="cuda"))
     t = time.perf_counter()
-    spectrum_fast.scan(resident, device="cuda", progress=False)  # warm-up (CUDA, cuSOLVER, Triton)
+    spectrum_fast.scan(resident, device="cuda", progress=False, cache=False)  # warm-up (CUDA, cuSOLVER, Triton)
     print(f"first scan in the process (weights on the GPU): {time.perf_counter() - t:.1f} s", flush=True)
     print(f"| scan | {args.switch} | s | reader s | waited for reader s | user CPU s | system CPU s | peak host MiB |")
     print("|---|---|---|---|---|---|---|---|")

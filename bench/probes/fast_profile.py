@@ -37,16 +37,16 @@ def main() -> None:
     else:
         layout = deepseek_v2_moe_layout(args.layers)
     weights = {name: generated_like(shape, seed=i, kind=kind_of(i)) for i, (name, shape) in enumerate(layout)}
-    spectrum_fast.scan(weights, progress=False, method="fast")
+    spectrum_fast.scan(weights, progress=False, cache=False, method="fast")
     for label, kwargs in (("exact", {}), ("fast", {"method": "fast"})):
         torch.cuda.synchronize()
         t = time.perf_counter()
-        spectrum_fast.scan(weights, progress=False, **kwargs)
+        spectrum_fast.scan(weights, progress=False, cache=False, **kwargs)
         torch.cuda.synchronize()
         print(f"{label}: {time.perf_counter() - t:.2f} s for {len(weights)} matrices")
     prof = cProfile.Profile()
     prof.enable()
-    spectrum_fast.scan(weights, progress=False, method="fast")
+    spectrum_fast.scan(weights, progress=False, cache=False, method="fast")
     torch.cuda.synchronize()
     prof.disable()
     pstats.Stats(prof).sort_stats("cumulative").print_stats(args.top)

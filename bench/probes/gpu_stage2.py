@@ -56,7 +56,7 @@ def scan(weights: dict[str, torch.Tensor], name: str):
     engine.MIN_IN_FLIGHT = min_in_flight
     torch.cuda.synchronize()
     t = time.perf_counter()
-    result = spectrum_fast.scan(weights, device="cuda", progress=False, eigen_route=route)
+    result = spectrum_fast.scan(weights, device="cuda", progress=False, cache=False, eigen_route=route)
     return time.perf_counter() - t, result
 
 

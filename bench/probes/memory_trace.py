@@ -59,7 +59,7 @@ def main() -> None:
     ops.eigvalsh_deferred = traced("eigen", ops.eigvalsh_deferred,
                                    lambda a, out: (tuple(a[0].shape), route_of.get("last")))
     budget = args.budget_mib << 20 if args.budget_mib else None
-    r = spectrum_fast.scan(folder, device="cuda", progress=False, max_batch_bytes=budget, eigen_route=args.route)
+    r = spectrum_fast.scan(folder, device="cuda", progress=False, cache=False, max_batch_bytes=budget, eigen_route=args.route)
     print(torch.cuda.get_device_name(), "budget MiB", args.budget_mib or "default", "route", args.route,
           "matrices", len(r.rows))
     print("| step | shape | allocated before MiB | peak during MiB |")

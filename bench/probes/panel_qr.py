@@ -94,7 +94,7 @@ def scans(args) -> None:
                 band.PANEL_KERNEL = on
                 torch.cuda.synchronize()
                 t = time.perf_counter()
-                result = spectrum_fast.scan(make(), device="cuda", progress=False)
+                result = spectrum_fast.scan(make(), device="cuda", progress=False, cache=False)
                 seconds = time.perf_counter() - t
                 if r:
                     times[on].append(seconds)

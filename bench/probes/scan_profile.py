@@ -42,7 +42,7 @@ from workloads import deepseek_v2_moe_layout, generated_like, kind_of, llama3_8b
 
 
 def scan_seconds(weights: dict, budget: int) -> float:
-    return timed(lambda: spectrum_fast.scan(weights, device="cuda", progress=False, max_gpu_memory=budget),
+    return timed(lambda: spectrum_fast.scan(weights, device="cuda", progress=False, cache=False, max_gpu_memory=budget),
                  torch.device("cuda"))[0]
 
 
@@ -99,7 +99,7 @@ def main() -> None:
     weights = model_weights(args.workload, args.layers)
     torch.cuda.synchronize()
     warm_up = dict(list(weights.items())[:7])
-    spectrum_fast.scan(warm_up, device="cuda", progress=False)  # warm-up: CUDA, cuSOLVER, Triton
+    spectrum_fast.scan(warm_up, device="cuda", progress=False, cache=False)  # warm-up: CUDA, cuSOLVER, Triton
 
     batches: collections.Counter = collections.Counter()
     solve = ops.eigvalsh_deferred
