@@ -2,7 +2,8 @@
 with device_map (some layers on the CPU, some offloaded to disk), and wrapped by accelerate's
 cpu_offload and disk_offload (every weight a meta parameter, the real one in a hook). Every
 matrix is read where it really lives: no row is skipped or NaN, and the SNRs are those of the
-same weights scanned as plain parameters. A model never loaded (meta, no copy) is refused."""
+same weights scanned as plain parameters. A model never loaded (meta, no copy) is refused. With
+two GPUs: a model spread over both."""
 
 from __future__ import annotations
 
@@ -71,3 +72,23 @@ def test_a_model_never_loaded_is_refused(seed):
                                                                        vocab_size=128))
     with pytest.raises(SelectionError):
         scan(model, device="cpu", progress=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_model_spread_over_two_gpus(tmp_path, seed):
+    """device_map puts half the layers on each GPU: every matrix is read where it lives, and the SNRs
+    are those of the same weights scanned from one GPU (to float64 rounding: batches may differ)."""
+    model = tiny_llama(seed)
+    model.save_pretrained(tmp_path / "model")
+    device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "model.layers.2": 1,
+                  "model.norm": 1, "model.rotary_emb": 1, "lm_head": 1}
+    spread = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "model", device_map=device_map,
+                                                           dtype=torch.bfloat16)
+    assert {p.device.index for p in spread.parameters()} == {0, 1}
+    got = scan(spread, device="cuda:0", progress=False)
+    want = scan({n: p.detach().to("cuda:0") for n, p in model.named_parameters()}, device="cuda:0", progress=False)
+    assert not got.skipped and all(r.status == "ok" and not math.isnan(r.snr) for r in got.rows)
+    want_snr = snrs(want)
+    for name, snr in snrs(got).items():
+        assert snr == pytest.approx(want_snr[name], rel=1e-9), (seed, name)
