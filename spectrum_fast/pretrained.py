@@ -110,7 +110,10 @@ def _fused_load(path, cls, dtype: torch.dtype, device_map, from_pretrained_kwarg
     if (device is None or set(from_pretrained_kwargs) - _FUSED_KWARGS or not folder.is_dir()
             or not any(folder.glob("*.safetensors"))):
         return None
-    import accelerate
+    try:
+        import accelerate  # its init_empty_weights builds the model without allocating it
+    except ImportError:
+        return None
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(folder)
