@@ -102,9 +102,9 @@ class _PatternMatcher:
     Spectrum's lists are plain module names (a prefix: ``re.match`` is anchored at the start only)
     plus a few ``^name$`` lines. Those are looked up, not matched one by one: a name is matched by
     the literal patterns equal to one of its prefixes, so a name costs one set lookup per distinct
-    pattern length, whatever the number of patterns. (Matching every pattern against every name
-    was quadratic: 0.56 s for 1,920 parameters and 960 patterns on the CI machine, some two
-    minutes for a DeepSeek-sized list of ~29,000 expert modules, bench/freeze_many_patterns.py.)
+    pattern length, whatever the number of patterns. (Matching every pattern against every name is
+    quadratic: 55.7 s against 0.18 s for DeepSeek-V2's 28,320 unfused expert modules with half of
+    them selected, on the 2-core CI machine: bench/results/freeze_many_patterns_cpu_7275895.log.)
     Patterns with other regex syntax are matched as regexes."""
 
     def __init__(self, patterns: list[str]):
