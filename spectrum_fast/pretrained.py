@@ -163,6 +163,7 @@ def _fused_load(path, cls, dtype: torch.dtype, device_map, from_pretrained_kwarg
     if any(p.is_meta for p in model.parameters()):
         return None
     model.config._name_or_path = str(path)
+    model.config.dtype = dtype  # the dtype loaded, as from_pretrained records it
     model.eval()  # as from_pretrained returns it
     if (folder / "generation_config.json").is_file() and getattr(model, "generation_config", None) is not None:
         try:

@@ -55,8 +55,8 @@ def test_selection_and_files_match_a_separate_scan(tmp_path, seed):
         assert (tmp_path / "out" / f.name).read_bytes() == f.read_bytes(), f.name
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_the_one_read_model_is_transformers_model(tmp_path, seed, tied, monkeypatch):
+@pytest.mark.parametrize("tied, saved_dtype", [(False, torch.bfloat16), (True, torch.bfloat16), (False, torch.float32)])
+def test_the_one_read_model_is_transformers_model(tmp_path, seed, tied, saved_dtype, monkeypatch):
     """Every parameter and buffer bit-identical to from_pretrained's (dtype and device too), the
     same logits; the fused path did run (from_pretrained was not called)."""
     cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -66,7 +66,7 @@ def test_the_one_read_model_is_transformers_model(tmp_path, seed, tied, monkeypa
     with torch.no_grad():
         for p in source.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    source.to(torch.bfloat16).save_pretrained(tmp_path / "model")
+    source.to(saved_dtype).save_pretrained(tmp_path / "model")  # a float32 checkpoint is rounded on loading
     reference = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.bfloat16)
     calls = []
     original = transformers.LlamaForCausalLM.from_pretrained
@@ -82,6 +82,7 @@ def test_the_one_read_model_is_transformers_model(tmp_path, seed, tied, monkeypa
     for (name, b), (_, rb) in zip(model.named_buffers(), reference.named_buffers()):
         assert b.dtype == rb.dtype and torch.equal(b, rb), (seed, name)
     assert (model.get_input_embeddings().weight is model.get_output_embeddings().weight) == tied
+    assert model.config.to_dict() == reference.config.to_dict()
     tokens = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         assert torch.equal(model(tokens).logits, reference(tokens).logits), seed
