@@ -33,6 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from run_info import run_info  # noqa: E402
+from timing import timed  # noqa: E402
+
+GPU = torch.device("cuda")
 
 
 def model_bytes(model: torch.nn.Module) -> int:
@@ -44,15 +47,10 @@ def phase_plain(folder: Path, top_percent: float) -> dict:
 
     import spectrum_fast
 
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, device_map={"": 0})
-    torch.cuda.synchronize()
-    load_s = time.perf_counter() - t
-    t = time.perf_counter()
-    result = spectrum_fast.scan(model, progress=False, model_name="synthetic/llama3-8b-shaped", cache=False)
-    torch.cuda.synchronize()
-    scan_s = time.perf_counter() - t
+    load_s, model = timed(lambda: transformers.AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.bfloat16, device_map={"": 0}), GPU)
+    scan_s, result = timed(lambda: spectrum_fast.scan(model, progress=False, model_name="synthetic/llama3-8b-shaped",
+                                                      cache=False), GPU)
     return {"load_s": load_s, "scan_s": scan_s, "model_bytes": model_bytes(model),
             "peak_gpu_bytes": torch.cuda.max_memory_allocated(), "selection": sorted(result.select(top_percent))}
 
@@ -60,12 +58,9 @@ def phase_plain(folder: Path, top_percent: float) -> dict:
 def phase_fused(folder: Path, top_percent: float) -> dict:
     import spectrum_fast
 
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    model, result, report = spectrum_fast.load_pretrained(folder, top_percent=top_percent, return_scan=True,
-                                                          scan_options={"progress": False, "cache": False})
-    torch.cuda.synchronize()
-    return {"load_pretrained_s": time.perf_counter() - t, "model_bytes": model_bytes(model),
+    seconds, (model, result, report) = timed(lambda: spectrum_fast.load_pretrained(
+        folder, top_percent=top_percent, return_scan=True, scan_options={"progress": False, "cache": False}), GPU)
+    return {"load_pretrained_s": seconds, "model_bytes": model_bytes(model),
             "peak_gpu_bytes": torch.cuda.max_memory_allocated(), "scan_peak_gpu_bytes": result.peak_gpu_bytes,
             "trainable": report.trainable, "total": report.total, "selection": sorted(result.select(top_percent))}
 
@@ -74,20 +69,12 @@ def phase_spectrum(folder: Path, layers: int) -> dict:
     import transformers
     from spectrum_reference import spectrum_snr
 
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, device_map={"": 0})
-    torch.cuda.synchronize()
-    load_s = time.perf_counter() - t
+    load_s, model = timed(lambda: transformers.AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, device_map={"": 0}), GPU)
     total_layers = model.config.num_hidden_layers
     weights = [m.weight for name, m in model.named_modules()
                if isinstance(m, torch.nn.Linear) and any(f".layers.{i}." in name for i in range(layers))]
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for w in weights:
-        spectrum_snr(w.detach())
-    torch.cuda.synchronize()
-    svd_s = time.perf_counter() - t
+    svd_s, _ = timed(lambda: [spectrum_snr(w.detach()) for w in weights], GPU)
     return {"fp32_load_s": load_s, "svdvals_s_timed": svd_s, "layers_timed": layers, "matrices_timed": len(weights),
             "svdvals_s_scaled": svd_s * total_layers / layers, "peak_gpu_bytes": torch.cuda.max_memory_allocated()}
 

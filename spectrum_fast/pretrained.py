@@ -74,18 +74,16 @@ def load_pretrained(
     if device_map is None:
         device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
     kwargs = {"dtype": torch_dtype, "device_map": device_map, **from_pretrained_kwargs}
-    cls = model_cls or _checkpoint_class(path, from_pretrained_kwargs)
+    config = _read_config(path, from_pretrained_kwargs)
+    cls = model_cls or _checkpoint_class(config)
     # No result cache unless asked: its key hashes every byte of the files, a second read of the weights.
     options = {"types": types, "model_name": _model_name(path), "cache": False} | (scan_options or {})
-    fused = _fused_load(path, cls, torch_dtype, device_map, from_pretrained_kwargs, options)
+    fused = _fused_load(path, config, cls, torch_dtype, device_map, from_pretrained_kwargs, options)
     if fused is not None:
         model, result = fused
     else:
         model = _from_pretrained(cls, path, kwargs, fallback=None if model_cls else AutoModel)
-        options.setdefault("device", _scan_device(model))
-        if torch.device(options["device"]).type == "cuda":
-            options.setdefault("max_gpu_memory", LOAD_SCAN_GPU_MEMORY)
-        result = scan(model, **options)
+        result = scan(model, **_on_device(options, _scan_device(model)))
     report = freeze(model, result, top_percent)
     log.info("spectrum_fast.load_pretrained: %s (%d of %d matrices selected at %g%%)", report,
              len(result.select(top_percent)), len(result.rows), top_percent)
@@ -103,7 +101,15 @@ def load_pretrained(
 _FUSED_KWARGS = {"local_files_only"}
 
 
-def _fused_load(path, cls, dtype: torch.dtype, device_map, from_pretrained_kwargs: dict, options: dict):
+def _on_device(options: dict, device: torch.device) -> dict:
+    """scan() options with the device (unless given) and, on a GPU, the scan's budget beside the model."""
+    options = {"device": device} | options
+    if torch.device(options["device"]).type == "cuda":
+        options.setdefault("max_gpu_memory", LOAD_SCAN_GPU_MEMORY)
+    return options
+
+
+def _fused_load(path, config, cls, dtype: torch.dtype, device_map, from_pretrained_kwargs: dict, options: dict):
     """(model, ScanResult) by the one-read path (module docstring), or None where it does not apply."""
     device = _single_device(device_map)
     folder = Path(path)
@@ -116,7 +122,6 @@ def _fused_load(path, cls, dtype: torch.dtype, device_map, from_pretrained_kwarg
         return None
     import transformers
 
-    config = transformers.AutoConfig.from_pretrained(folder)
     if getattr(config, "quantization_config", None) or getattr(cls, "_keep_in_fp32_modules", None):
         return None
     with accelerate.init_empty_weights(include_buffers=False), _default_dtype(dtype):
@@ -145,10 +150,7 @@ def _fused_load(path, cls, dtype: torch.dtype, device_map, from_pretrained_kwarg
                 target = target[task.expert] if task.expert is not None else target
                 target.view(-1).copy_(w[i].reshape(-1))
 
-        options = dict(options, device=options.get("device", device))
-        if torch.device(options["device"]).type == "cuda":
-            options.setdefault("max_gpu_memory", LOAD_SCAN_GPU_MEMORY)
-        result = scan(folder, on_matrices=put, **options)
+        result = scan(folder, on_matrices=put, **_on_device(options, device))
         for name, info in infos.items():  # what the scan did not analyse
             if name in filled:
                 continue
@@ -205,18 +207,25 @@ def _set_tensor(model: torch.nn.Module, name: str, value: torch.Tensor, buffer: 
         owner._parameters[leaf] = torch.nn.Parameter(value, requires_grad=value.is_floating_point())
 
 
-def _checkpoint_class(path, from_pretrained_kwargs: dict):
-    """The transformers class named first in the checkpoint's config (``architectures``), else
-    AutoModelForCausalLM. (AutoModelForCausalLM alone would load, e.g., a BERT encoder as
-    BertLMHeadModel with a fresh head.)"""
+def _read_config(path, from_pretrained_kwargs: dict):
+    """The checkpoint's transformers config (the from_pretrained arguments that locate it passed on);
+    a failure is one line that names the path."""
     import transformers
 
     passed = {k: v for k, v in from_pretrained_kwargs.items()
               if k in ("revision", "token", "cache_dir", "local_files_only", "trust_remote_code")}
     try:
-        config = transformers.AutoConfig.from_pretrained(path, **passed)
+        return transformers.AutoConfig.from_pretrained(path, **passed)
     except (OSError, ValueError) as e:
         raise SelectionError(f"{path}: transformers could not read its config: {str(e).splitlines()[0]}") from None
+
+
+def _checkpoint_class(config):
+    """The transformers class named first in the checkpoint's config (``architectures``), else
+    AutoModelForCausalLM. (AutoModelForCausalLM alone would load, e.g., a BERT encoder as
+    BertLMHeadModel with a fresh head.)"""
+    import transformers
+
     for name in getattr(config, "architectures", None) or []:
         cls = getattr(transformers, name, None)
         if cls is not None:
@@ -229,11 +238,9 @@ def _from_pretrained(cls, path, kwargs: dict, fallback=None):
     Failures are one line that names the path."""
     try:
         return cls.from_pretrained(path, **kwargs)
-    except ValueError as e:
-        if fallback is not None and "Unrecognized configuration class" in str(e):
+    except (ValueError, OSError) as e:
+        if fallback is not None and isinstance(e, ValueError) and "Unrecognized configuration class" in str(e):
             return _from_pretrained(fallback, path, kwargs)
-        raise SelectionError(f"{path}: transformers could not load it: {str(e).splitlines()[0]}") from None
-    except OSError as e:
         raise SelectionError(f"{path}: transformers could not load it: {str(e).splitlines()[0]}") from None
 
 

@@ -13,7 +13,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -23,16 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from run_info import run_info  # noqa: E402
+from timing import timed  # noqa: E402
 
 import spectrum_fast  # noqa: E402
 
 
 def timed_scan(folder: Path, cache: bool) -> tuple[float, object]:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = spectrum_fast.scan(folder, progress=False, cache=cache)
-    torch.cuda.synchronize()
-    return time.perf_counter() - start, result
+    return timed(lambda: spectrum_fast.scan(folder, progress=False, cache=cache), torch.device("cuda"))
 
 
 def main() -> None:
