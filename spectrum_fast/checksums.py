@@ -23,6 +23,7 @@ import json
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -183,18 +184,39 @@ def _hash_tensor_piece(piece: torch.Tensor) -> bytes:
 
 def tensors_digest(named: Iterable[tuple[str, torch.Tensor]], threads: int | None = None) -> str:
     """SHA-256 content digest (hex) of named tensors: each one's name, dtype, shape and bytes, in
-    the order given. Tensors on the meta device are left out (they hold no values)."""
-    named = [(name, t) for name, t in named if not t.is_meta]
-    with ThreadPoolExecutor(max_workers=threads or hash_threads(), thread_name_prefix="spectrum-fast-hash") as pool:
-        pieces = [[pool.submit(_hash_tensor_piece, p) for p in _tensor_pieces(t)] for _, t in named]
+    the order given. Tensors on the meta device are left out (they hold no values).
+
+    ``named`` is consumed lazily, and only about two pieces per thread of tensors are held at once:
+    a source may produce each tensor as it is asked for (accelerate's disk-offloaded weights are
+    read from their files), so holding them all would load the whole model into host memory."""
+    threads = threads or hash_threads()
+    window = 2 * threads * PIECE_BYTES
+    h = hashlib.sha256(DIGEST_FORMAT)
+    pending: deque[tuple[bytes, list, int]] = deque()  # (header, the pieces' futures, bytes held)
+    held = 0
+
+    def take_oldest() -> int:
+        header, futures, nbytes = pending.popleft()
+        h.update(header)
+        for f in futures:
+            h.update(f.result())
+        return nbytes
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="spectrum-fast-hash") as pool:
         try:
-            h = hashlib.sha256(DIGEST_FORMAT)
-            for (name, t), futures in zip(named, pieces):
-                h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode() + b"\n")
-                for f in futures:
-                    h.update(f.result())
+            for name, t in named:
+                if t.is_meta:
+                    continue
+                header = json.dumps([name, str(t.dtype), list(t.shape)]).encode() + b"\n"
+                nbytes = t.numel() * t.element_size()
+                pending.append((header, [pool.submit(_hash_tensor_piece, p) for p in _tensor_pieces(t)], nbytes))
+                held += nbytes
+                while held > window and len(pending) > 1:
+                    held -= take_oldest()
+            while pending:
+                held -= take_oldest()
         finally:
-            for futures in pieces:
+            for _, futures, _ in pending:
                 for f in futures:
                     f.cancel()
     return h.hexdigest()
