@@ -114,6 +114,14 @@ def _interrupting_bar(after_updates: int):
     return Bar
 
 
+def _scan_interrupted(folder, monkeypatch, after_batches: int) -> None:
+    """A scan of one matrix per batch, stopped by Ctrl-C after ``after_batches`` batches."""
+    with monkeypatch.context() as m:
+        m.setattr("tqdm.auto.tqdm", _interrupting_bar(after_updates=after_batches))
+        with pytest.raises(KeyboardInterrupt):
+            _scan(folder, max_batch_bytes=1)
+
+
 # -- a second scan --------------------------------------------------------------------------------
 def test_second_scan_comes_from_the_cache_with_identical_files(cache_dir, tmp_path, seed, monkeypatch):
     folder = _model_folder(tmp_path / "m", seed)
@@ -264,10 +272,7 @@ def test_other_types_reuse_the_matrices_they_share(cache_dir, seed, monkeypatch)
 # -- resume ---------------------------------------------------------------------------------------
 def test_ctrl_c_keeps_finished_batches_and_the_next_scan_resumes(cache_dir, tmp_path, seed, monkeypatch):
     folder = _model_folder(tmp_path / "m", seed)
-    with monkeypatch.context() as m:
-        m.setattr("tqdm.auto.tqdm", _interrupting_bar(after_updates=3))
-        with pytest.raises(KeyboardInterrupt):
-            _scan(folder, max_batch_bytes=1)  # one matrix per batch: Ctrl-C after the third
+    _scan_interrupted(folder, monkeypatch, after_batches=3)  # one matrix per batch: Ctrl-C after the third
     assert _entries(cache_dir) == [], "an interrupted scan writes no entry"
     (journal,) = _journals(cache_dir)
     lines = journal.read_bytes().splitlines()
@@ -284,18 +289,12 @@ def test_ctrl_c_keeps_finished_batches_and_the_next_scan_resumes(cache_dir, tmp_
 
 def test_a_killed_append_leaves_a_partial_line_that_is_dropped(cache_dir, tmp_path, seed, monkeypatch):
     folder = _model_folder(tmp_path / "m", seed)
-    with monkeypatch.context() as m:
-        m.setattr("tqdm.auto.tqdm", _interrupting_bar(after_updates=2))
-        with pytest.raises(KeyboardInterrupt):
-            _scan(folder, max_batch_bytes=1)
+    _scan_interrupted(folder, monkeypatch, after_batches=2)
     (journal,) = _journals(cache_dir)
     complete = journal.read_bytes()
     third = json.dumps({"name": "model.layers.3.mlp.up_proj", "snr": 1.5}).encode()
     journal.write_bytes(complete + third[: random.randrange(1, len(third))])  # killed mid-write
-    with monkeypatch.context() as m:
-        m.setattr("tqdm.auto.tqdm", _interrupting_bar(after_updates=1))
-        with pytest.raises(KeyboardInterrupt):
-            _scan(folder, max_batch_bytes=1)  # resumes, journals one more batch after the partial line
+    _scan_interrupted(folder, monkeypatch, after_batches=1)  # resumes, journals one more batch after the partial line
     lines = journal.read_bytes().splitlines()
     assert len(lines) == 3 and all(json.loads(ln)["tensor"] for ln in lines), "the partial line was cut off"
     import warnings
@@ -443,10 +442,7 @@ def test_corrupt_entry_is_ignored_with_one_warning(cache_dir, tmp_path, seed, da
 
 def test_corrupt_journal_line_starts_over_with_a_warning(cache_dir, tmp_path, seed, monkeypatch):
     folder = _model_folder(tmp_path / "m", seed)
-    with monkeypatch.context() as m:
-        m.setattr("tqdm.auto.tqdm", _interrupting_bar(after_updates=3))
-        with pytest.raises(KeyboardInterrupt):
-            _scan(folder, max_batch_bytes=1)
+    _scan_interrupted(folder, monkeypatch, after_batches=3)
     (journal,) = _journals(cache_dir)
     lines = journal.read_bytes().splitlines(keepends=True)
     lines[1] = b"{not json\n"
