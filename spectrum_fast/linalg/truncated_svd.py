@@ -19,12 +19,12 @@ Routes of the randomized method:
   split in bf16 parts, Cholesky QR in float64 (once between products, twice for the final basis),
   the small SVD from B B^T's eigenpairs (SMALL_EIGH: up to l = 32 on the device by cuSOLVER's
   batched Jacobi solver where the extension has it, else on the host below l = 128 and on the
-  device by torch from there); Omega bf16
-  from torch.randn, or from the Triton kernel (FUSED_SKETCH, off: slower there). From the second
-  call with a shape on, the device work replays from a CUDA graph (linalg.graphs: the call is
-  otherwise ~100 launches, host-bound): the whole call up to l = 32, else two graphs, before and
-  after the small eigen solve on the host. A graph reads A in place when A is at an address it
-  has seen (the same tensor again, or a reused buffer), else from a copy it holds while cached;
+  device by torch from there); Omega bf16 from torch.randn, or from the Triton kernel
+  (FUSED_SKETCH, off: slower there). From the second call with a shape on, the device work
+  replays from a CUDA graph (linalg.graphs: the call is otherwise ~100 launches, host-bound): the
+  whole call up to l = 32, else two graphs, before and after the small eigen solve on the host. A
+  graph reads A in place when A is at an address it has seen (the same tensor again, or a reused
+  buffer), else from a copy it holds while cached;
 - otherwise products, QRs and SVDs in fp32 (float64 for float64 A); bf16/fp16 A is upcast to fp32
   exactly, whole when its copy is small (_RESIDENT_BYTES), else chunk by chunk at every product
   (_CHUNK_BYTES at a time). TF32 is kept off as in ops.gram (matmul precision "highest" for the
