@@ -74,6 +74,10 @@ def test_a_model_never_loaded_is_refused(seed):
         scan(model, device="cpu", progress=False)
 
 
+TWO_GPU_MAP = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "model.layers.2": 1,
+               "model.norm": 1, "model.rotary_emb": 1, "lm_head": 1}
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_model_spread_over_two_gpus(tmp_path, seed):
@@ -81,8 +85,7 @@ def test_model_spread_over_two_gpus(tmp_path, seed):
     are those of the same weights scanned from one GPU (to float64 rounding: batches may differ)."""
     model = tiny_llama(seed)
     model.save_pretrained(tmp_path / "model")
-    device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "model.layers.2": 1,
-                  "model.norm": 1, "model.rotary_emb": 1, "lm_head": 1}
+    device_map = TWO_GPU_MAP
     spread = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "model", device_map=device_map,
                                                            dtype=torch.bfloat16)
     assert {p.device.index for p in spread.parameters()} == {0, 1}
@@ -92,3 +95,21 @@ def test_model_spread_over_two_gpus(tmp_path, seed):
     want_snr = snrs(want)
     for name, snr in snrs(got).items():
         assert snr == pytest.approx(want_snr[name], rel=1e-9), (seed, name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_load_pretrained_spread_over_two_gpus(tmp_path, seed):
+    """load_pretrained with a two-GPU device_map: the layers land where the map says, and the
+    selection is that of scanning the checkpoint's files."""
+    import spectrum_fast
+
+    tiny_llama(seed).save_pretrained(tmp_path / "model")
+    model, result, _ = spectrum_fast.load_pretrained(tmp_path / "model", top_percent=50, device_map=TWO_GPU_MAP,
+                                                     scan_options={"progress": False}, return_scan=True)
+    assert {p.device.index for p in model.parameters()} == {0, 1}
+    assert all(r.status == "ok" and not math.isnan(r.snr) for r in result.rows)
+    from_files = spectrum_fast.scan(tmp_path / "model", device="cuda:0", progress=False)
+    assert set(result.select(50)) == set(from_files.select(50)), seed
+    chosen = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert chosen and all(name.rsplit(".", 1)[0] in set(result.select(50)) for name in chosen), seed
