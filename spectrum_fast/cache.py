@@ -7,7 +7,9 @@ Layout of the cache folder ($SPECTRUM_FAST_CACHE, else $XDG_CACHE_HOME/spectrum_
 - ``results/<key>.json``: a finished scan's rows (one record per matrix, by module name);
 - ``journals/<key>.jsonl``: the rows of a scan in progress, one JSON line per matrix, appended and
   fsync'ed after each batch; a scan that ends normally folds them into ``results/<key>.json`` and
-  removes the journal, so a journal that remains belongs to an interrupted scan;
+  removes the journal, so a journal that remains belongs to an interrupted scan. Each rank of a
+  distributed scan (distributed.py) appends to its own, ``<key>.rank<r>.jsonl``; every scan of
+  the key reads them all, so a scan resumes whatever ranks the interrupted one ran on;
 - ``file-digests/``: each weight file's content digest, remembered by its stat (checksums.py).
 
 The key is a digest of everything that decides the numbers (scan_key): the weights' content, the
@@ -82,12 +84,62 @@ def content_digest(source: WeightSource, infos: list[TensorInfo], memo_folder: P
     """The digest of the weights a source holds, or None for a source the cache cannot vouch for
     (a WeightSource subclass of your own: its read() may generate or fetch anything)."""
     if type(source) in (SafetensorsSource, TorchBinSource):
-        files = list(dict.fromkeys(info.file for info in infos if info.file))
-        digests = checksums.file_digests(files, memo_folder)
-        return hashlib.sha256(json.dumps(["files", digests]).encode()).hexdigest()
+        files = _weight_files(infos)
+        return _files_content(checksums.file_digests(files, memo_folder))
     if type(source) in (DictSource, ModuleSource):
         return checksums.tensors_digest((info.name, source.read(info)) for info in infos)
     return None
+
+
+def _weight_files(infos: list[TensorInfo]) -> list[str]:
+    return list(dict.fromkeys(info.file for info in infos if info.file))
+
+
+def _files_content(digests: list[str]) -> str:
+    return hashlib.sha256(json.dumps(["files", digests]).encode()).hexdigest()
+
+
+def _memo_folder() -> Path | None:
+    try:
+        memo = cache_folder() / "file-digests"
+        memo.mkdir(parents=True, exist_ok=True)
+        return memo
+    except (RuntimeError, OSError):  # for_scan says why, once per rank
+        return None
+
+
+def shared_content_digest(source: WeightSource, infos: list[TensorInfo], ranks) -> str | None:
+    """content_digest for the ranks of a distributed scan (``ranks``: distributed.Ranks), the same
+    on every rank and equal to a single process's: each rank checksums the files of about
+    1/world of the bytes and the digests are gathered. A collective: every rank must call it.
+    None (with a warning) when some rank could not checksum its files."""
+    from .partition import split_files_by_size
+
+    error, mine, content = None, {}, None
+    try:
+        memo = _memo_folder()
+        if type(source) in (SafetensorsSource, TorchBinSource):
+            files = _weight_files(infos)
+            sizes = [os.stat(f).st_size for f in files]
+            share = split_files_by_size(files, sizes, ranks.world)[ranks.rank]
+            mine = dict(zip(share, checksums.file_digests([files[i] for i in share], memo)))
+        else:
+            content = content_digest(source, infos, memo)
+    except (checksums.ChecksumError, OSError, RuntimeError) as e:
+        error = " ".join(str(e).split())
+    gathered = ranks.all_gather((error, mine, content))
+    errors = [f"rank {r}: {e}" for r, (e, _, _) in enumerate(gathered) if e]
+    if errors:
+        _warn(f"cannot checksum the weights ({errors[0]}): scanning without the cache")
+        return None
+    if type(source) in (SafetensorsSource, TorchBinSource):
+        digests = {i: d for _, share, _ in gathered for i, d in share.items()}
+        return _files_content([digests[i] for i in range(len(digests))])
+    contents = {c for _, _, c in gathered}
+    if len(contents) > 1:
+        _warn("the ranks hold different weights (their digests differ): scanning without the cache")
+        return None
+    return contents.pop()
 
 
 def scan_key(content: str, *, precision: str, method: str, estimator: str, eigen_route: str,
@@ -170,10 +222,10 @@ class ScanCache:
     """The cache as one scan sees it: the rows already known for its key (a finished entry, an
     interrupted scan's journal), the journal it appends to, and the entry it leaves behind."""
 
-    def __init__(self, folder: Path, key: str, fields: dict[str, Any]):
+    def __init__(self, folder: Path, key: str, fields: dict[str, Any], rank: int | None = None):
         self.folder, self.key, self.fields = folder, key, fields
         self.entry_path = folder / "results" / f"{key}.json"
-        self.journal_path = folder / "journals" / f"{key}.jsonl"
+        self.journal_path = folder / "journals" / (f"{key}.jsonl" if rank is None else f"{key}.rank{rank}.jsonl")
         self.cached_rows = 0  # rows taken from a finished entry
         self.resumed_rows = 0  # rows taken from an interrupted scan's journal
         self._entry: dict[str, dict] = {}
@@ -186,9 +238,12 @@ class ScanCache:
 
     @classmethod
     def for_scan(cls, source: WeightSource, infos: list[TensorInfo], device: torch.device, *, precision: str,
-                 method: str, estimator: str, eigen_route: str) -> ScanCache | None:
+                 method: str, estimator: str, eigen_route: str, content: str | None = None,
+                 rank: int | None = None) -> ScanCache | None:
         """The cache for this scan, or None when it cannot be used (a source of your own, weights
-        that could not be checksummed: a CacheWarning says why)."""
+        that could not be checksummed: a CacheWarning says why). ``content``: the weights' digest
+        when the caller has it (a distributed scan's ranks checksum a share of the files each);
+        ``rank``: the rank whose journal this scan appends to."""
         try:
             folder = cache_folder()
         except RuntimeError as e:  # Path.home() without a home folder
@@ -201,16 +256,17 @@ class ScanCache:
             memo = None  # still look for an entry: a read-only cache can serve results
             _warn(f"cache folder {folder} cannot be written ({e.strerror or e}): results will not be "
                   f"stored; set {CACHE_ENV} to a writable folder or pass --no-cache")
-        try:
-            content = content_digest(source, infos, memo)
-        except (checksums.ChecksumError, OSError, RuntimeError) as e:
-            _warn(f"cannot checksum the weights ({' '.join(str(e).split())}): scanning without the cache")
-            return None
+        if content is None:
+            try:
+                content = content_digest(source, infos, memo)
+            except (checksums.ChecksumError, OSError, RuntimeError) as e:
+                _warn(f"cannot checksum the weights ({' '.join(str(e).split())}): scanning without the cache")
+                return None
         if content is None:
             return None
         key, fields = scan_key(content, precision=precision, method=method, estimator=estimator,
                                eigen_route=eigen_route, device=device)
-        cache = cls(folder, key, fields)
+        cache = cls(folder, key, fields, rank)
         cache._broken = memo is None
         return cache
 
@@ -232,28 +288,40 @@ class ScanCache:
             _warn(f"cache entry {self.entry_path} is corrupt ({e}): ignored, its matrices are computed again")
             return {}
 
+    def _journal_paths(self) -> list[Path]:
+        """This key's journals: a single process's and each rank's of a distributed scan."""
+        folder = self.journal_path.parent
+        try:
+            found = set(folder.glob(f"{self.key}.rank*.jsonl")) | {folder / f"{self.key}.jsonl"}
+        except OSError:
+            found = {folder / f"{self.key}.jsonl"}
+        return sorted(found | {self.journal_path})
+
     def _read_journal(self) -> dict[str, dict]:
-        """Rows of the journal's complete lines. A kill during an append leaves a last line without
-        its newline: that line is dropped (its rows are computed again), and the next append starts
-        where the complete lines end."""
-        try:
-            data = self.journal_path.read_bytes()
-        except (FileNotFoundError, NotADirectoryError):  # no entry (a folder that is a file warned already)
-            return {}
-        except OSError as e:
-            _warn(f"resume journal {self.journal_path} is unreadable ({e.strerror or e}): ignored")
-            return {}
-        complete = data[: data.rfind(b"\n") + 1]
+        """Rows of the complete lines of this key's journals. A kill during an append leaves a last
+        line without its newline: that line is dropped (its rows are computed again), and the next
+        append to this scan's own journal starts where its complete lines end."""
         rows = {}
-        try:
-            for line in complete.decode("utf-8").splitlines():
-                rec = _check_record(json.loads(line))
-                rows[rec["name"]] = rec
-        except (ValueError, TypeError) as e:
-            _warn(f"resume journal {self.journal_path} is corrupt ({e}): ignored, the scan starts over")
-            self._journal_bytes = 0
-            return {}
-        self._journal_bytes = len(complete)
+        for path in self._journal_paths():
+            try:
+                data = path.read_bytes()
+            except (FileNotFoundError, NotADirectoryError):  # none (a folder that is a file warned already)
+                continue
+            except OSError as e:
+                _warn(f"resume journal {path} is unreadable ({e.strerror or e}): ignored")
+                continue
+            complete = data[: data.rfind(b"\n") + 1]
+            found = {}
+            try:
+                for line in complete.decode("utf-8").splitlines():
+                    rec = _check_record(json.loads(line))
+                    found[rec["name"]] = rec
+            except (ValueError, TypeError) as e:
+                _warn(f"resume journal {path} is corrupt ({e}): ignored, its matrices are computed again")
+                complete, found = b"", {}
+            rows.update(found)
+            if path == self.journal_path:
+                self._journal_bytes = len(complete)
         return rows
 
     def known_rows(self, tasks: list[MatrixTask]) -> dict[int, MatrixRow]:
@@ -300,9 +368,16 @@ class ScanCache:
         except OSError as e:
             self._write_failed(self.journal_path, e)
 
+    def adopt(self, rows: list[tuple[MatrixTask, MatrixRow]]) -> None:
+        """Rows other ranks computed (gathered): written into the entry by finish(), not journaled
+        here (each rank journaled its own)."""
+        for task, row in rows:
+            self._new[task.name] = _record(task, row)
+
     def finish(self) -> None:
         """The scan ended normally: write the entry (every row known for this key, this scan's and
-        earlier ones') in one atomic write, then remove the journal."""
+        earlier ones') in one atomic write, then remove the key's journals (a distributed scan's
+        ranks had all finished: their rows are in the entry)."""
         self.close()
         if self._broken or not (self._new or self._journal):
             return  # nothing new: the entry on disk already holds every row this scan used
@@ -312,13 +387,24 @@ class ScanCache:
             atomic_write_text(self.entry_path, json.dumps(entry, separators=(",", ":")))
         except OSError as e:
             self._write_failed(self.entry_path, e)
-            return  # the journal stays: the next scan resumes from it
+            return  # the journals stay: the next scan resumes from them
+        for path in self._journal_paths():
+            self._remove(path)
+
+    def drop_journal(self) -> None:
+        """A rank other than 0 at the end of a distributed scan: rank 0 wrote the entry with every
+        rank's rows, so this rank's journal is done (on a node of its own, it would only linger)."""
+        self.close()
+        self._remove(self.journal_path)
+
+    @staticmethod
+    def _remove(path: Path) -> None:
         try:
-            self.journal_path.unlink()
+            path.unlink()
         except FileNotFoundError:
             pass
         except OSError as e:
-            _warn(f"cannot remove resume journal {self.journal_path} ({e.strerror or e})")
+            _warn(f"cannot remove resume journal {path} ({e.strerror or e})")
 
     def close(self) -> None:
         if self._journal_file is not None:

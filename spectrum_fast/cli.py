@@ -2,6 +2,9 @@
 
 Errors in the user's input print one line (``spectrum-fast: error: ...``) and exit 2; nothing is
 half-written, since every file goes to a temporary name first.
+
+Under torchrun (``torchrun --nproc-per-node N -m spectrum_fast scan ...``) the ranks share the scan
+(distributed.py) and rank 0 alone writes and prints; another rank prints only an error of its own.
 """
 
 from __future__ import annotations
@@ -137,6 +140,8 @@ def _cmd_scan(args) -> int:
                   precision=args.precision, pool_experts=args.pool_experts, model_name=model_name,
                   max_gpu_memory=None if args.max_gpu_memory is None else int(args.max_gpu_memory * 2**30),
                   method=args.method, estimator=args.estimator, cache=not args.no_cache)
+    if _rank() != 0:
+        return 0  # rank 0 writes the files and says what was done
     written = list(result.to_spectrum_json(out))
     written += [result.to_yaml(out, p) for p in percents]
     print(result.summary(tuple(percents)))
@@ -145,7 +150,16 @@ def _cmd_scan(args) -> int:
     how = result.precision if result.method == "exact" else "fast mode: estimates"
     if result.estimator != "spectrum":
         how += f", sigma by {result.estimator}"
-    print(f"\n{len(result.rows)} matrices in {result.seconds:.2f} s on {result.device} ({how}){gpu}{host}")
+    if result.ranks:
+        ranks = len(result.ranks)
+        print(f"\n{len(result.rows)} matrices in {result.seconds:.2f} s on {ranks} rank{'s' if ranks > 1 else ''} "
+              f"({how})")
+        for r in result.ranks:
+            peak = f", peak GPU {r['peak_gpu_bytes'] / 2**20:.0f} MiB" if r["peak_gpu_bytes"] is not None else ""
+            print(f"  rank {r['rank']} ({r['host']}, {r['device']}): {r['matrices']} matrices, busy "
+                  f"{r['busy_seconds']:.2f} s (predicted {r['predicted_seconds']:.3g} s on an H100){peak}")
+    else:
+        print(f"\n{len(result.rows)} matrices in {result.seconds:.2f} s on {result.device} ({how}){gpu}{host}")
     waited = result.read_wait_seconds  # on a CPU scan reads are in line, so only a GPU scan waits
     if str(result.device).startswith("cuda") and waited is not None and waited > 0.1 * result.seconds:
         print(f"the GPU waited {waited:.1f} s for reads: the disk, not the analysis, "
@@ -178,6 +192,39 @@ def _reused_line(result) -> str | None:
         return None
     computed = n - result.resumed_rows - result.cached_rows
     return "; ".join(parts) + f" ({cache_folder()}); {computed} computed"
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    from .distributed import launched_by_torchrun
+
+    return int(os.environ["RANK"]) if launched_by_torchrun() else 0
+
+
+def _error_line(e: BaseException) -> str | None:
+    """The line this process prints for an error, or None: under torchrun, another rank's failure
+    is said once, by rank 0, and a rank other than 0 names itself."""
+    from .distributed import RankFailure
+
+    rank = _rank()
+    if rank != 0 and isinstance(e, RankFailure) and not e.own:
+        return None
+    where = f"[rank {rank}] " if rank != 0 else ""
+    return f"spectrum-fast: error: {where}{_one_line(e)}"
+
+
+def _rank_lost(e: RuntimeError) -> bool:
+    """A collective failed under torchrun because a peer went away (gloo's closed connection, a
+    c10d store or NCCL error): another rank died while this one talked to it."""
+    from .distributed import launched_by_torchrun
+
+    if not launched_by_torchrun():
+        return False
+    import torch.distributed as dist
+
+    dist_error = getattr(dist, "DistError", None)
+    return (dist_error is not None and isinstance(e, dist_error)) or \
+        any(word in str(e) for word in ("gloo", "NCCL", "c10d", "Connection closed by peer", "Connection reset"))
 
 
 def _interrupted_message(args) -> str:
@@ -249,13 +296,15 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _warning_line
             return command(args)
     except SpectrumFastError as e:
-        print(f"spectrum-fast: error: {_one_line(e)}", file=sys.stderr)
+        line = _error_line(e)
+        if line:
+            print(line, file=sys.stderr)
         return 2
     except BrokenPipeError:  # stdout piped into `head` and closed: not an error worth a message
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 1
     except OSError as e:  # a file or folder the OS refuses (permissions, disk full): one line too
-        print(f"spectrum-fast: error: {_one_line(e)}", file=sys.stderr)
+        print(_error_line(e), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(_interrupted_message(args), file=sys.stderr)
@@ -268,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         if "out of memory" in str(e).lower():
             print("spectrum-fast: error: out of GPU memory: free the GPU or use --device cpu", file=sys.stderr)
             return 3
+        if _rank_lost(e):
+            print(f"spectrum-fast: error: lost contact with another rank ({_one_line(e)[:200]}): no output was "
+                  f"written; torchrun's report names the rank", file=sys.stderr)
+            return 2
         raise
 
 

@@ -289,7 +289,10 @@ def _prefetched(source: WeightSource, batches: list[Batch], device: torch.device
     with LAPACK for the same cores (OpenMP workers spinning in a second thread halved eigvalsh
     speed on 2 cores). File pieces go to ``IO_THREADS`` threads either way (system calls only).
     """
-    with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="spectrum-fast-io") as io_pool:
+    # CUDA's current device is per thread and starts at 0: a scan on cuda:1 (a second rank) would
+    # otherwise pin memory, stream and generate through GPU 0 from these threads.
+    on_device = dict(initializer=torch.cuda.set_device, initargs=(device,)) if device.type == "cuda" else {}
+    with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="spectrum-fast-io", **on_device) as io_pool:
         if device.type != "cuda":
             for batch in batches:
                 yield _Loaded(batch, *_load_batch(source, batch, device, io_pool), device)
@@ -299,7 +302,7 @@ def _prefetched(source: WeightSource, batches: list[Batch], device: torch.device
         # depth batches loaded or loading, and one the caller has not yet copied to the GPU
         ring = staging.PinnedRing(depth + 1, staging_bytes(batches)) if on_host else None
         try:
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spectrum-fast-reader") as reader:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spectrum-fast-reader", **on_device) as reader:
                 pending = deque(reader.submit(_load_batch, source, b, device, io_pool, ring) for b in batches[:depth])
                 try:
                     for i, batch in enumerate(batches):

@@ -65,7 +65,9 @@ def load_pretrained(
     out: a folder to write the scan's files to (snr_results_<model>.json, ..._sorted.json and the
         unfrozen_parameters YAML at top_percent), as the CLI does.
     scan_options: more arguments for scan() (e.g. method, estimator, max_gpu_memory, progress;
-        cache=True to use the result cache, off here since its key reads the files once more).
+        cache=True to use the result cache, off here since its key reads the files once more;
+        distributed=True to share the scan among torchrun's ranks, off here since every rank
+        reads the whole model to load it).
     Returns the model (requires_grad set), or (model, ScanResult, FreezeReport) with return_scan.
     """
     top_percent = check_top_percent(top_percent)
@@ -77,7 +79,9 @@ def load_pretrained(
     config = _read_config(path, from_pretrained_kwargs)
     cls = model_cls or _checkpoint_class(config)
     # No result cache unless asked: its key hashes every byte of the files, a second read of the weights.
-    options = {"types": types, "model_name": _model_name(path), "cache": False} | (scan_options or {})
+    # Not shared among torchrun's ranks unless asked: each rank loads, so reads, the whole model anyway.
+    options = {"types": types, "model_name": _model_name(path), "cache": False, "distributed": False} \
+        | (scan_options or {})
     fused = _fused_load(path, config, cls, torch_dtype, device_map, from_pretrained_kwargs, options)
     if fused is not None:
         model, result = fused
@@ -113,7 +117,9 @@ def _fused_load(path, config, cls, dtype: torch.dtype, device_map, from_pretrain
     """(model, ScanResult) by the one-read path (module docstring), or None where it does not apply."""
     device = _single_device(device_map)
     folder = Path(path)
-    if (device is None or set(from_pretrained_kwargs) - _FUSED_KWARGS or not folder.is_dir()
+    # A shared scan (distributed=True) reads only this rank's share: the model needs every tensor.
+    if (device is None or options.get("distributed") or set(from_pretrained_kwargs) - _FUSED_KWARGS
+            or not folder.is_dir()
             or not any(folder.glob("*.safetensors"))):
         return None
     try:

@@ -72,6 +72,10 @@ class ScanResult:
     from_cache: bool = False  # every row came from the result cache or a resume journal: nothing was computed
     cached_rows: int = 0  # rows taken from the cache's entry of a finished scan
     resumed_rows: int = 0  # rows taken from the journal of an interrupted scan
+    # A distributed scan's ranks, one dict each: rank, host, device, matrices, predicted_seconds
+    # (partition.py's cost), busy_seconds, read/compute/read_wait seconds, peak_gpu/host_bytes.
+    # The fields above are this process's own.
+    ranks: list[dict] | None = None
 
     # -- selection ---------------------------------------------------------------------------
     def _groups(self) -> dict[str, list[tuple[str, float]]]:

@@ -9,10 +9,12 @@ from typing import Any
 import torch
 
 from . import ops
-from .cache import ScanCache, cache_disabled_by_env
+from .cache import ScanCache, cache_disabled_by_env, shared_content_digest
+from .distributed import Ranks, ranks_for
 from .engine import gpu_batch_plan, matrix_device_bytes, plan_batches, run_batches
 from .errors import SelectionError
 from .memory import PeakTracker
+from .partition import split_by_cost, task_cost
 from .results import MatrixRow, ScanResult
 from .sources import ModuleSource, open_source
 from .targets import MatrixTask, plan_tasks, require_some
@@ -57,6 +59,7 @@ def scan(
     estimator: str | None = None,
     cache: bool = True,
     on_matrices: Callable[[list[MatrixTask], torch.Tensor], None] | None = None,
+    distributed: bool | None = None,
 ) -> ScanResult:
     """Signal-to-noise ratio of every selected weight matrix, exactly as Spectrum defines it.
 
@@ -96,6 +99,11 @@ def scan(
     on_matrices: called with each batch's tasks and their matrices [B, n, m] as read, on the scan's
         device, before the scan changes them (load_pretrained puts them into the model from there);
         matrices whose rows come from the cache are not read, so not handed over.
+    distributed: share the scan among the ranks of a torch.distributed job (distributed.py): None
+        (default) does when the process runs under torchrun or a process group is initialized,
+        True requires it, False scans alone. Each rank computes a share of about equal cost and
+        reads only its tensors; every rank returns the whole result (``ScanResult.ranks`` has each
+        rank's share and times). A GPU scan takes cuda:LOCAL_RANK on each rank.
     """
     if precision not in ("float64", "float32"):
         raise SelectionError(f"precision {precision!r} is not known: use float64 (exact) or float32")
@@ -116,8 +124,16 @@ def scan(
         raise SelectionError(f"cache={cache!r}: give True or False (the folder is set by $SPECTRUM_FAST_CACHE)")
     if max_gpu_memory is not None and max_gpu_memory <= 0:
         raise SelectionError(f"max_gpu_memory={max_gpu_memory}: give a positive number of bytes")
-    dev = resolve_device(device)
-    start = time.perf_counter()
+    with ranks_for(distributed, resolve_device(device)) as ranks:
+        dev = resolve_device(device) if ranks is None else ranks.device
+        return _scan(source, ranks, dev, types=types, progress=progress, precision=precision,
+                     pool_experts=pool_experts, model_name=model_name, max_gpu_memory=max_gpu_memory,
+                     max_batch_bytes=max_batch_bytes, eigen_route=eigen_route, method=method, estimator=estimator,
+                     cache=cache, on_matrices=on_matrices)
+
+
+def _open_and_plan(source, model_name, types, pool_experts):
+    """-> (source, its tensors, the matrices to scan, the skipped tensors)."""
     src = open_source(source, model_name)
     try:
         infos = src.tensors()
@@ -128,35 +144,98 @@ def scan(
             skipped += [(t.tensor.name, why) for t in meta]
             tasks = [t for t in tasks if not src.is_meta(t.tensor)]
         require_some(tasks, infos, types, src.label)
+    except BaseException:
+        src.close()
+        raise
+    return src, infos, tasks, skipped
+
+
+def _scan(source, ranks: Ranks | None, dev: torch.device, *, types, progress, precision, pool_experts, model_name,
+          max_gpu_memory, max_batch_bytes, eigen_route, method, estimator, cache, on_matrices) -> ScanResult:
+    start = time.perf_counter()
+    if ranks is None:
+        src, infos, tasks, skipped = _open_and_plan(source, model_name, types, pool_experts)
+    else:  # every rank opens the source; all stop if one cannot, or sees other matrices (distributed.py)
+        try:
+            src, infos, tasks, skipped = _open_and_plan(source, model_name, types, pool_experts)
+            error = None
+        except Exception as e:
+            src, infos, tasks, skipped, error = None, [], [], [], e
+        ranks.agree(error, [(t.name, t.n, t.m, t.tensor.dtype) for t in tasks])
+    try:
+        use_cache = cache and not cache_disabled_by_env()
+        numeric = dict(precision=precision, method=method, estimator=estimator, eigen_route=eigen_route)
         store = None
-        if cache and not cache_disabled_by_env():
-            store = ScanCache.for_scan(src, infos, dev, precision=precision, method=method, estimator=estimator,
-                                       eigen_route=eigen_route)
+        if ranks is None and use_cache:
+            store = ScanCache.for_scan(src, infos, dev, **numeric)
+        elif ranks is not None and all(ranks.all_gather(use_cache)):
+            content = shared_content_digest(src, infos, ranks)
+            if content is not None:
+                store = ScanCache.for_scan(src, infos, dev, **numeric, content=content, rank=ranks.rank)
         try:
             rows_by_order = store.known_rows(tasks) if store is not None else {}
+            if ranks is not None:  # what any rank's cache knows is known (nodes may keep caches of their own)
+                for known in ranks.all_gather(rows_by_order):
+                    rows_by_order.update(known)
             pending = [t for t in tasks if t.order not in rows_by_order]
+            mine = pending if ranks is None else split_by_cost(pending, ranks.world)[ranks.rank]
             timings: dict[str, float] = {}
             tracker = PeakTracker(dev)
-            if pending:
-                _compute(src, pending, dev, rows_by_order, store, tracker, timings, done=len(rows_by_order),
-                         total=len(tasks), progress=progress, precision=precision, method=method,
-                         estimator=estimator, eigen_route=eigen_route, max_gpu_memory=max_gpu_memory,
-                         max_batch_bytes=max_batch_bytes, on_matrices=on_matrices)
+            computed: dict[int, MatrixRow] = {}
+            busy = time.perf_counter()
+            try:
+                if mine:
+                    _compute(src, mine, dev, computed, store, tracker, timings,
+                             done=len(rows_by_order) if ranks is None else 0,
+                             total=len(tasks) if ranks is None else len(mine),
+                             progress=progress and (ranks is None or ranks.rank == 0), precision=precision,
+                             method=method, estimator=estimator, eigen_route=eigen_route,
+                             max_gpu_memory=max_gpu_memory, max_batch_bytes=max_batch_bytes,
+                             on_matrices=on_matrices, ranks=ranks)
+                busy = time.perf_counter() - busy
+                rank_stats = None
+                if ranks is not None:
+                    ranks.wait_for_all()
+                    mine_stats = dict(rank=ranks.rank, host=ranks.host, device=str(dev), matrices=len(mine),
+                                      predicted_seconds=sum(task_cost(t) for t in mine), busy_seconds=busy,
+                                      read_seconds=timings.get("read_s"), compute_seconds=timings.get("compute_s"),
+                                      read_wait_seconds=timings.get("wait_s"),
+                                      peak_gpu_bytes=tracker.gpu_peak if mine else None,
+                                      peak_host_bytes=tracker.host_peak if mine else None)
+                    rank_stats = []
+                    for rows_r, stats_r in ranks.all_gather((computed, mine_stats)):
+                        if stats_r["rank"] != ranks.rank:
+                            computed.update(rows_r)
+                        rank_stats.append(stats_r)
+            except BaseException as e:
+                if ranks is not None:
+                    ranks.report_failure(e)
+                raise
+            rows_by_order.update(computed)
             if store is not None:
-                store.finish()
+                if ranks is None or ranks.rank == 0:
+                    if ranks is not None:
+                        by_order = {t.order: t for t in tasks}
+                        store.adopt([(by_order[o], row) for o, row in computed.items()])
+                    store.finish()
+                else:
+                    store.drop_journal()
         finally:
             if store is not None:
                 store.close()
+        missing = [t.name for t in tasks if t.order not in rows_by_order]
+        if missing:  # a defect, not bad input: every matrix was some rank's
+            raise RuntimeError(f"distributed scan lost {len(missing)} rows, e.g. {missing[0]}")
         rows = [rows_by_order[i] for i in sorted(rows_by_order)]
         return ScanResult(
             rows=rows, model_name=src.model_name, embedding_name=src.embedding_name(),
             head_name=src.head_name(), device=str(dev), precision=precision, method=method, estimator=estimator,
-            seconds=time.perf_counter() - start, peak_gpu_bytes=tracker.gpu_peak if pending else None,
-            peak_host_bytes=tracker.host_peak if pending else None, skipped=skipped,
+            seconds=time.perf_counter() - start, peak_gpu_bytes=tracker.gpu_peak if mine else None,
+            peak_host_bytes=tracker.host_peak if mine else None, skipped=skipped,
             read_seconds=timings.get("read_s"), compute_seconds=timings.get("compute_s"),
             read_wait_seconds=timings.get("wait_s"), from_cache=not pending,
             cached_rows=store.cached_rows if store is not None else 0,
-            resumed_rows=store.resumed_rows if store is not None else 0,
+            resumed_rows=store.resumed_rows if store is not None else 0, ranks=rank_stats,
         )
     finally:
         src.close()
@@ -166,7 +245,8 @@ def _compute(src, tasks: list[MatrixTask], dev: torch.device, rows_by_order: dic
              store: ScanCache | None, tracker: PeakTracker, timings: dict[str, float], *, done: int, total: int,
              progress: bool, precision: str, method: str, estimator: str, eigen_route: str,
              max_gpu_memory: int | None, max_batch_bytes: int | None,
-             on_matrices: Callable[[list[MatrixTask], torch.Tensor], None] | None = None) -> None:
+             on_matrices: Callable[[list[MatrixTask], torch.Tensor], None] | None = None,
+             ranks: Ranks | None = None) -> None:
     """Compute the rows of ``tasks`` into ``rows_by_order`` (by task.order), journaling each batch's
     rows in ``store`` as soon as the batch is done. ``done`` of ``total`` matrices were known before."""
     matrix_bytes = matrix_device_bytes
@@ -185,13 +265,16 @@ def _compute(src, tasks: list[MatrixTask], dev: torch.device, rows_by_order: dic
     batches = plan_batches(tasks, budget, eigen_route=eigen_route, matrix_bytes=matrix_bytes)
     from tqdm.auto import tqdm
 
-    with tqdm(total=total, initial=done, unit="matrix", desc="SNR", disable=not progress, dynamic_ncols=True) as bar:
+    desc = "SNR" if ranks is None else f"SNR (rank {ranks.rank} of {ranks.world})"
+    with tqdm(total=total, initial=done, unit="matrix", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
 
         def after(batch):
             if store is not None:
                 store.commit_batch()  # before anything else can raise: a finished batch is never lost
             tracker.sample()
             bar.update(len(batch.tasks))
+            if ranks is not None:
+                ranks.raise_if_failed()  # another rank failed: stop now, not at the gather
 
         handed = None if on_matrices is None else (lambda batch, w: on_matrices(batch.tasks, w))
         if method == "fast":

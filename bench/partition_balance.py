@@ -1,0 +1,66 @@
+"""How evenly a distributed scan's planner (spectrum_fast/partition.py) shares the benchmark
+workloads (../shared/DESIGN.md section 4) among 2, 4 and 8 ranks: the predicted cost of each rank's
+share, from the tensors' names, shapes and dtypes alone (what a safetensors header holds), and
+max / mean over the ranks. No GPU and no weights needed.
+
+    python3 bench/partition_balance.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from run_info import run_info  # noqa: E402
+from workloads import LLAMA3_8B, LLAMA3_8B_LAYERS, deepseek_v2_moe_layout, llama3_70b_layout  # noqa: E402
+
+from spectrum_fast.partition import imbalance, share_costs, split_by_cost  # noqa: E402
+from spectrum_fast.sources import TensorInfo  # noqa: E402
+from spectrum_fast.targets import plan_tasks  # noqa: E402
+
+WORKLOADS = {
+    "llama3-8b": [(f"model.layers.{i}.{s}.weight", (n, m)) for i in range(LLAMA3_8B_LAYERS) for s, n, m in LLAMA3_8B],
+    "llama3-70b": llama3_70b_layout(),
+    "deepseek-v2-moe": deepseek_v2_moe_layout(),
+}
+RANKS = (2, 4, 8)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=None, help="also write partition_balance.json here")
+    args = ap.parse_args()
+    print(run_info(torch.device("cpu")))
+    print("\n| workload | matrices | predicted 1 rank s | ranks | matrices per rank | predicted per rank s "
+          "(min - max) | max / mean |")
+    print("|---|---|---|---|---|---|---|")
+    results = []
+    for name, layout in WORKLOADS.items():
+        infos = [TensorInfo(tensor, shape, "bfloat16", True) for tensor, shape in layout]
+        tasks, _ = plan_tasks(infos, "auto", False)
+        total = share_costs([tasks])[0]
+        for ranks in RANKS:
+            shares = split_by_cost(tasks, ranks)
+            costs = share_costs(shares)
+            counts = [len(s) for s in shares]
+            ratio = imbalance(costs)
+            results.append({"workload": name, "matrices": len(tasks), "ranks": ranks, "costs": costs,
+                            "counts": counts, "max_over_mean": ratio})
+            print(f"| {name} | {len(tasks):,} | {total:.1f} | {ranks} | {min(counts):,} - {max(counts):,} | "
+                  f"{min(costs):.2f} - {max(costs):.2f} | {ratio:.4f} |")
+    worst = max(r["max_over_mean"] for r in results)
+    print(f"\nworst max / mean: {worst:.4f} ({'within' if worst <= 1.05 else 'ABOVE'} the 1.05 bound)")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "partition_balance.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

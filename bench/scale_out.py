@@ -1,0 +1,151 @@
+"""A distributed scan's scaling: one workload scanned by the ranks of a torchrun job, timed.
+
+    torchrun --nproc-per-node N bench/scale_out.py --workload llama3-8b --folder /tmp/llama3-8b-model --out DIR
+    torchrun --nproc-per-node N bench/scale_out.py --workload deepseek-v2-moe --out DIR
+    python3 bench/scale_out.py --compare DIR        # the table, and 1 rank against N, file by file
+
+llama3-8b is read from a checkpoint on disk (written first if missing, by rank 0); deepseek-v2-moe
+(../shared/DESIGN.md section 4, all 59 MoE layers) is generated on each rank's GPU as it is read,
+so each rank makes only the matrices of its share. The process group is started first, and one
+untimed scan of a few matrices warms every rank up; the timed part is scan() itself: opening the
+source, planning, computing each share, and gathering the rows. Rank 0 writes the reference's files
+into DIR/<workload>-<N>ranks/ and the times (each rank's matrices, busy seconds, read and compute
+seconds, peak GPU memory) into DIR/<workload>-<N>ranks.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from run_info import run_info  # noqa: E402
+
+import spectrum_fast  # noqa: E402
+
+WORKLOADS = ("llama3-8b", "deepseek-v2-moe")
+
+
+def source_of(workload: str, folder: Path | None):
+    if workload == "llama3-8b":
+        return folder
+    from workloads import GeneratedSource, deepseek_v2_moe_layout
+
+    return GeneratedSource(deepseek_v2_moe_layout(), "deepseek-v2-moe", generate_on="cuda")
+
+
+def warm_up_source(workload: str, folder: Path | None):
+    if workload == "llama3-8b":
+        return folder
+    from workloads import GeneratedSource, deepseek_v2_moe_layout
+
+    return GeneratedSource(deepseek_v2_moe_layout(layers=1, experts=8), "warm-up", generate_on="cuda")
+
+
+def run(args) -> None:
+    import torch.distributed as dist
+
+    local_rank = int(os.environ["LOCAL_RANK"])
+    torch.cuda.set_device(local_rank)
+    if args.workload == "llama3-8b" and int(os.environ["RANK"]) == 0 and not (args.folder / "config.json").exists():
+        from workloads import write_llama3_8b_model
+
+        started = time.perf_counter()
+        write_llama3_8b_model(args.folder)
+        print(f"wrote {args.folder} in {time.perf_counter() - started:.1f} s", flush=True)
+    started = time.perf_counter()
+    dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+    init_s = time.perf_counter() - started
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dist.barrier()  # rank 0 may have been writing the checkpoint
+    options = dict(progress=False, cache=False, distributed=True)
+    warm_types = ["self_attn.q_proj"] if args.workload == "llama3-8b" else "auto"
+    spectrum_fast.scan(warm_up_source(args.workload, args.folder), types=warm_types, **options)
+    dist.barrier()
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    result = spectrum_fast.scan(source_of(args.workload, args.folder), **options)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    times = [None] * world
+    dist.all_gather_object(times, seconds)
+    if rank == 0:
+        name = f"{args.workload}-{world}ranks"
+        files = args.out / name
+        files.mkdir(parents=True, exist_ok=True)
+        result.to_spectrum_json(files)
+        result.to_yaml(files, 50)
+        record = {"workload": args.workload, "ranks": world, "matrices": len(result.rows),
+                  "scan_seconds": max(times), "scan_seconds_by_rank": times, "init_process_group_seconds": init_s,
+                  "per_rank": result.ranks, "run_info": run_info(torch.device("cuda"))}
+        (args.out / f"{name}.json").write_text(json.dumps(record, indent=1))
+        print(f"{args.workload}, {world} rank(s): {len(result.rows):,} matrices in {max(times):.2f} s", flush=True)
+        for r in result.ranks:
+            print(f"  rank {r['rank']} {r['device']}: {r['matrices']:,} matrices, busy {r['busy_seconds']:.2f} s, "
+                  f"read {r['read_seconds']:.2f} s, compute {r['compute_seconds']:.2f} s (waited "
+                  f"{r['read_wait_seconds']:.2f} s for reads), peak GPU {r['peak_gpu_bytes'] / 2**20:.0f} MiB",
+                  flush=True)
+    dist.destroy_process_group()
+
+
+def compare(out: Path) -> None:
+    """The table of every workload's runs in ``out``, and each N-rank run's files against 1 rank's."""
+    print("| workload | ranks | matrices | scan s | speedup | per rank: matrices, busy s, read s, compute s, "
+          "waited for reads s, peak GPU MiB | files identical to 1 rank |")
+    print("|---|---|---|---|---|---|---|")
+    for workload in WORKLOADS:
+        runs = sorted(out.glob(f"{workload}-*ranks.json"), key=lambda p: json.loads(p.read_text())["ranks"])
+        if not runs:
+            continue
+        records = [json.loads(p.read_text()) for p in runs]
+        base = next((r for r in records if r["ranks"] == 1), None)
+        for rec in records:
+            per_rank = "; ".join(f"{r['matrices']:,}, {r['busy_seconds']:.2f}, {r['read_seconds']:.2f}, "
+                                 f"{r['compute_seconds']:.2f}, {r['read_wait_seconds']:.2f}, "
+                                 f"{r['peak_gpu_bytes'] / 2**20:.0f}" for r in rec["per_rank"])
+            speedup = f"{base['scan_seconds'] / rec['scan_seconds']:.2f}x" if base else "-"
+            same = "-"
+            if base and rec is not base:
+                here, there = out / f"{workload}-{rec['ranks']}ranks", out / f"{workload}-1ranks"
+                names = sorted(p.name for p in there.iterdir())
+                same = "yes" if all((here / n).read_bytes() == (there / n).read_bytes() for n in names) else \
+                    _difference(here, there, names)
+            print(f"| {workload} | {rec['ranks']} | {rec['matrices']:,} | {rec['scan_seconds']:.2f} | {speedup} | "
+                  f"{per_rank} | {same} |")
+
+
+def _difference(here: Path, there: Path, names: list[str]) -> str:
+    """How two runs' results differ: the largest relative SNR difference, and whether the YAMLs agree."""
+    main = next(n for n in names if n.endswith(".json") and not n.endswith("_sorted.json"))
+    a, b = json.loads((here / main).read_text()), json.loads((there / main).read_text())
+    worst = max(abs(a[k]["snr"] - b[k]["snr"]) / max(abs(b[k]["snr"]), 1e-300) for k in b)
+    yamls = [n for n in names if n.endswith(".yaml")]
+    same_yaml = all((here / n).read_bytes() == (there / n).read_bytes() for n in yamls)
+    return f"no: max rel. SNR difference {worst:.1e}; YAML {'identical' if same_yaml else 'DIFFERENT'}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workload", choices=WORKLOADS)
+    ap.add_argument("--folder", type=Path, default=Path("/tmp/llama3-8b-model"))
+    ap.add_argument("--out", type=Path, default=Path("scale_out"))
+    ap.add_argument("--compare", type=Path, default=None, metavar="DIR", help="print the table of the runs in DIR")
+    args = ap.parse_args()
+    if args.compare is not None:
+        compare(args.compare)
+    elif args.workload is None:
+        ap.error("give --workload (under torchrun) or --compare DIR")
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
