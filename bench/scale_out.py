@@ -86,13 +86,14 @@ def run(args) -> None:
         record = {"workload": args.workload, "ranks": world, "matrices": len(result.rows),
                   "scan_seconds": max(times), "scan_seconds_by_rank": times, "init_process_group_seconds": init_s,
                   "per_rank": result.ranks, "run_info": run_info(torch.device("cuda"))}
-        (args.out / f"{name}.json").write_text(json.dumps(record, indent=1))
         print(f"{args.workload}, {world} rank(s): {len(result.rows):,} matrices in {max(times):.2f} s", flush=True)
         for r in result.ranks:
+            r.update({k: r[k] or 0.0 for k in ("read_seconds", "compute_seconds", "read_wait_seconds")})
             print(f"  rank {r['rank']} {r['device']}: {r['matrices']:,} matrices, busy {r['busy_seconds']:.2f} s, "
                   f"read {r['read_seconds']:.2f} s, compute {r['compute_seconds']:.2f} s (waited "
                   f"{r['read_wait_seconds']:.2f} s for reads), peak GPU {r['peak_gpu_bytes'] / 2**20:.0f} MiB",
                   flush=True)
+        (args.out / f"{name}.json").write_text(json.dumps(record, indent=1))
     dist.destroy_process_group()
 
 
