@@ -7,10 +7,11 @@
 llama3-8b is read from a checkpoint on disk (written first if missing, by rank 0); deepseek-v2-moe
 (../shared/DESIGN.md section 4, all 59 MoE layers) is generated on each rank's GPU as it is read,
 so each rank makes only the matrices of its share. The process group is started first, and one
-untimed scan of a few matrices warms every rank up; the timed part is scan() itself: opening the
-source, planning, computing each share, and gathering the rows. Rank 0 writes the reference's files
-into DIR/<workload>-<N>ranks/ and the times (each rank's matrices, busy seconds, read and compute
-seconds, peak GPU memory) into DIR/<workload>-<N>ranks.json.
+untimed scan of one layer's shapes (generated, on each rank alone) warms every rank up; the timed
+part is scan() itself: opening the source, planning, computing each share, and gathering the rows.
+Rank 0 writes the reference's files into DIR/<workload>-<N>ranks/ and the times (each rank's
+matrices, busy seconds, read and compute seconds, peak GPU memory, its warm-up) into
+DIR/<workload>-<N>ranks.json.
 """
 
 from __future__ import annotations
@@ -42,12 +43,16 @@ def source_of(workload: str, folder: Path | None):
     return GeneratedSource(deepseek_v2_moe_layout(), "deepseek-v2-moe", generate_on="cuda")
 
 
-def warm_up_source(workload: str, folder: Path | None):
-    if workload == "llama3-8b":
-        return folder
-    from workloads import GeneratedSource, deepseek_v2_moe_layout
+def warm_up_source(workload: str):
+    """One layer's shapes, generated: every kernel, graph and workspace the timed scan needs is made
+    once per process before it (they cost each process the same, whatever its share)."""
+    from workloads import LLAMA3_8B, GeneratedSource, deepseek_v2_moe_layout
 
-    return GeneratedSource(deepseek_v2_moe_layout(layers=1, experts=8), "warm-up", generate_on="cuda")
+    if workload == "llama3-8b":
+        layout = [(f"model.layers.0.{s}.weight", (n, m)) for s, n, m in LLAMA3_8B]
+    else:
+        layout = deepseek_v2_moe_layout(layers=1, experts=8)
+    return GeneratedSource(layout, "warm-up", generate_on="cuda")
 
 
 def run(args) -> None:
@@ -67,16 +72,18 @@ def run(args) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     dist.barrier()  # rank 0 may have been writing the checkpoint
     options = dict(progress=False, cache=False, distributed=True)
-    warm_types = ["self_attn.q_proj"] if args.workload == "llama3-8b" else "auto"
-    spectrum_fast.scan(warm_up_source(args.workload, args.folder), types=warm_types, **options)
+    started = time.perf_counter()
+    spectrum_fast.scan(warm_up_source(args.workload), progress=False, cache=False, distributed=False)  # every shape here
+    warm_up_s = time.perf_counter() - started
     dist.barrier()
     torch.cuda.synchronize()
     started = time.perf_counter()
     result = spectrum_fast.scan(source_of(args.workload, args.folder), **options)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    times = [None] * world
+    times, warm_ups = [None] * world, [None] * world
     dist.all_gather_object(times, seconds)
+    dist.all_gather_object(warm_ups, warm_up_s)
     if rank == 0:
         name = f"{args.workload}-{world}ranks"
         files = args.out / name
@@ -85,6 +92,7 @@ def run(args) -> None:
         result.to_yaml(files, 50)
         record = {"workload": args.workload, "ranks": world, "matrices": len(result.rows),
                   "scan_seconds": max(times), "scan_seconds_by_rank": times, "init_process_group_seconds": init_s,
+                  "warm_up_seconds_by_rank": warm_ups,
                   "per_rank": result.ranks, "run_info": run_info(torch.device("cuda"))}
         print(f"{args.workload}, {world} rank(s): {len(result.rows):,} matrices in {max(times):.2f} s", flush=True)
         for r in result.ranks:

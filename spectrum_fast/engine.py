@@ -291,7 +291,10 @@ def _prefetched(source: WeightSource, batches: list[Batch], device: torch.device
     """
     # CUDA's current device is per thread and starts at 0: a scan on cuda:1 (a second rank) would
     # otherwise pin memory, stream and generate through GPU 0 from these threads.
-    on_device = dict(initializer=torch.cuda.set_device, initargs=(device,)) if device.type == "cuda" else {}
+    on_device = {}
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        on_device = dict(initializer=torch.cuda.set_device, initargs=(index,))
     with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="spectrum-fast-io", **on_device) as io_pool:
         if device.type != "cuda":
             for batch in batches:
