@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .errors import SpectrumFastError
+from .host_threads import process_cores, torch_threads
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 POLL_SECONDS = 0.02  # waiting for the other ranks: how often the store is asked
@@ -223,7 +224,9 @@ def ranks_for(distributed: bool | None, dev: torch.device) -> Iterator[Ranks | N
         started = True
     try:
         ranks = Ranks(dev)
-        with _sigterm_raises(ranks):
+        # torchrun sets OMP_NUM_THREADS=1 for N > 1 ranks per node: the scan's host work (band solves,
+        # small eigen problems) then ran on one thread per rank. Each rank takes its share of the cores.
+        with _sigterm_raises(ranks), torch_threads(process_cores()):
             yield ranks
     finally:
         if started:

@@ -6,6 +6,7 @@ dozen rows, between GPU steps) ran slower on all 16 of the H100 machine's host t
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -16,6 +17,32 @@ def one_torch_thread() -> Iterator[None]:
     """torch.set_num_threads(1) inside the block, the previous number restored after."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+RANK_THREADS_ENV = "SPECTRUM_FAST_RANK_THREADS"
+
+
+def process_cores() -> int:
+    """The cores this process may use, shared with the other ranks of a torchrun job on this node
+    (LOCAL_WORLD_SIZE): each rank's share. SPECTRUM_FAST_RANK_THREADS sets the share instead."""
+    if os.environ.get(RANK_THREADS_ENV):
+        return max(1, int(os.environ[RANK_THREADS_ENV]))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch.set_num_threads(count) inside the block, the previous number restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
     try:
         yield
     finally:

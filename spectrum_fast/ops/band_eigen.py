@@ -16,6 +16,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
+from ..host_threads import process_cores
+
 _c_int_p = ctypes.POINTER(ctypes.c_int)
 _c_double_p = ctypes.POINTER(ctypes.c_double)
 
@@ -78,15 +80,12 @@ _queued = 0  # submitted band solves that no worker has started yet
 
 
 def host_workers() -> int:
-    """Threads for band solves: all cores this process may use but one (it feeds the GPU)."""
+    """Threads for band solves: all cores this process may use but one (it feeds the GPU); under
+    torchrun, this rank's share of the node's cores (host_threads.process_cores)."""
     env = os.environ.get("SPECTRUM_FAST_HOST_WORKERS")
     if env:
         return max(1, int(env))
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+    return max(1, process_cores() - 1)
 
 
 def backlog() -> int:
