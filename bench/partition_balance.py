@@ -1,9 +1,10 @@
 """How evenly a distributed scan's planner (spectrum_fast/partition.py) shares the benchmark
 workloads (../shared/DESIGN.md section 4) among 2, 4 and 8 ranks: the predicted cost of each rank's
 share, from the tensors' names, shapes and dtypes alone (what a safetensors header holds), and
-max / mean over the ranks. No GPU and no weights needed.
+max / mean over the ranks. The scan shares whole batches of the plan a scan on ``--device`` makes
+(a GPU's, where the scan runs; the CPU's plan packs more matrices per batch). No weights needed.
 
-    python3 bench/partition_balance.py [--out DIR]
+    python3 bench/partition_balance.py [--device cuda] [--out DIR]
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from run_info import run_info  # noqa: E402
 from workloads import LLAMA3_8B, LLAMA3_8B_LAYERS, deepseek_v2_moe_layout, llama3_70b_layout  # noqa: E402
 
-from spectrum_fast.partition import imbalance, share_costs, split_by_cost  # noqa: E402
+from spectrum_fast.partition import imbalance, share_costs, split_batches  # noqa: E402
+from spectrum_fast.scan import _plan_batches, resolve_device  # noqa: E402
 from spectrum_fast.sources import TensorInfo  # noqa: E402
 from spectrum_fast.targets import plan_tasks  # noqa: E402
 
@@ -36,24 +37,29 @@ RANKS = (2, 4, 8)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=None, help="also write partition_balance.json here")
+    ap.add_argument("--device", default=None, help="whose batch plan (default: cuda when available)")
     args = ap.parse_args()
-    print(run_info(torch.device("cpu")))
-    print("\n| workload | matrices | predicted 1 rank s | ranks | matrices per rank | predicted per rank s "
-          "(min - max) | max / mean |")
-    print("|---|---|---|---|---|---|---|")
+    dev = resolve_device(args.device)
+    print(run_info(dev))
+    print(f"\n| workload | matrices | batches ({dev.type} plan) | predicted 1 rank s | ranks | matrices per rank | "
+          f"predicted per rank s (min - max) | max / mean |")
+    print("|---|---|---|---|---|---|---|---|")
     results = []
     for name, layout in WORKLOADS.items():
         infos = [TensorInfo(tensor, shape, "bfloat16", True) for tensor, shape in layout]
         tasks, _ = plan_tasks(infos, "auto", False)
         total = share_costs([tasks])[0]
+        batches = _plan_batches(tasks, dev, precision="float64", method="exact", eigen_route="auto",
+                                max_gpu_memory=None, max_batch_bytes=None)
         for ranks in RANKS:
-            shares = split_by_cost(tasks, ranks)
+            shares = [[t for b in share for t in b.tasks] for share in split_batches(batches, ranks)]
             costs = share_costs(shares)
             counts = [len(s) for s in shares]
             ratio = imbalance(costs)
-            results.append({"workload": name, "matrices": len(tasks), "ranks": ranks, "costs": costs,
+            results.append({"workload": name, "matrices": len(tasks), "batches": len(batches), "ranks": ranks,
+                            "device": str(dev), "costs": costs,
                             "counts": counts, "max_over_mean": ratio})
-            print(f"| {name} | {len(tasks):,} | {total:.1f} | {ranks} | {min(counts):,} - {max(counts):,} | "
+            print(f"| {name} | {len(tasks):,} | {len(batches):,} | {total:.1f} | {ranks} | {min(counts):,} - {max(counts):,} | "
                   f"{min(costs):.2f} - {max(costs):.2f} | {ratio:.4f} |")
     worst = max(r["max_over_mean"] for r in results)
     print(f"\nworst max / mean: {worst:.4f} ({'within' if worst <= 1.05 else 'ABOVE'} the 1.05 bound)")

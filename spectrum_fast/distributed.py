@@ -104,6 +104,12 @@ class Ranks:
         self.dist.all_gather_object(out, obj)
         return out
 
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj``, on every rank."""
+        box = [obj if self.rank == 0 else None]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def agree(self, error: BaseException | None, fingerprint: Any) -> None:
         """Every rank opened the source and planned its matrices: raise on every rank if one
         could not, or if one sees other matrices than rank 0 (the nodes' copies differ)."""

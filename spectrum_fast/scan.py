@@ -11,10 +11,10 @@ import torch
 from . import ops
 from .cache import ScanCache, cache_disabled_by_env, shared_content_digest
 from .distributed import Ranks, ranks_for
-from .engine import gpu_batch_plan, matrix_device_bytes, plan_batches, run_batches
+from .engine import Batch, gpu_batch_plan, matrix_device_bytes, plan_batches, run_batches
 from .errors import SelectionError
 from .memory import PeakTracker
-from .partition import split_by_cost, task_cost
+from .partition import split_batches, tasks_cost
 from .results import MatrixRow, ScanResult
 from .sources import ModuleSource, open_source
 from .targets import MatrixTask, plan_tasks, require_some
@@ -178,26 +178,29 @@ def _scan(source, ranks: Ranks | None, dev: torch.device, *, types, progress, pr
                 for known in ranks.all_gather(rows_by_order):
                     rows_by_order.update(known)
             pending = [t for t in tasks if t.order not in rows_by_order]
-            mine = pending if ranks is None else split_by_cost(pending, ranks.world)[ranks.rank]
+            batches = _plan_batches(pending, dev, precision=precision, method=method, eigen_route=eigen_route,
+                                    max_gpu_memory=max_gpu_memory, max_batch_bytes=max_batch_bytes)
+            if ranks is not None:
+                batches = _my_batches(batches, pending, ranks)
+            mine = [t for b in batches for t in b.tasks]
             timings: dict[str, float] = {}
             tracker = PeakTracker(dev)
             computed: dict[int, MatrixRow] = {}
             busy = time.perf_counter()
             try:
                 if mine:
-                    _compute(src, mine, dev, computed, store, tracker, timings,
+                    _compute(src, batches, dev, computed, store, tracker, timings,
                              done=len(rows_by_order) if ranks is None else 0,
                              total=len(tasks) if ranks is None else len(mine),
                              progress=progress and (ranks is None or ranks.rank == 0), precision=precision,
                              method=method, estimator=estimator, eigen_route=eigen_route,
-                             max_gpu_memory=max_gpu_memory, max_batch_bytes=max_batch_bytes,
                              on_matrices=on_matrices, ranks=ranks)
                 busy = time.perf_counter() - busy
                 rank_stats = None
                 if ranks is not None:
                     ranks.wait_for_all()
                     mine_stats = dict(rank=ranks.rank, host=ranks.host, device=str(dev), matrices=len(mine),
-                                      predicted_seconds=sum(task_cost(t) for t in mine), busy_seconds=busy,
+                                      predicted_seconds=tasks_cost(mine), busy_seconds=busy,
                                       read_seconds=timings.get("read_s"), compute_seconds=timings.get("compute_s"),
                                       read_wait_seconds=timings.get("wait_s"),
                                       peak_gpu_bytes=tracker.gpu_peak if mine else None,
@@ -241,14 +244,9 @@ def _scan(source, ranks: Ranks | None, dev: torch.device, *, types, progress, pr
         src.close()
 
 
-def _compute(src, tasks: list[MatrixTask], dev: torch.device, rows_by_order: dict[int, MatrixRow],
-             store: ScanCache | None, tracker: PeakTracker, timings: dict[str, float], *, done: int, total: int,
-             progress: bool, precision: str, method: str, estimator: str, eigen_route: str,
-             max_gpu_memory: int | None, max_batch_bytes: int | None,
-             on_matrices: Callable[[list[MatrixTask], torch.Tensor], None] | None = None,
-             ranks: Ranks | None = None) -> None:
-    """Compute the rows of ``tasks`` into ``rows_by_order`` (by task.order), journaling each batch's
-    rows in ``store`` as soon as the batch is done. ``done`` of ``total`` matrices were known before."""
+def _plan_batches(tasks: list[MatrixTask], dev: torch.device, *, precision: str, method: str, eigen_route: str,
+                  max_gpu_memory: int | None, max_batch_bytes: int | None) -> list[Batch]:
+    """The batches a scan of ``tasks`` on ``dev`` runs, sized to its memory budget."""
     matrix_bytes = matrix_device_bytes
     if max_batch_bytes is not None:
         budget = max_batch_bytes
@@ -262,7 +260,28 @@ def _compute(src, tasks: list[MatrixTask], dev: torch.device, rows_by_order: dic
         budget = gpu_batch_plan(max_gpu_memory or DEFAULT_MAX_GPU_MEMORY, precision, eigen_route, dev)
     else:
         budget = DEFAULT_CPU_BUDGET
-    batches = plan_batches(tasks, budget, eigen_route=eigen_route, matrix_bytes=matrix_bytes)
+    return plan_batches(tasks, budget, eigen_route=eigen_route, matrix_bytes=matrix_bytes)
+
+
+def _my_batches(batches: list[Batch], pending: list[MatrixTask], ranks: Ranks) -> list[Batch]:
+    """This rank's share of rank 0's batch plan (partition.py: whole batches, so a matrix meets the
+    kernels a single process would run it with). Rank 0's plan, sent to all, rather than each
+    rank's own: ranks on different GPUs could plan differently, and every matrix must be someone's."""
+    plan = ranks.broadcast([([t.order for t in b.tasks], b.eigen_route) for b in batches])
+    by_order = {t.order: t for t in pending}
+    batches = [Batch(by_order[orders[0]].n, by_order[orders[0]].m, [by_order[o] for o in orders], route)
+               for orders, route in plan]
+    return split_batches(batches, ranks.world)[ranks.rank]
+
+
+def _compute(src, batches: list[Batch], dev: torch.device, rows_by_order: dict[int, MatrixRow],
+             store: ScanCache | None, tracker: PeakTracker, timings: dict[str, float], *, done: int, total: int,
+             progress: bool, precision: str, method: str, estimator: str, eigen_route: str,
+             on_matrices: Callable[[list[MatrixTask], torch.Tensor], None] | None = None,
+             ranks: Ranks | None = None) -> None:
+    """Compute the rows of ``batches`` into ``rows_by_order`` (by task.order), journaling each
+    batch's rows in ``store`` as soon as the batch is done. ``done`` of ``total`` matrices were
+    known before."""
     from tqdm.auto import tqdm
 
     desc = "SNR" if ranks is None else f"SNR (rank {ranks.rank} of {ranks.world})"
