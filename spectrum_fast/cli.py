@@ -206,11 +206,15 @@ def _error_line(e: BaseException) -> str | None:
     is said once, by rank 0, and a rank other than 0 names itself."""
     from .distributed import RankFailure
 
-    rank = _rank()
-    if rank != 0 and isinstance(e, RankFailure) and not e.own:
+    if _rank() != 0 and isinstance(e, RankFailure) and not e.own:
         return None
-    where = f"[rank {rank}] " if rank != 0 else ""
-    return f"spectrum-fast: error: {where}{_one_line(e)}"
+    return f"spectrum-fast: error: {_where()}{_one_line(e)}"
+
+
+def _where() -> str:
+    """"[rank r] " on a torchrun rank other than 0, whose lines mix with rank 0's."""
+    rank = _rank()
+    return f"[rank {rank}] " if rank != 0 else ""
 
 
 def _rank_lost(e: RuntimeError) -> bool:
@@ -241,9 +245,16 @@ def _interrupted_message(args) -> str:
             f"{folder}: run the same command again to resume")
 
 
+def _say(line: str) -> None:
+    """One line to stderr in one write: under torchrun several ranks share the stream, and a line
+    written in pieces (print writes the newline apart) can be cut by another rank's."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings (a corrupt cache entry, torch's) as one line each, like the errors."""
-    print(f"spectrum-fast: warning: {_one_line(message)}", file=sys.stderr if file is None else file)
+    (sys.stderr if file is None else file).write(f"spectrum-fast: warning: {_one_line(message)}\n")
 
 
 def _cmd_types(args) -> int:
@@ -298,28 +309,27 @@ def main(argv: list[str] | None = None) -> int:
     except SpectrumFastError as e:
         line = _error_line(e)
         if line:
-            print(line, file=sys.stderr)
+            _say(line)
         return 2
     except BrokenPipeError:  # stdout piped into `head` and closed: not an error worth a message
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 1
     except OSError as e:  # a file or folder the OS refuses (permissions, disk full): one line too
-        print(_error_line(e), file=sys.stderr)
+        _say(_error_line(e))
         return 2
     except KeyboardInterrupt:
-        print(_interrupted_message(args), file=sys.stderr)
+        _say(_interrupted_message(args))
         return 130
     except MemoryError:
-        print("spectrum-fast: error: out of host memory: close other programs or scan a smaller model",
-              file=sys.stderr)
+        _say(f"spectrum-fast: error: {_where()}out of host memory: close other programs or scan a smaller model")
         return 3
     except RuntimeError as e:
         if "out of memory" in str(e).lower():
-            print("spectrum-fast: error: out of GPU memory: free the GPU or use --device cpu", file=sys.stderr)
+            _say(f"spectrum-fast: error: {_where()}out of GPU memory: free the GPU or use --device cpu")
             return 3
         if _rank_lost(e):
-            print(f"spectrum-fast: error: lost contact with another rank ({_one_line(e)[:200]}): no output was "
-                  f"written; torchrun's report names the rank", file=sys.stderr)
+            _say(f"spectrum-fast: error: lost contact with another rank ({_one_line(e)[:200]}): no output was "
+                 f"written; torchrun's report names the rank")
             return 2
         raise
 

@@ -161,17 +161,15 @@ def _scan(source, ranks: Ranks | None, dev: torch.device, *, types, progress, pr
             error = None
         except Exception as e:
             src, infos, tasks, skipped, error = None, [], [], [], e
-        ranks.agree(error, [(t.name, t.n, t.m, t.tensor.dtype) for t in tasks])
+        try:
+            ranks.agree(error, [(t.name, t.n, t.m, t.tensor.dtype) for t in tasks])
+        except BaseException:
+            if src is not None:
+                src.close()
+            raise
     try:
-        use_cache = cache and not cache_disabled_by_env()
-        numeric = dict(precision=precision, method=method, estimator=estimator, eigen_route=eigen_route)
-        store = None
-        if ranks is None and use_cache:
-            store = ScanCache.for_scan(src, infos, dev, **numeric)
-        elif ranks is not None and all(ranks.all_gather(use_cache)):
-            content = shared_content_digest(src, infos, ranks)
-            if content is not None:
-                store = ScanCache.for_scan(src, infos, dev, **numeric, content=content, rank=ranks.rank)
+        store = _open_cache(src, infos, dev, ranks, cache and not cache_disabled_by_env(), precision=precision,
+                            method=method, estimator=estimator, eigen_route=eigen_route)
         try:
             rows_by_order = store.known_rows(tasks) if store is not None else {}
             if ranks is not None:  # what any rank's cache knows is known (nodes may keep caches of their own)
@@ -205,24 +203,14 @@ def _scan(source, ranks: Ranks | None, dev: torch.device, *, types, progress, pr
                                       read_wait_seconds=timings.get("wait_s"),
                                       peak_gpu_bytes=tracker.gpu_peak if mine else None,
                                       peak_host_bytes=tracker.host_peak if mine else None)
-                    rank_stats = []
-                    for rows_r, stats_r in ranks.all_gather((computed, mine_stats)):
-                        if stats_r["rank"] != ranks.rank:
-                            computed.update(rows_r)
-                        rank_stats.append(stats_r)
+                    rank_stats = _gather_rows(ranks, computed, mine_stats)
             except BaseException as e:
                 if ranks is not None:
                     ranks.report_failure(e)
                 raise
             rows_by_order.update(computed)
             if store is not None:
-                if ranks is None or ranks.rank == 0:
-                    if ranks is not None:
-                        by_order = {t.order: t for t in tasks}
-                        store.adopt([(by_order[o], row) for o, row in computed.items()])
-                    store.finish()
-                else:
-                    store.drop_journal()
+                _finish_cache(store, ranks, tasks, computed)
         finally:
             if store is not None:
                 store.close()
@@ -242,6 +230,42 @@ def _scan(source, ranks: Ranks | None, dev: torch.device, *, types, progress, pr
         )
     finally:
         src.close()
+
+
+def _open_cache(src, infos, dev: torch.device, ranks: Ranks | None, use: bool, **numeric) -> ScanCache | None:
+    """The scan's cache, or None. On ranks, a collective: the cache is used if every rank may, and
+    its key is computed by all of them together (cache.shared_content_digest)."""
+    if ranks is None:
+        return ScanCache.for_scan(src, infos, dev, **numeric) if use else None
+    if not all(ranks.all_gather(use)):
+        return None
+    content = shared_content_digest(src, infos, ranks)
+    if content is None:
+        return None
+    return ScanCache.for_scan(src, infos, dev, **numeric, content=content, rank=ranks.rank)
+
+
+def _gather_rows(ranks: Ranks, computed: dict[int, MatrixRow], stats: dict) -> list[dict]:
+    """Every rank's rows into ``computed``; -> every rank's stats, by rank."""
+    gathered = []
+    for rows_r, stats_r in ranks.all_gather((computed, stats)):
+        if stats_r["rank"] != ranks.rank:
+            computed.update(rows_r)
+        gathered.append(stats_r)
+    return gathered
+
+
+def _finish_cache(store: ScanCache, ranks: Ranks | None, tasks: list[MatrixTask],
+                  computed: dict[int, MatrixRow]) -> None:
+    """A single process, or rank 0 with every rank's rows, writes the entry; another rank drops
+    its journal (its rows are in rank 0's entry)."""
+    if ranks is not None and ranks.rank != 0:
+        store.drop_journal()
+        return
+    if ranks is not None:
+        by_order = {t.order: t for t in tasks}
+        store.adopt([(by_order[o], row) for o, row in computed.items()])
+    store.finish()
 
 
 def _plan_batches(tasks: list[MatrixTask], dev: torch.device, *, precision: str, method: str, eigen_route: str,

@@ -168,6 +168,19 @@ def test_a_killed_rank_stops_the_scan_and_a_rerun_resumes(model_folder, tmp_path
     assert_same_files(out, tmp_path / "plain")
 
 
+def test_an_error_on_one_rank_stops_the_others_and_is_named(model_folder, tmp_path):
+    """A rank that fails mid-scan (out of memory here) says so; rank 0 names it, nothing is written."""
+    out = tmp_path / "out"
+    proc = run_torchrun(2, scan_args(model_folder, out), env={"SPECTRUM_FAST_TEST_FAIL_RANK": "1"})
+    assert proc.returncode != 0
+    errors = our_errors(proc)
+    assert len(errors) == 2, proc.stderr
+    assert any(e.startswith("spectrum-fast: error: [rank 1] out of GPU memory") for e in errors), errors
+    assert any(e.startswith("spectrum-fast: error: rank 1 of 2") and "out of memory" in e for e in errors), errors
+    assert not out.exists() or list(out.iterdir()) == []
+    assert "Traceback" not in "\n".join(line for line in proc.stderr.splitlines() if "spectrum" in line)
+
+
 def test_a_shard_missing_on_one_rank_is_named_by_rank_0(model_folder, tmp_path):
     incomplete = tmp_path / "model_1"
     shutil.copytree(model_folder, incomplete)

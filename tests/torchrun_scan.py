@@ -3,7 +3,8 @@
 - ``{rank}`` in an argument is replaced by this process's rank (one node's copy of the model can
   differ from the others': a shard missing, other weights);
 - SPECTRUM_FAST_TEST_KILL_RANK=r: rank r kills itself with SIGKILL (as the OOM killer would) after
-  SPECTRUM_FAST_TEST_KILL_AFTER finished batches (default 1), once they are journaled.
+  SPECTRUM_FAST_TEST_KILL_AFTER finished batches (default 1), once they are journaled;
+- SPECTRUM_FAST_TEST_FAIL_RANK=r: rank r raises torch's out-of-memory error instead.
 
 Run as ``torchrun --nproc-per-node N tests/torchrun_scan.py scan SOURCE ...``.
 """
@@ -21,7 +22,8 @@ scan_module = importlib.import_module("spectrum_fast.scan")  # the module (the p
 
 rank = int(os.environ["RANK"])
 kill_rank = os.environ.get("SPECTRUM_FAST_TEST_KILL_RANK")
-if kill_rank is not None and int(kill_rank) == rank:
+fail_rank = os.environ.get("SPECTRUM_FAST_TEST_FAIL_RANK")
+if rank in {int(r) for r in (kill_rank, fail_rank) if r is not None}:
     after = int(os.environ.get("SPECTRUM_FAST_TEST_KILL_AFTER", "1"))
     run_batches = scan_module.run_batches
 
@@ -32,6 +34,8 @@ if kill_rank is not None and int(kill_rank) == rank:
             on_batch(batch)  # journals the batch
             finished.append(batch)
             if len(finished) >= after:
+                if fail_rank is not None:
+                    raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
                 os.kill(os.getpid(), signal.SIGKILL)
 
         return run_batches(src, batches, dev, precision, on_batch=counted, **kwargs)
