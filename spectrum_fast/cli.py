@@ -1,4 +1,4 @@
-"""The ``spectrum-fast`` command: scan, types, yaml, doctor.
+"""The ``spectrum-fast`` command: scan, types, yaml, report, compare, doctor.
 
 Errors in the user's input print one line (``spectrum-fast: error: ...``) and exit 2; nothing is
 half-written, since every file goes to a temporary name first.
@@ -61,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true",
                    help="neither read nor write the result cache and resume journal "
                         "($SPECTRUM_FAST_CACHE, default ~/.cache/spectrum_fast)")
+    p.add_argument("--keep-spectra", action="store_true",
+                   help="also write every matrix's singular values and row details to "
+                        "snr_results_<model>_spectra.safetensors, for `report` (computes every matrix: the cache "
+                        "keeps rows only)")
 
     p = sub.add_parser("types", help="list the weight types of a model, with counts and shapes")
     _add_source(p)
@@ -70,6 +74,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-percent", type=float, nargs="+", required=True, metavar="P")
     p.add_argument("--out", default=".", help="output folder (default: here)")
     _add_axolotl(p)
+
+    p = sub.add_parser("report", help="one self-contained HTML page (and PNGs) of a result: heatmaps, selection, "
+                                      "spectra, top and bottom modules, trainable share")
+    p.add_argument("results", help="snr_results_<model>.json (with its _spectra.safetensors beside it for the "
+                                   "spectra and parameter shares) or the _spectra.safetensors file")
+    p.add_argument("--top-percent", type=float, default=50.0, metavar="P", help="the selection shown (default 50)")
+    p.add_argument("--out", default="report.html", help="the HTML file (default report.html)")
+    p.add_argument("--png", default=None, metavar="DIR", help="also write each figure as a PNG into DIR")
+    p.add_argument("--matrices", nargs="+", default=None, metavar="NAME",
+                   help="the matrices whose spectra are drawn (default: each type's highest and lowest SNR)")
+
+    p = sub.add_parser("compare", help="two results: per-type rank correlation, selection overlap, a scatter plot")
+    p.add_argument("a", help="a result JSON (either layout; a published Spectrum file too)")
+    p.add_argument("b", help="the result to compare it with")
+    p.add_argument("--top-percent", type=float, nargs="+", default=[10.0, 25.0, 50.0, 75.0], metavar="P",
+                   help="the percentages whose selections are compared (default 10 25 50 75)")
+    p.add_argument("--out", default="compare.html", help="the HTML file (default compare.html)")
+    p.add_argument("--png", default=None, metavar="DIR", help="also write the scatter plot as a PNG into DIR")
 
     p = sub.add_parser("doctor", help="what is installed and built, and what each operation will use")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: what a scan would pick)")
@@ -139,11 +161,14 @@ def _cmd_scan(args) -> int:
     result = scan(source, types=_types(args), device=args.device, progress=not args.no_progress,
                   precision=args.precision, pool_experts=args.pool_experts, model_name=model_name,
                   max_gpu_memory=None if args.max_gpu_memory is None else int(args.max_gpu_memory * 2**30),
-                  method=args.method, estimator=args.estimator, cache=not args.no_cache)
+                  method=args.method, estimator=args.estimator, cache=not args.no_cache,
+                  keep_spectra=args.keep_spectra)
     if _rank() != 0:
         return 0  # rank 0 writes the files and says what was done
     written = list(result.to_spectrum_json(out))
     written += [result.to_yaml(out, p) for p in percents]
+    if args.keep_spectra:
+        written.append(result.to_spectra(out))
     print(result.summary(tuple(percents)))
     gpu = f", peak GPU {result.peak_gpu_bytes / 2**20:.0f} MiB" if result.peak_gpu_bytes is not None else ""
     host = f", peak host {result.peak_host_bytes / 2**20:.0f} MiB" if result.peak_host_bytes is not None else ""
@@ -292,6 +317,43 @@ def _cmd_yaml(args) -> int:
     return 0
 
 
+def _png_folder(path: str | None) -> Path | None:
+    return None if path is None else _output_folder(path)
+
+
+def _output_file(path: str) -> Path:
+    """Check ``--out FILE`` before any work: its folder must exist or be creatable, and it must not be a folder."""
+    out = Path(path)
+    if out.is_dir():
+        raise SpectrumFastError(f"--out {out}: is a folder: give a file name (e.g. {out / 'report.html'})")
+    _output_folder(str(out.parent) if str(out.parent) else ".")
+    return out
+
+
+def _cmd_report(args) -> int:
+    from .report import write_report
+    from .selection import check_top_percent
+
+    percent = check_top_percent(args.top_percent)
+    out, png_dir = _output_file(args.out), _png_folder(args.png)
+    for path in write_report(args.results, out, percent, png_dir, args.matrices):
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from .report import write_comparison
+    from .selection import check_top_percent
+
+    percents = [check_top_percent(p) for p in args.top_percent]
+    out, png_dir = _output_file(args.out), _png_folder(args.png)
+    comparison, written = write_comparison(args.a, args.b, out, percents, png_dir)
+    print(comparison.table())
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def _cmd_doctor(args) -> int:
     from .doctor import report
 
@@ -302,7 +364,8 @@ def _cmd_doctor(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        command = {"scan": _cmd_scan, "types": _cmd_types, "yaml": _cmd_yaml, "doctor": _cmd_doctor}[args.command]
+        command = {"scan": _cmd_scan, "types": _cmd_types, "yaml": _cmd_yaml, "report": _cmd_report,
+                   "compare": _cmd_compare, "doctor": _cmd_doctor}[args.command]
         with warnings.catch_warnings():  # restores showwarning when main() returns (tests call it in-process)
             warnings.showwarning = _warning_line
             return command(args)

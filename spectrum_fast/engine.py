@@ -394,9 +394,13 @@ class _InFlight:
     load_s: float
 
 
-def _rows(item: _InFlight, estimator: str = "spectrum") -> Iterator[tuple[MatrixTask, MatrixRow]]:
+def _rows(item: _InFlight, estimator: str = "spectrum",
+          on_eigenvalues: Callable[[Batch, torch.Tensor], None] | None = None) -> Iterator[tuple[MatrixTask, MatrixRow]]:
     batch = item.batch
-    stats = ops.snr_statistics(item.eigenvalues.result(), batch.n, batch.m, estimator=estimator)
+    eigenvalues = item.eigenvalues.result()
+    if on_eigenvalues is not None:
+        on_eigenvalues(batch, eigenvalues)
+    stats = ops.snr_statistics(eigenvalues, batch.n, batch.m, estimator=estimator)
     table = torch.stack([getattr(stats, f) for f in ops.SpectrumStats.FIELDS], dim=-1)
     # Per matrix: its share of the batch's wall time from analysis start to result, plus its share
     # of the (overlapped) read. Batches overlap, so these do not add up to the scan's time.
@@ -435,6 +439,7 @@ def run_batches(
     max_in_flight: int | None = None,
     estimator: str = "spectrum",
     on_matrices: Callable[[Batch, torch.Tensor], None] | None = None,
+    on_eigenvalues: Callable[[Batch, torch.Tensor], None] | None = None,
 ) -> Iterator[tuple[MatrixTask, MatrixRow]]:
     """Analyse each batch, yielding rows in batch order.
 
@@ -445,7 +450,8 @@ def run_batches(
     ``timings`` (if given) accumulates "read_s" (reader thread, overlapped with everything),
     "wait_s" (time the analysis loop stood waiting for the reader: what reading adds to the scan)
     and "compute_s" (the wall time of the analysis loop). ``on_matrices(batch, w)`` sees each
-    batch's matrices [B, n, m] as read, on the device, before anything changes them.
+    batch's matrices [B, n, m] as read, on the device, before anything changes them;
+    ``on_eigenvalues(batch, eigenvalues)`` each batch's Gram eigenvalues [B, k], ascending.
     """
     in_flight_for = (lambda k: max_in_flight) if max_in_flight is not None else (lambda k: _default_in_flight(k, device))
     in_flight: deque[_InFlight] = deque()
@@ -456,7 +462,7 @@ def run_batches(
         nonlocal waiting
         item = in_flight.popleft()
         waiting -= len(item.batch.tasks)
-        yield from _rows(item, estimator)
+        yield from _rows(item, estimator, on_eigenvalues)
         if on_batch is not None:
             on_batch(item.batch)
 

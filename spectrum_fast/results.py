@@ -21,6 +21,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .errors import SelectionError
 from .files import atomic_write_text
 from .naming import model_slug, percent_label
@@ -76,6 +78,9 @@ class ScanResult:
     # (partition.py's cost), busy_seconds, read/compute/read_wait seconds, peak_gpu/host_bytes.
     # The fields above are this process's own.
     ranks: list[dict] | None = None
+    # scan(keep_spectra=True): each matrix's singular values (float64, descending) by module name;
+    # written beside the JSON by to_spectra (spectra.py), read by the report.
+    spectra: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     # -- selection ---------------------------------------------------------------------------
     def _groups(self) -> dict[str, list[tuple[str, float]]]:
@@ -136,6 +141,13 @@ class ScanResult:
         if path.is_dir():
             path = path / self.yaml_filename(top_percent)
         return atomic_write_text(path, self.yaml_text(top_percent, reference_names=reference_names))
+
+    def to_spectra(self, directory: str | os.PathLike = ".") -> Path:
+        """Write ``snr_results_<slug>_spectra.safetensors`` (the singular values and every row's
+        details) into ``directory``; needs a scan with keep_spectra=True."""
+        from .spectra import write_spectra
+
+        return write_spectra(self, directory)
 
     def axolotl_json(self) -> str:
         """The plugin's layout, name -> {snr, type}. A NaN SNR (non-finite weights) is written as

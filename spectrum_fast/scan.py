@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import ops
@@ -60,6 +61,7 @@ def scan(
     cache: bool = True,
     on_matrices: Callable[[list[MatrixTask], torch.Tensor], None] | None = None,
     distributed: bool | None = None,
+    keep_spectra: bool = False,
 ) -> ScanResult:
     """Signal-to-noise ratio of every selected weight matrix, exactly as Spectrum defines it.
 
@@ -104,6 +106,9 @@ def scan(
         True requires it, False scans alone. Each rank computes a share of about equal cost and
         reads only its tensors; every rank returns the whole result (``ScanResult.ranks`` has each
         rank's share and times). A GPU scan takes cuda:LOCAL_RANK on each rank.
+    keep_spectra: also keep every matrix's singular values (``ScanResult.spectra``; write them with
+        ``to_spectra``, spectra.py) for the report and other estimators. The cache keeps rows only,
+        so such a scan computes every matrix (and still stores its rows). Exact method only.
     """
     if precision not in ("float64", "float32"):
         raise SelectionError(f"precision {precision!r} is not known: use float64 (exact) or float32")
@@ -117,6 +122,8 @@ def scan(
         estimator = "mp-moments" if method == "fast" else "spectrum"
     if estimator not in noise_edge.ESTIMATORS:
         raise SelectionError(f"estimator {estimator!r} is not known: use one of {', '.join(noise_edge.ESTIMATORS)}")
+    if keep_spectra and method == "fast":
+        raise SelectionError("keep_spectra needs every singular value: use method='exact'")
     if method == "fast" and estimator != "mp-moments":
         raise SelectionError(f"method='fast' estimates sigma by mp-moments, not {estimator}: "
                              f"leave estimator out or use method='exact'")
@@ -129,7 +136,7 @@ def scan(
         return _scan(source, ranks, dev, types=types, progress=progress, precision=precision,
                      pool_experts=pool_experts, model_name=model_name, max_gpu_memory=max_gpu_memory,
                      max_batch_bytes=max_batch_bytes, eigen_route=eigen_route, method=method, estimator=estimator,
-                     cache=cache, on_matrices=on_matrices)
+                     cache=cache, on_matrices=on_matrices, keep_spectra=keep_spectra)
 
 
 def _open_and_plan(source, model_name, types, pool_experts):
@@ -151,7 +158,8 @@ def _open_and_plan(source, model_name, types, pool_experts):
 
 
 def _scan(source, ranks: Ranks | None, dev: torch.device, *, types, progress, precision, pool_experts, model_name,
-          max_gpu_memory, max_batch_bytes, eigen_route, method, estimator, cache, on_matrices) -> ScanResult:
+          max_gpu_memory, max_batch_bytes, eigen_route, method, estimator, cache, on_matrices,
+          keep_spectra) -> ScanResult:
     start = time.perf_counter()
     if ranks is None:
         src, infos, tasks, skipped = _open_and_plan(source, model_name, types, pool_experts)
@@ -171,7 +179,8 @@ def _scan(source, ranks: Ranks | None, dev: torch.device, *, types, progress, pr
         store = _open_cache(src, infos, dev, ranks, cache and not cache_disabled_by_env(), precision=precision,
                             method=method, estimator=estimator, eigen_route=eigen_route)
         try:
-            rows_by_order = store.known_rows(tasks) if store is not None else {}
+            # Cached rows come without their spectra: a scan that keeps them computes every matrix.
+            rows_by_order = store.known_rows(tasks) if store is not None and not keep_spectra else {}
             if ranks is not None:  # what any rank's cache knows is known (nodes may keep caches of their own)
                 for known in ranks.all_gather(rows_by_order):
                     rows_by_order.update(known)
@@ -184,6 +193,7 @@ def _scan(source, ranks: Ranks | None, dev: torch.device, *, types, progress, pr
             timings: dict[str, float] = {}
             tracker = PeakTracker(dev)
             computed: dict[int, MatrixRow] = {}
+            spectra: dict[str, np.ndarray] | None = {} if keep_spectra else None
             busy = time.perf_counter()
             try:
                 if mine:
@@ -192,7 +202,7 @@ def _scan(source, ranks: Ranks | None, dev: torch.device, *, types, progress, pr
                              total=len(tasks) if ranks is None else len(mine),
                              progress=progress and (ranks is None or ranks.rank == 0), precision=precision,
                              method=method, estimator=estimator, eigen_route=eigen_route,
-                             on_matrices=on_matrices, ranks=ranks)
+                             on_matrices=on_matrices, ranks=ranks, spectra=spectra)
                 busy = time.perf_counter() - busy
                 rank_stats = None
                 if ranks is not None:
@@ -203,7 +213,7 @@ def _scan(source, ranks: Ranks | None, dev: torch.device, *, types, progress, pr
                                       read_wait_seconds=timings.get("wait_s"),
                                       peak_gpu_bytes=tracker.gpu_peak if mine else None,
                                       peak_host_bytes=tracker.host_peak if mine else None)
-                    rank_stats = _gather_rows(ranks, computed, mine_stats)
+                    rank_stats = _gather_rows(ranks, computed, mine_stats, spectra)
             except BaseException as e:
                 if ranks is not None:
                     ranks.report_failure(e)
@@ -227,6 +237,7 @@ def _scan(source, ranks: Ranks | None, dev: torch.device, *, types, progress, pr
             read_wait_seconds=timings.get("wait_s"), from_cache=not pending,
             cached_rows=store.cached_rows if store is not None else 0,
             resumed_rows=store.resumed_rows if store is not None else 0, ranks=rank_stats,
+            spectra=None if spectra is None else {r.name: spectra[r.name] for r in rows if r.name in spectra},
         )
     finally:
         src.close()
@@ -245,12 +256,15 @@ def _open_cache(src, infos, dev: torch.device, ranks: Ranks | None, use: bool, *
     return ScanCache.for_scan(src, infos, dev, **numeric, content=content, rank=ranks.rank)
 
 
-def _gather_rows(ranks: Ranks, computed: dict[int, MatrixRow], stats: dict) -> list[dict]:
-    """Every rank's rows into ``computed``; -> every rank's stats, by rank."""
+def _gather_rows(ranks: Ranks, computed: dict[int, MatrixRow], stats: dict,
+                 spectra: dict[str, np.ndarray] | None) -> list[dict]:
+    """Every rank's rows into ``computed`` (and spectra into ``spectra``); -> every rank's stats."""
     gathered = []
-    for rows_r, stats_r in ranks.all_gather((computed, stats)):
+    for rows_r, stats_r, spectra_r in ranks.all_gather((computed, stats, spectra)):
         if stats_r["rank"] != ranks.rank:
             computed.update(rows_r)
+            if spectra is not None:
+                spectra.update(spectra_r)
         gathered.append(stats_r)
     return gathered
 
@@ -266,6 +280,12 @@ def _finish_cache(store: ScanCache, ranks: Ranks | None, tasks: list[MatrixTask]
         by_order = {t.order: t for t in tasks}
         store.adopt([(by_order[o], row) for o, row in computed.items()])
     store.finish()
+
+
+def _keep_spectra(batch: Batch, eigenvalues: torch.Tensor, spectra: dict[str, np.ndarray]) -> None:
+    values = ops.singular_values_from_eigenvalues(eigenvalues).flip(-1).cpu().numpy()
+    for task, row in zip(batch.tasks, values):
+        spectra[task.name] = row.copy()
 
 
 def _plan_batches(tasks: list[MatrixTask], dev: torch.device, *, precision: str, method: str, eigen_route: str,
@@ -302,10 +322,10 @@ def _compute(src, batches: list[Batch], dev: torch.device, rows_by_order: dict[i
              store: ScanCache | None, tracker: PeakTracker, timings: dict[str, float], *, done: int, total: int,
              progress: bool, precision: str, method: str, estimator: str, eigen_route: str,
              on_matrices: Callable[[list[MatrixTask], torch.Tensor], None] | None = None,
-             ranks: Ranks | None = None) -> None:
+             ranks: Ranks | None = None, spectra: dict[str, np.ndarray] | None = None) -> None:
     """Compute the rows of ``batches`` into ``rows_by_order`` (by task.order), journaling each
     batch's rows in ``store`` as soon as the batch is done. ``done`` of ``total`` matrices were
-    known before."""
+    known before. ``spectra``: filled with each finite matrix's singular values (descending)."""
     from tqdm.auto import tqdm
 
     desc = "SNR" if ranks is None else f"SNR (rank {ranks.rank} of {ranks.world})"
@@ -325,9 +345,12 @@ def _compute(src, batches: list[Batch], dev: torch.device, rows_by_order: dict[i
 
             rows = run_batches_fast(src, batches, dev, on_batch=after, timings=timings, on_matrices=handed)
         else:
+            keep = None if spectra is None else (lambda batch, eigenvalues: _keep_spectra(batch, eigenvalues, spectra))
             rows = run_batches(src, batches, dev, precision, on_batch=after, timings=timings,
-                               eigen_route=eigen_route, estimator=estimator, on_matrices=handed)
+                               eigen_route=eigen_route, estimator=estimator, on_matrices=handed, on_eigenvalues=keep)
         for task, row in rows:
             rows_by_order[task.order] = row
+            if spectra is not None and row.status == "nonfinite":
+                spectra.pop(task.name, None)  # its values came from the zeroed NaNs: not its spectrum
             if store is not None:
                 store.add(task, row)

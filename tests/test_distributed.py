@@ -138,6 +138,21 @@ def test_two_ranks_write_the_files_one_process_writes(model_folder, tmp_path):
     assert two.stdout.count("wrote ") == 3, "rank 0 alone writes and says so"
 
 
+def test_two_ranks_keep_the_spectra_of_one(model_folder, tmp_path):
+    import numpy as np
+
+    from spectrum_fast.spectra import read_spectra
+
+    one = run_cli(scan_args(model_folder, tmp_path / "one") + ["--keep-spectra"])
+    two = run_torchrun(2, scan_args(model_folder, tmp_path / "two") + ["--keep-spectra"])
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    a = read_spectra(tmp_path / "one" / "snr_results_model_spectra.safetensors")
+    b = read_spectra(tmp_path / "two" / "snr_results_model_spectra.safetensors")
+    assert [(r.name, r.snr) for r in a.rows] == [(r.name, r.snr) for r in b.rows]
+    assert a.spectra.keys() == b.spectra.keys() and len(a.spectra) == 28
+    assert all(np.array_equal(a.spectra[k], b.spectra[k]) for k in a.spectra)
+
+
 def test_the_cache_is_shared_between_ranks_and_a_single_process(model_folder, tmp_path, cache_dir):
     """The key does not depend on how many processes scanned: a single process reuses every row of
     a 2-rank scan (each rank checksummed a share of the files)."""

@@ -8,6 +8,7 @@ statistics  -> ops.stats.snr_statistics
 from . import band_eigen
 from .eigen import ROUTES, PendingEigenvalues, eigvalsh, eigvalsh_deferred
 from .gram import gram
-from .stats import SpectrumStats, snr_statistics
+from .stats import SpectrumStats, singular_values_from_eigenvalues, snr_statistics
 
-__all__ = ["ROUTES", "gram", "eigvalsh", "eigvalsh_deferred", "PendingEigenvalues", "band_eigen", "snr_statistics", "SpectrumStats"]
+__all__ = ["ROUTES", "gram", "eigvalsh", "eigvalsh_deferred", "PendingEigenvalues", "band_eigen", "snr_statistics", "SpectrumStats",
+           "singular_values_from_eigenvalues"]
