@@ -4,7 +4,7 @@ them instead of scanning again.
 
 The file, ``snr_results_<slug>_spectra.safetensors`` beside the JSON: one float64 tensor per
 matrix, its singular values in descending order, named by module (exact, as the scan computed
-them: 8 bytes a value, e.g. 7 MB for Llama-3-8B, 350 MB for DeepSeek-V2's 28,320 experts). Its
+them: 8 bytes a value, e.g. 6 MB for Llama-3-8B, 350 MB for DeepSeek-V2's 28,320 experts). Its
 metadata holds ``model_name``, ``estimator`` and ``rows``: every row's details as JSON (type, SNR,
 shape, dtype, sigma, threshold, signal count, status), which the reference's JSON does not carry.
 """

@@ -47,7 +47,8 @@ def random_weights(seed: int) -> dict[str, torch.Tensor]:
 
 
 def check_png(data: bytes, size: tuple[int, int] | None = None) -> None:
-    """A decodable PNG of ``size`` (width, height) with content: not one colour, not nearly all white."""
+    """A decodable PNG of ``size`` (width, height) with content: not one colour, not nearly all
+    white, and some coloured pixels (axes and text are grey; data are drawn in colour)."""
     assert data[:8] == PNG_MAGIC
     pixels = matplotlib.image.imread(io.BytesIO(data), format="png")
     if size is not None:
@@ -55,7 +56,9 @@ def check_png(data: bytes, size: tuple[int, int] | None = None) -> None:
     rgb = pixels[..., :3]
     assert rgb.std() > 0.02, "a blank image"
     not_white = (rgb < 0.95).any(axis=-1).mean()
-    assert not_white > 0.03, f"only {not_white:.1%} of the pixels are drawn on"
+    assert not_white > 0.01, f"only {not_white:.1%} of the pixels are drawn on"
+    coloured = (rgb.max(axis=-1) - rgb.min(axis=-1) > 0.25).mean()
+    assert coloured > 0.0003, f"only {coloured:.2%} of the pixels are coloured: no data drawn"  # empty axes: 0
     assert len(np.unique(rgb.reshape(-1, 3).round(2), axis=0)) > 8, "too few colours for a plot"
 
 
