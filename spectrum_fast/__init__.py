@@ -8,12 +8,15 @@
     model = spectrum_fast.load_pretrained("path/to/model", top_percent=50)  # bf16, frozen but the selection
     spectrum_fast.mask_weight_decay(optimizer)        # weight decay spares frozen experts of fused tensors
     trainer = Trainer(..., callbacks=[spectrum_fast.SpectrumCallback(top_percent=50)])
+    report = spectrum_fast.decompose(model, energy=0.9)   # nn.Linear -> LowRankLinear (two factors), in place
+    sf = spectrum_fast.SequentialFreezing(model, steps=100)  # train one factor at a time; sf.callback() for Trainer
 """
 
 from ._extension import kernels_available
 from .cache import CacheWarning
 from .errors import SelectionError, SourceError, SpectrumFastError
 from .freeze import FreezeReport, freeze, masked_parameters
+from .lowrank import DecompositionReport, LowRankLinear, SequentialFreezing, decompose
 from .pretrained import load_pretrained
 from .results import MatrixRow, ScanResult, load_results
 from .scan import scan
@@ -25,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "scan", "freeze", "load_pretrained", "load_results", "kernels_available", "ScanResult", "MatrixRow", "FreezeReport",
     "mask_weight_decay", "masked_parameters", "SpectrumCallback",
+    "decompose", "DecompositionReport", "LowRankLinear", "SequentialFreezing",
     "SpectrumFastError", "SourceError", "SelectionError", "CacheWarning", "WeightSource", "TensorInfo", "__version__",
 ]
 
