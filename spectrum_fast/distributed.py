@@ -123,7 +123,7 @@ class Ranks:
         for r, (_, fingerprint_r, host) in enumerate(outcomes):
             if fingerprint_r != outcomes[0][1]:
                 raise RankFailure(f"rank {r} of {self.world} ({host}) sees other tensors than rank 0 "
-                                  f"({outcomes[0][2]}): every node needs the same checkpoint", own=r == self.rank)
+                                  f"({outcomes[0][2]}): every node needs the same checkpoint")
 
     # -- failure flags in the store ---------------------------------------------------------------
     def _key(self, what: str) -> str:
