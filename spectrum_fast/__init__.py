@@ -10,8 +10,10 @@
     trainer = Trainer(..., callbacks=[spectrum_fast.SpectrumCallback(top_percent=50)])
     report = spectrum_fast.decompose(model, energy=0.9)   # nn.Linear -> LowRankLinear (two factors), in place
     sf = spectrum_fast.SequentialFreezing(model, steps=100)  # train one factor at a time; sf.callback() for Trainer
+    allocation = spectrum_fast.components.allocate(model, batches, budget=256)  # which singular-direction scales train
 """
 
+from . import components  # spectrum_fast.components: allocate, apply, merge (generic names: kept in their module)
 from ._extension import kernels_available
 from .cache import CacheWarning
 from .errors import SelectionError, SourceError, SpectrumFastError
@@ -28,7 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "scan", "freeze", "load_pretrained", "load_results", "kernels_available", "ScanResult", "MatrixRow", "FreezeReport",
     "mask_weight_decay", "masked_parameters", "SpectrumCallback",
-    "decompose", "DecompositionReport", "LowRankLinear", "SequentialFreezing",
+    "decompose", "DecompositionReport", "LowRankLinear", "SequentialFreezing", "components",
     "SpectrumFastError", "SourceError", "SelectionError", "CacheWarning", "WeightSource", "TensorInfo", "__version__",
 ]
 

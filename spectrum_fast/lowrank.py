@@ -90,13 +90,7 @@ def _factorize(linear: nn.Linear, rank: int, svd: str, seed: int | None, label: 
     if svd not in SVD_METHODS:
         raise SpectrumFastError(f"{label}: svd must be one of {SVD_METHODS}, got {svd!r}")
     w = _weight_of(linear, label)
-    if svd == "exact":
-        u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
-        u, s, vh = u[:, :rank], s[:rank], vh[:rank]
-    else:
-        from .linalg import truncated_svd  # imports the Triton kernels: only when asked
-
-        u, s, vh = (t.double() for t in truncated_svd(w, rank, method=svd, seed=seed))
+    u, s, vh = top_singular_triplets(w, rank, svd, seed)
     root = s.sqrt()
     a = root[:, None] * vh  # [rank, in]
     b = u * root[None, :]  # [out, rank]
@@ -107,6 +101,19 @@ def _factorize(linear: nn.Linear, rank: int, svd: str, seed: int | None, label: 
         layer.second.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
     total = float((w.double() ** 2).sum())
     return layer, (float((s**2).sum()) / total if total > 0 else 1.0)
+
+
+def top_singular_triplets(w: torch.Tensor, rank: int, svd: str = "exact",
+                          seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (U_r [n, r], S_r [r], Vh_r [r, m]) of the ``rank`` largest singular values of ``w``, float64.
+    svd: "exact" (torch.linalg.svd in float64) or "randomized" / "lanczos" (truncated_svd, fp32)."""
+    if svd == "exact":
+        u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
+        return u[:, :rank], s[:rank], vh[:rank]
+    from .linalg import truncated_svd  # imports the Triton kernels: only when asked
+
+    u, s, vh = (t.double() for t in truncated_svd(w, rank, method=svd, seed=seed))
+    return u, s, vh
 
 
 def _weight_of(linear: nn.Linear, label: str) -> torch.Tensor:
@@ -221,8 +228,10 @@ def _check_options(rank, energy, param_budget, quantize, svd) -> None:
                              f"param_budget= need them all: give rank=, or use svd='exact'")
 
 
-def _chosen_linears(model: nn.Module, types) -> tuple[list[tuple[str, nn.Linear]], list[tuple[str, str]]]:
-    """-> ([(module name, nn.Linear)] to decompose, in model order; [(weight, why not)])."""
+def _chosen_linears(model: nn.Module, types, label: str = "decompose",
+                    verb: str = "decomposed") -> tuple[list[tuple[str, nn.Linear]], list[tuple[str, str]]]:
+    """-> ([(module name, nn.Linear)] to replace, in model order; [(weight, why not)]).
+    label, verb: name the caller in errors ("decompose: ... none can be decomposed")."""
     names_of: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         names_of.setdefault(id(p), []).append(name)
@@ -230,7 +239,7 @@ def _chosen_linears(model: nn.Module, types) -> tuple[list[tuple[str, nn.Linear]
     infos = [TensorInfo(n, tuple(p.shape), str(p.dtype).removeprefix("torch."), p.is_floating_point())
              for n, p in params.items()]
     tasks, _ = plan_tasks(infos, types)
-    require_some(tasks, infos, types, "decompose")
+    require_some(tasks, infos, types, label)
 
     modules = dict(model.named_modules())
     factors = {f"{n}.{f}" for n, m in modules.items() if isinstance(m, LowRankLinear) for f in FACTORS}
@@ -258,7 +267,7 @@ def _chosen_linears(model: nn.Module, types) -> tuple[list[tuple[str, nn.Linear]
         else:
             chosen.append((mod, owner))
     if not chosen:
-        raise SelectionError(f"decompose: types={types!r} chooses {len(seen)} weights but none can be decomposed "
+        raise SelectionError(f"{label}: types={types!r} chooses {len(seen)} weights but none can be {verb} "
                              f"({skipped[0][0]}: {skipped[0][1]}): choose nn.Linear layers with types=")
     return chosen, skipped
 
