@@ -12,15 +12,9 @@ from collections.abc import Iterator
 import torch
 
 
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
+def one_torch_thread() -> contextlib.AbstractContextManager[None]:
     """torch.set_num_threads(1) inside the block, the previous number restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return torch_threads(1)
 
 
 RANK_THREADS_ENV = "SPECTRUM_FAST_RANK_THREADS"

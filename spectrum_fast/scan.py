@@ -131,8 +131,9 @@ def scan(
         raise SelectionError(f"cache={cache!r}: give True or False (the folder is set by $SPECTRUM_FAST_CACHE)")
     if max_gpu_memory is not None and max_gpu_memory <= 0:
         raise SelectionError(f"max_gpu_memory={max_gpu_memory}: give a positive number of bytes")
-    with ranks_for(distributed, resolve_device(device)) as ranks:
-        dev = resolve_device(device) if ranks is None else ranks.device
+    dev = resolve_device(device)
+    with ranks_for(distributed, dev) as ranks:
+        dev = dev if ranks is None else ranks.device
         return _scan(source, ranks, dev, types=types, progress=progress, precision=precision,
                      pool_experts=pool_experts, model_name=model_name, max_gpu_memory=max_gpu_memory,
                      max_batch_bytes=max_batch_bytes, eigen_route=eigen_route, method=method, estimator=estimator,

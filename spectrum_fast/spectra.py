@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .errors import SelectionError
+from .files import atomic_write_bytes
 from .results import MatrixRow, ScanResult
 
 SUFFIX = "_spectra.safetensors"
@@ -42,7 +43,7 @@ def spectra_beside(results_json: str | os.PathLike) -> Path | None:
 
 def write_spectra(result: ScanResult, directory: str | os.PathLike) -> Path:
     """Write ``result.spectra`` (and its rows' details) next to the result's JSON, atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if result.spectra is None:
         raise SelectionError("this result has no spectra: scan with keep_spectra=True (CLI: --keep-spectra)")
@@ -52,14 +53,7 @@ def write_spectra(result: ScanResult, directory: str | os.PathLike) -> Path:
     rows = [dict(dataclasses.asdict(r), shape=list(r.shape) if r.shape else None) for r in result.rows]
     metadata = {"format": FORMAT, "model_name": result.model_name, "estimator": result.estimator,
                 "precision": str(result.precision), "rows": json.dumps(rows)}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
 def read_spectra(path: str | os.PathLike) -> ScanResult:

@@ -224,15 +224,19 @@ def test_a_copy_with_other_tensors_on_one_rank_is_refused(model_folder, tmp_path
 
 
 # -- NCCL, on GPUs ----------------------------------------------------------------------------------
+def gpu_scan(source, out, ranks: int | None = None, device: str = "cuda") -> subprocess.CompletedProcess:
+    """A GPU scan by the CLI: alone on ``device``, or under torchrun with ``ranks`` ranks (each on its own GPU)."""
+    args = ["scan", str(source), "--out", str(out), "--no-progress", "--model-name", "model"]
+    proc = run_cli(args + ["--device", device]) if ranks is None else run_torchrun(ranks, args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_one_rank_on_nccl_writes_the_files_of_a_plain_scan(model_folder, tmp_path):
-    plain = run_cli(["scan", str(model_folder), "--device", "cuda", "--out", str(tmp_path / "plain"),
-                     "--no-progress", "--model-name", "model"])
-    assert plain.returncode == 0, plain.stderr
-    one = run_torchrun(1, ["scan", str(model_folder), "--out", str(tmp_path / "one"), "--no-progress",
-                           "--model-name", "model"])
-    assert one.returncode == 0, one.stderr[-3000:]
+    gpu_scan(model_folder, tmp_path / "plain")
+    one = gpu_scan(model_folder, tmp_path / "one", ranks=1)
     assert "on 1 rank" in one.stdout and "cuda:0" in one.stdout, one.stdout
     assert_same_files(tmp_path / "one", tmp_path / "plain")
 
@@ -240,12 +244,8 @@ def test_one_rank_on_nccl_writes_the_files_of_a_plain_scan(model_folder, tmp_pat
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_two_gpus_give_the_rows_of_one(model_folder, tmp_path):
-    plain = run_cli(["scan", str(model_folder), "--device", "cuda:0", "--out", str(tmp_path / "plain"),
-                     "--no-progress", "--model-name", "model"])
-    assert plain.returncode == 0, plain.stderr
-    two = run_torchrun(2, ["scan", str(model_folder), "--out", str(tmp_path / "two"), "--no-progress",
-                           "--model-name", "model"])
-    assert two.returncode == 0, two.stderr[-3000:]
+    gpu_scan(model_folder, tmp_path / "plain", device="cuda:0")
+    two = gpu_scan(model_folder, tmp_path / "two", ranks=2)
     assert "cuda:0" in two.stdout and "cuda:1" in two.stdout, two.stdout
     # Whole batches per rank: each matrix ran in the batch it runs in alone, so the bits agree.
     assert_same_files(tmp_path / "two", tmp_path / "plain")
