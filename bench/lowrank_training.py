@@ -86,7 +86,8 @@ def build_model(args, device: torch.device, dtype: torch.dtype) -> torch.nn.Modu
         num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, vocab_size=args.vocab,
         max_position_embeddings=max(args.seq, 128), tie_word_embeddings=False)
     torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config).to(device=device, dtype=dtype)
+    with device:  # initialised where it runs: a 1B model's init on the host would take longer than its steps
+        return transformers.LlamaForCausalLM(config).to(dtype=dtype)
 
 
 def measure_variant(args, device, dtype, tokens, rank: int | None, trains: str | None) -> dict:
