@@ -71,7 +71,15 @@ def read_unfrozen_yaml(path: str | os.PathLike) -> list[str]:
     return entries
 
 
-def _patterns(selection, top_percent: float | None) -> list[str]:
+def unfrozen_patterns(selection, top_percent: float | None = None) -> list[str]:
+    """The ``unfrozen_parameters`` patterns freeze() applies for ``selection`` (see freeze())."""
+    from .strategies.selection import Selection  # here, not above: strategies/ imports this module
+
+    if isinstance(selection, Selection):
+        if top_percent is not None:
+            raise SelectionError(f"freeze(model, selection): the {selection.strategy!r} Selection already says what "
+                                 f"trains: drop top_percent={top_percent!r}")
+        return list(selection.patterns)
     if isinstance(selection, ScanResult):
         if top_percent is None:
             raise SelectionError("freeze(model, scan_result) needs top_percent=, e.g. 50")
@@ -88,8 +96,8 @@ def _patterns(selection, top_percent: float | None) -> list[str]:
         return read_unfrozen_yaml(selection)
     if isinstance(selection, Iterable):
         return [str(s) for s in selection]
-    raise SelectionError(f"cannot freeze from a {type(selection).__name__}: pass a ScanResult, a list of names, "
-                         f"a YAML path or a result JSON path")
+    raise SelectionError(f"cannot freeze from a {type(selection).__name__}: pass a Selection "
+                         f"(spectrum_fast.strategies), a ScanResult, a list of names, a YAML path or a result JSON path")
 
 
 # Characters that make a pattern more than literal text under Axolotl's rule (a "." is a literal dot).
@@ -174,10 +182,10 @@ def _experts_selected(patterns: list[str], by_module: dict[str, list[tuple[int, 
 def freeze(model: torch.nn.Module, selection, top_percent: float | None = None) -> FreezeReport:
     """Freeze every parameter of ``model``, then unfreeze those the selection names.
 
-    selection: a ScanResult (with top_percent=; its embedding and head are kept trainable, as in
-        spectrum.py's YAML), a list of module names / Axolotl patterns, an unfrozen_parameters YAML
-        path, or a result JSON path (with top_percent=; spectrum.py's head and embedding lines are
-        added, as in its YAML).
+    selection: a ``strategies.Selection`` (its patterns; no top_percent), a ScanResult (with
+        top_percent=; its embedding and head are kept trainable, as in spectrum.py's YAML), a list
+        of module names / Axolotl patterns, an unfrozen_parameters YAML path, or a result JSON path
+        (with top_percent=; spectrum.py's head and embedding lines are added, as in its YAML).
 
     A fused expert tensor [E, n, m] of which only some experts are selected stays
     ``requires_grad=True`` and gets a gradient mask: the other experts receive exact zeros, so
@@ -187,7 +195,49 @@ def freeze(model: torch.nn.Module, selection, top_percent: float | None = None) 
     Frozen parameters lose any ``.grad`` they had, so an optimizer built before freezing skips them.
     Nothing is changed when a pattern is invalid or selects an expert that does not exist.
     """
-    patterns = _patterns(selection, top_percent)
+    plan = _plan(model, unfrozen_patterns(selection, top_percent))
+    for key, param in plan.params.items():
+        remove_expert_mask(param)  # from an earlier freeze(): masks never stack
+        how = plan.how[key]
+        param.requires_grad_(how is not False)
+        if how is False:
+            param.grad = None  # an optimizer skips parameters without a gradient
+        elif how is not True:
+            install_expert_mask(param, how)
+    return plan.report()
+
+
+def preview_freeze(model: torch.nn.Module, selection, top_percent: float | None = None) -> FreezeReport:
+    """The FreezeReport freeze(model, selection, top_percent) would return, with the model left as it is."""
+    return _plan(model, unfrozen_patterns(selection, top_percent)).report()
+
+
+@dataclass
+class _Plan:
+    params: dict[int, torch.nn.Parameter]  # by id: a tied tensor once
+    names_of: dict[int, list[str]]  # every name of each tensor, in model order
+    how: dict[int, bool | tuple[int, ...]]  # True: trains whole; tuple: these experts only; False: frozen
+    unmatched: list[str]
+
+    def report(self) -> FreezeReport:
+        report = FreezeReport(0, 0, unmatched=list(self.unmatched))
+        for key, param in self.params.items():
+            how = self.how[key]
+            report.total += param.numel()
+            if how is False:
+                continue
+            report.trainable_tensors.append(self.names_of[key][0])
+            if how is True:
+                report.trainable += param.numel()
+            else:
+                report.trainable += param.numel() // param.shape[0] * len(how)
+                report.trained_experts[self.names_of[key][0]] = list(how)
+        return report
+
+
+def _plan(model: torch.nn.Module, patterns: list[str]) -> _Plan:
+    """What trains under ``patterns``, decided before the model is touched, so a bad pattern raises
+    with nothing changed."""
     matcher = _PatternMatcher(patterns)
     params: dict[int, torch.nn.Parameter] = {}
     names_of: dict[int, list[str]] = {}
@@ -195,10 +245,9 @@ def freeze(model: torch.nn.Module, selection, top_percent: float | None = None) 
         params[id(param)] = param
         names_of.setdefault(id(param), []).append(name)
 
-    # Plan everything first, so a bad pattern raises before the model is touched.
     used = [False] * len(patterns)
     by_module = _expert_patterns(patterns)
-    plan: dict[int, bool | tuple[int, ...]] = {}  # True: trains whole; tuple: these experts; False: frozen
+    how: dict[int, bool | tuple[int, ...]] = {}
     for key, param in params.items():
         names = names_of[key]
         hits = {i for n in names for i in matcher.matches(n)}
@@ -207,27 +256,10 @@ def freeze(model: torch.nn.Module, selection, top_percent: float | None = None) 
         whole = bool(hits)
         experts = _experts_selected(patterns, by_module, names, param, used)
         if whole or (experts and len(experts) == param.shape[0]):
-            plan[key] = True
+            how[key] = True
         else:
-            plan[key] = tuple(sorted(experts)) if experts else False
-
-    report = FreezeReport(0, 0, unmatched=[p for p, u in zip(patterns, used) if not u])
-    for key, param in params.items():
-        remove_expert_mask(param)  # from an earlier freeze(): masks never stack
-        how = plan[key]
-        param.requires_grad_(how is not False)
-        report.total += param.numel()
-        if how is False:
-            param.grad = None  # an optimizer skips parameters without a gradient
-            continue
-        report.trainable_tensors.append(names_of[key][0])
-        if how is True:
-            report.trainable += param.numel()
-        else:
-            install_expert_mask(param, how)
-            report.trainable += param.numel() // param.shape[0] * len(how)
-            report.trained_experts[names_of[key][0]] = list(how)
-    return report
+            how[key] = tuple(sorted(experts)) if experts else False
+    return _Plan(params, names_of, how, [p for p, u in zip(patterns, used) if not u])
 
 
 def masked_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

@@ -1,8 +1,10 @@
 """``spectrum-fast report`` and ``spectrum-fast compare``: what a scan found, as one self-contained
 HTML page (and PNGs): SNR by layer and type, the selection, spectra against the Marchenko-Pastur
-law, the top and bottom modules, the trainable share per percentage; and two results compared.
+law, the top and bottom modules, the trainable share per percentage; two results compared; and
+what any strategy's Selection trains in a model.
 
-data.py computes, figures.py draws (matplotlib, Agg), html.py assembles, compare.py compares.
+data.py computes, figures.py draws (matplotlib, Agg), html.py assembles, compare.py compares,
+selection_page.py lays out a Selection's page.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from ..files import atomic_write_bytes, atomic_write_text
 from ..naming import percent_label
 from ..results import ScanResult, load_results
 from ..spectra import SUFFIX, read_spectra, spectra_beside
+from ..strategies.selection import Selection
 from . import data, figures
 from .compare import COMPARE_PERCENTS, Comparison, compare_results
 from .html import Section, page
+from .selection_page import build_selection_report
 
 __all__ = ["load_for_report", "build_report", "write_report", "compare_results", "build_comparison",
-           "write_comparison", "Comparison"]
+           "write_comparison", "Comparison", "build_selection_report", "write_selection_report"]
 
 
 def load_for_report(path: str | os.PathLike) -> tuple[ScanResult, str | None]:
@@ -131,6 +135,14 @@ def write_report(results: str | os.PathLike, out: str | os.PathLike = "report.ht
     """The report of ``results`` (a result JSON or spectra file) into ``out``, PNGs into ``png_dir``."""
     result, note = load_for_report(results)
     html_text, pngs = build_report(result, top_percent, matrices, note)
+    return _write(html_text, pngs, out, png_dir)
+
+
+def write_selection_report(selection: Selection, model, out: str | os.PathLike = "selection.html",
+                           png_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The page of ``selection`` (a strategies.Selection) on ``model`` (the nn.Module it is for) into
+    ``out``, its map as a PNG into ``png_dir``."""
+    html_text, pngs = build_selection_report(selection, model)
     return _write(html_text, pngs, out, png_dir)
 
 

@@ -1,6 +1,7 @@
 """What the report shows, computed from a scan's rows (no plotting here): SNR and selection by
 layer and type, the top and bottom modules of each type, the trainable share of the parameters at
-each percentage, and which matrices get a spectrum plot."""
+each percentage, and which matrices get a spectrum plot; and, for a Selection, what trains in each
+parameter of a model."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..naming import pooled_type
+from ..freeze import FreezeReport, preview_freeze
+from ..naming import layer_type, module_name, pooled_type
 from ..results import MatrixRow, ScanResult
 from ..selection import group_by_type, select_by_type
 
@@ -34,8 +36,8 @@ class Grid:
     values: np.ndarray
 
 
-def _grid(rows: list[MatrixRow], value_of, reduce) -> Grid:
-    """Rows grouped by (type with expert indices pooled, layer), each cell ``reduce`` of the values."""
+def _grid(rows: list, value_of, reduce) -> Grid:
+    """Rows (anything with a ``name`` and a ``type``: MatrixRow, TrainedTensor) grouped by (type with expert indices pooled, layer), each cell ``reduce`` of the values."""
     cells: dict[tuple[str, int], list[float]] = defaultdict(list)
     for row in rows:
         layer = layer_index(row.name)
@@ -61,6 +63,35 @@ def selection_grid(result: ScanResult, top_percent: float) -> Grid:
     """Share of each cell's matrices selected at ``top_percent`` (0 or 1 without experts)."""
     chosen = set(result.select(top_percent))
     return _grid(result.rows, lambda r: 1.0 if r.name in chosen else 0.0, lambda v: float(np.mean(v)))
+
+
+@dataclass
+class TrainedTensor:
+    """One parameter of a model under a Selection: the elements that receive gradients."""
+
+    name: str
+    type: str  # its module's type, as a scan names types (``self_attn.q_proj.first`` for a factor)
+    elements: int
+    trained: int  # all, none, or a fused expert tensor's trained experts
+
+
+def trained_tensors(model, selection) -> tuple[list[TrainedTensor], FreezeReport]:
+    """Every parameter of ``model`` (a tied one once) and what of it trains under ``selection`` by
+    freeze()'s rule, without changing the model; with freeze()'s report."""
+    report = preview_freeze(model, selection)
+    whole = set(report.trainable_tensors) - set(report.trained_experts)
+    rows = []
+    for name, param in model.named_parameters():
+        n = param.numel()
+        experts = report.trained_experts.get(name)
+        trained = n if name in whole else n // param.shape[0] * len(experts) if experts else 0
+        rows.append(TrainedTensor(name, layer_type(module_name(name)), n, trained))
+    return rows, report
+
+
+def trained_grid(rows: list[TrainedTensor]) -> Grid:
+    """Share of each cell's elements that train, by (type, layer) (parameters in numbered blocks)."""
+    return _grid(rows, lambda r: r.trained / r.elements if r.elements else 0.0, lambda v: float(np.mean(v)))
 
 
 def top_and_bottom(result: ScanResult, count: int = 5) -> dict[str, tuple[list[MatrixRow], list[MatrixRow]]]:

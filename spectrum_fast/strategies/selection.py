@@ -15,6 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..errors import SelectionError
 from ..files import atomic_write_text
 
 
@@ -36,10 +37,11 @@ class Selection:
                 f"({100 * self.fraction:.2f}%), {len(self.modules)} modules")
 
     def yaml_text(self) -> str:
-        import yaml
-
-        header = f"# {self}\n"
-        return header + yaml.safe_dump({"unfrozen_parameters": list(self.patterns)}, sort_keys=False)
+        """Axolotl's ``unfrozen_parameters:`` file, laid out as ScanResult.yaml_text lays it out (the key,
+        then one ``- pattern`` line each), under a comment line saying what was chosen."""
+        lines = [f"# {self}", "unfrozen_parameters:"]
+        lines += [f"- {_yaml_scalar(p)}" for p in self.patterns]
+        return "\n".join(lines) + "\n"
 
     def to_yaml(self, path: str | os.PathLike) -> Path:
         """Write Axolotl's ``unfrozen_parameters`` YAML (a directory gets ``<strategy>_unfrozen_parameters.yaml``)."""
@@ -53,3 +55,46 @@ class Selection:
 
     def to_json(self, path: str | os.PathLike) -> Path:
         return atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "selection") -> Selection:
+        """The Selection ``to_dict`` gave (``fraction`` is recomputed, not read); ``source`` names it in errors."""
+        kinds = {"strategy": str, "patterns": list, "trainable_params": int, "total_params": int, "modules": list,
+                 "how": dict}
+        if not isinstance(data, dict):
+            raise SelectionError(f"{source}: expected a JSON object with the fields {', '.join(kinds)}")
+        for key, kind in kinds.items():
+            value = data.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise SelectionError(f"{source}: field {key!r} should be a {kind.__name__}, got {value!r:.60}: "
+                                     f"give a file written by Selection.to_json")
+        for key in ("patterns", "modules"):
+            if not all(isinstance(x, str) for x in data[key]):
+                raise SelectionError(f"{source}: field {key!r} should be a list of strings: give a file written by "
+                                     f"Selection.to_json")
+        return cls(**{key: data[key] for key in kinds})
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> Selection:
+        path = Path(path)
+        if not path.is_file():
+            raise SelectionError(f"{path}: no such file: give the JSON written by Selection.to_json")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SelectionError(f"{path}: not valid JSON ({e.__class__.__name__}: {e}): give the file written by "
+                                 f"Selection.to_json") from None
+        return cls.from_dict(data, str(path))
+
+
+def _yaml_scalar(pattern: str) -> str:
+    """``pattern`` as a YAML list item reads it back: bare where it reads back as itself (patterns are
+    mostly module names and ``^name$``), quoted by PyYAML otherwise (a leading ``[``, ``*``, ``: `` ...)."""
+    import yaml
+
+    try:
+        if yaml.safe_load(f"- {pattern}") == [pattern] and "\n" not in pattern:
+            return pattern
+    except yaml.YAMLError:
+        pass
+    return yaml.safe_dump(pattern, default_style='"', width=float("inf"), allow_unicode=True).strip()
