@@ -421,24 +421,27 @@ def _gradient(model: nn.Module, layers: list[ComponentLinear], delta: torch.Tens
             layer.delta.copy_(delta[start:start + k])
             layer.delta.grad = None
             start += k
-    loss = _loss(model, batch, loss_fn)
+    loss = calibration_loss(model, batch, loss_fn)
     loss.backward()
     return torch.cat([layer.delta.grad.detach().double().cpu() if layer.delta.grad is not None
                       else torch.zeros(layer.delta.numel(), dtype=torch.float64) for layer in layers])
 
 
-def _loss(model: nn.Module, batch, loss_fn) -> torch.Tensor:
+def calibration_loss(model: nn.Module, batch, loss_fn, label: str = "allocate") -> torch.Tensor:
+    """The loss of one calibration batch: ``loss_fn(model, batch)``, or ``model(**batch).loss`` for a dict
+    with ``labels`` (its tensors moved to the model's device); checked to be a finite scalar that
+    requires grad. ``label`` names the caller in errors. Shared by the data-driven strategies."""
     if loss_fn is not None:
         loss = loss_fn(model, batch)
     elif isinstance(batch, Mapping) and "labels" in batch:
         device = next(model.parameters()).device
         loss = model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}).loss
     else:
-        raise SelectionError("allocate: a calibration batch is not a dict with 'labels' and no loss_fn was given: add "
+        raise SelectionError(f"{label}: a calibration batch is not a dict with 'labels' and no loss_fn was given: add "
                              "labels (transformers models then compute their loss) or pass loss_fn(model, batch)")
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
-        raise SelectionError("allocate: the loss must be a scalar tensor computed from the model's outputs (one that "
+        raise SelectionError(f"{label}: the loss must be a scalar tensor computed from the model's outputs (one that "
                              "requires grad)")
     if not torch.isfinite(loss):
-        raise SelectionError("allocate: the loss on a calibration batch is not finite (inf or NaN): check the batches")
+        raise SelectionError(f"{label}: the loss on a calibration batch is not finite (inf or NaN): check the batches")
     return loss

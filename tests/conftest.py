@@ -150,12 +150,13 @@ def assert_selection_matches(result, ref: dict[str, dict], seed=None, percents=(
 
 
 # -- tiny models ---------------------------------------------------------------------------------
-def tiny_llama(tie: bool = False, layers: int = 3):
+def tiny_llama(tie: bool = False, layers: int = 3, **config):
+    """config: LlamaConfig fields that replace the defaults below (hidden_size=32, attention_bias=True, ...)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=176, num_hidden_layers=layers, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=128, max_position_embeddings=64, tie_word_embeddings=tie)
-    return LlamaForCausalLM(cfg).eval()
+    defaults = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=layers, num_attention_heads=4,
+                    num_key_value_heads=2, vocab_size=128, max_position_embeddings=64, tie_word_embeddings=tie)
+    return LlamaForCausalLM(LlamaConfig(**(defaults | config))).eval()
 
 
 def tiny_bert():
