@@ -17,8 +17,9 @@ gradient norm clipped at 1. Strategies:
 - snr25, snr50: spectrum_fast.scan of the pre-trained model, freeze() at top 25% / 50% per type
   (embedding and head train, as in Spectrum's YAML).
 - salf25, salf50: strategies.salf on --calibration-batches batches of B, at the candidate-parameter
-  fraction snr25 / snr50 trains.
-- impact25, impact50: strategies.impact (Taylor |g.w| per module) on the same batches, same budgets.
+  fraction snr25 / snr50 trains; the embedding and head train too, as in snr.
+- impact25, impact50: strategies.impact (Taylor |g.w| per module) on the same batches, same budgets,
+  embedding and head too.
 - lowrank: spectrum_fast.decompose(param_budget=0.5, quantize=--quantize) of the blocks' linear layers, then every
   parameter trains with SequentialFreezing switching factors every --finetune-steps / 4 steps.
 - components: components.allocate(rank=64, budget=0.25) on the calibration batches, then apply():
@@ -30,7 +31,7 @@ in the JSON. Results are appended to strategies.jsonl under --out as each run en
 keeps what finished) and the table is written to strategies.md at the end.
 
 Smoke test on a CPU (tests/test_strategies_bench.py runs it):
-    python3 bench/strategies.py --device cpu --layers 2 --hidden 32 --intermediate 64 --heads 4 --kv-heads 2 \
+    python3 bench/strategies.py --device cpu --layers 4 --hidden 32 --intermediate 64 --heads 4 --kv-heads 2 \
         --seq 32 --batch 4 --pretrain-steps 4 --finetune-steps 4 --lrs 1e-3 --eval-windows 4 \
         --calibration-batches 2 --quantize 4 --max-files 40 --out /tmp/strategies-smoke
 """
@@ -73,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--kv-heads", type=int, default=4)
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--pretrain-steps", type=int, default=3000)
+    p.add_argument("--pretrain-steps", type=int, default=2000)
     p.add_argument("--pretrain-lr", type=float, default=1e-3)
     p.add_argument("--finetune-steps", type=int, default=200)
     p.add_argument("--lrs", default="1e-4,3e-4,1e-3", help="the learning-rate sweep every strategy gets")
@@ -201,6 +202,10 @@ class Strategies:
         sizes = {row.name: row.shape[0] * row.shape[1] for row in result.rows}
         return sum(sizes[n] for n in chosen) / sum(sizes.values())
 
+    def _embedding_and_head(self) -> list[str]:
+        result = self._scan()
+        return [f"^{n}$" for n in (result.embedding_name, result.head_name) if n]
+
     def prepare(self, name: str) -> Prepared:
         model = self.fresh()
         if name == "full":
@@ -214,9 +219,11 @@ class Strategies:
             kind, percent = ("salf", int(name[4:])) if name.startswith("salf") else ("impact", int(name[6:]))
             budget = self._snr_fraction(percent)
             choose = strategies.salf if kind == "salf" else strategies.impact
-            selection = self._once(name, lambda: choose(self.fresh(), self.calibration, budget=budget))
-            spectrum_fast.freeze(model, selection)
-            return Prepared(model, selection)
+            chosen = self._once(name, lambda: choose(self.fresh(), self.calibration, budget=budget))
+            # The embedding and head train too, as in Spectrum's YAML: the three rules then differ only in
+            # which blocks' matrices they pick, at equal parameter counts.
+            spectrum_fast.freeze(model, chosen.patterns + self._embedding_and_head())
+            return Prepared(model, strategies.trainable_selection(model, strategy=kind, how=chosen.how))
         if name == "lowrank":
             start = time.perf_counter()
             report = spectrum_fast.decompose(model, param_budget=0.5, quantize=self.args.quantize)

@@ -42,7 +42,7 @@ def test_corpora_split_train_and_eval_without_overlap():
 def test_bench_smoke_on_cpu(tmp_path):
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
-    cmd = [sys.executable, str(ROOT / "bench" / "strategies.py"), "--device", "cpu", "--layers", "2", "--hidden", "32",
+    cmd = [sys.executable, str(ROOT / "bench" / "strategies.py"), "--device", "cpu", "--layers", "4", "--hidden", "32",
            "--intermediate", "64", "--heads", "4", "--kv-heads", "2", "--seq", "32", "--batch", "4",
            "--pretrain-steps", "4", "--finetune-steps", "4", "--lrs", "1e-3,3e-3", "--eval-windows", "4",
            "--calibration-batches", "2", "--quantize", "4", "--max-files", "40", "--out", str(tmp_path)]
