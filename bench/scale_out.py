@@ -32,14 +32,19 @@ from run_info import run_info  # noqa: E402
 
 import spectrum_fast  # noqa: E402
 
-WORKLOADS = ("llama3-8b", "deepseek-v2-moe")
+# llama3-8b-generated: the 8B model's 224 matrices generated on the GPU as they are read (no files):
+# the 8B compute without the checkpoint reads, to tell the two apart.
+WORKLOADS = ("llama3-8b", "llama3-8b-generated", "deepseek-v2-moe")
 
 
 def source_of(workload: str, folder: Path | None):
     if workload == "llama3-8b":
         return folder
-    from workloads import GeneratedSource, deepseek_v2_moe_layout
+    from workloads import LLAMA3_8B, LLAMA3_8B_LAYERS, GeneratedSource, deepseek_v2_moe_layout
 
+    if workload == "llama3-8b-generated":
+        layout = [(f"model.layers.{i}.{s}.weight", (n, m)) for i in range(LLAMA3_8B_LAYERS) for s, n, m in LLAMA3_8B]
+        return GeneratedSource(layout, "llama3-8b-generated", generate_on="cuda")
     return GeneratedSource(deepseek_v2_moe_layout(), "deepseek-v2-moe", generate_on="cuda")
 
 
@@ -48,7 +53,7 @@ def warm_up_source(workload: str):
     once per process before it (they cost each process the same, whatever its share)."""
     from workloads import LLAMA3_8B, GeneratedSource, deepseek_v2_moe_layout
 
-    if workload == "llama3-8b":
+    if workload.startswith("llama3-8b"):
         layout = [(f"model.layers.0.{s}.weight", (n, m)) for s, n, m in LLAMA3_8B]
     else:
         layout = deepseek_v2_moe_layout(layers=1, experts=8)
