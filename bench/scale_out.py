@@ -116,7 +116,9 @@ def compare(out: Path) -> None:
           "waited for reads s, peak GPU MiB | files identical to 1 rank |")
     print("|---|---|---|---|---|---|---|")
     for workload in WORKLOADS:
-        runs = sorted(out.glob(f"{workload}-*ranks.json"), key=lambda p: json.loads(p.read_text())["ranks"])
+        # exactly <workload>-<N>ranks.json: "llama3-8b-*" would also take llama3-8b-generated's runs
+        runs = sorted((p for p in out.glob(f"{workload}-*ranks.json") if p.name[len(workload) + 1:-len("ranks.json")].isdigit()),
+                      key=lambda p: json.loads(p.read_text())["ranks"])
         if not runs:
             continue
         records = [json.loads(p.read_text()) for p in runs]
