@@ -1,0 +1,115 @@
+"""Probe (device tool): the timeline of a GPU scan of the Llama-3-8B-shaped checkpoint, to see what
+the fixed part of a scan is made of (the 2-GPU issue: each rank waits ~0.55 s for its first batch
+and spends ~0.2 s outside its compute loop, whatever its share).
+
+    python3 bench/probes/first_batch_timeline.py --folder /tmp/llama3-8b-model
+
+Wraps, without changing them, the pinned ring's acquire (where a staging buffer is page-locked on
+first use), the reader's per-batch load, and the compute loop's receipt of each batch, and prints
+for each of --rounds scans (after one warm-up scan of one layer's shapes, generated): the time
+from scan() to the first load, the first buffer's registration, the first batch's read, when the
+compute loop got it, each later batch's wait, and the time from the last batch to scan()'s return.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import spectrum_fast  # noqa: E402
+from spectrum_fast import engine, staging  # noqa: E402
+
+EVENTS: list[tuple[float, str, dict]] = []
+
+
+def note(what: str, **info) -> None:
+    EVENTS.append((time.perf_counter(), what, info))
+
+
+def wrap() -> None:
+    acquire, load, timed = staging.PinnedRing.acquire, engine._load_batch, engine.timed_loads
+
+    def acquire_noted(self):
+        made = len(self._made)
+        note("acquire begin")
+        buf = acquire(self)
+        note("acquire end", registered=len(self._made) > made, nbytes=self._nbytes)
+        return buf
+
+    def load_noted(source, batch, device, io_pool, ring=None):
+        note("load begin", matrices=len(batch.tasks), shape=(batch.n, batch.m))
+        out = load(source, batch, device, io_pool, ring)
+        note("load end", matrices=len(batch.tasks), shape=(batch.n, batch.m))
+        return out
+
+    def timed_noted(source, batches, device, timings):
+        note("loop begin", batches=len(batches))
+        for loaded in timed(source, batches, device, timings):
+            note("batch received", matrices=len(loaded.batch.tasks), shape=(loaded.batch.n, loaded.batch.m))
+            yield loaded
+        note("loop end")
+
+    staging.PinnedRing.acquire, engine._load_batch, engine.timed_loads = acquire_noted, load_noted, timed_noted
+
+
+def report(label: str, start: float, end: float) -> None:
+    events = [(t - start, what, info) for t, what, info in EVENTS if start <= t <= end]
+    first = {what: (t, info) for t, what, info in reversed(events)}
+    received = [(t, info) for t, what, info in events if what == "batch received"]
+    loads = [(t, info) for t, what, info in events if what == "load end"]
+    registrations = [(t, info) for t, what, info in events if what == "acquire end" and info["registered"]]
+    acquires = [t for t, what, _ in events if what == "acquire begin"]
+    print(f"## {label}: scan {end - start:.3f} s, {len(received)} batches")
+    print(f"  scan() -> loop begin {first['loop begin'][0]:.3f} s; -> first load begin {first['load begin'][0]:.3f} s")
+    if registrations:
+        t, info = registrations[0]
+        print(f"  first buffer: acquire {acquires[0]:.3f} -> registered {t:.3f} s ({info['nbytes'] / 2**20:.0f} MiB; "
+              f"{len(registrations)} buffers registered in all, the last at {registrations[-1][0]:.3f} s)")
+    print(f"  first batch ({loads[0][1]['matrices']} x {loads[0][1]['shape']}): read by {loads[0][0]:.3f} s, "
+          f"received by the compute loop at {received[0][0]:.3f} s")
+    gaps = [b[0] - a[0] for a, b in zip(received, received[1:])]
+    print("  batches received: " + ", ".join(f"{t:.2f}({info['matrices']}x{info['shape'][0]}x{info['shape'][1]})"
+                                              for t, info in received))
+    if gaps:
+        print(f"  between batches: max {max(gaps):.3f} s, median {sorted(gaps)[len(gaps) // 2]:.3f} s")
+    print(f"  last batch received {received[-1][0]:.3f} s -> loop end {first['loop end'][0]:.3f} s "
+          f"-> scan() returns {end - start:.3f} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--folder", type=Path, default=Path("/tmp/llama3-8b-model"))
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--device", default="cuda", help="cpu: a smoke run of the probe itself (no staging ring)")
+    args = ap.parse_args()
+    from workloads import LLAMA3_8B, GeneratedSource, write_llama3_8b_model
+
+    if not (args.folder / "config.json").exists() and args.device == "cuda":
+        started = time.perf_counter()
+        write_llama3_8b_model(args.folder)
+        print(f"wrote {args.folder} in {time.perf_counter() - started:.1f} s", flush=True)
+    layout = [(f"model.layers.0.{s}.weight", (n, m)) for s, n, m in LLAMA3_8B]
+    if args.device == "cuda":
+        spectrum_fast.scan(GeneratedSource(layout, "warm-up", generate_on="cuda"), progress=False, cache=False)
+    wrap()
+    for r in range(args.rounds):
+        sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        result = spectrum_fast.scan(args.folder, progress=False, cache=False, device=args.device)
+        sync()
+        end = time.perf_counter()
+        report(f"round {r + 1} ({len(result.rows)} matrices, wait {result.read_wait_seconds:.3f} s, "
+               f"compute {result.compute_seconds:.3f} s)", start, end)
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
