@@ -15,6 +15,8 @@ file_reader.ALIGN, so the reader can DMA uncached ranges straight into it (O_DIR
 
 from __future__ import annotations
 
+import mmap
+import os
 import queue
 
 import torch
@@ -64,6 +66,26 @@ def host_wait_event() -> torch.cuda.Event:
     return event
 
 
+# Back staging buffers by transparent huge pages (2 MiB): cudaHostRegister faults in and pins every
+# page of a buffer, and the 8B scan's four 784 MiB buffers took ~0.3 s each in 4 KiB pages, with the
+# compute thread's CUDA calls held up meanwhile (bench/probes/first_batch_timeline_h200_f9dd1e0.log).
+# Under trial: SPECTRUM_FAST_STAGING_HUGE_PAGES=1 turns it on.
+HUGE_PAGES = os.environ.get("SPECTRUM_FAST_STAGING_HUGE_PAGES") == "1"
+_HUGE_PAGE = 2 << 20
+
+
+def host_block(nbytes: int) -> tuple[torch.Tensor, object]:
+    """An uninitialised uint8 host tensor of ``nbytes`` -> (tensor, what must outlive it). With
+    HUGE_PAGES, an anonymous mapping advised MADV_HUGEPAGE, the tensor starting on a 2 MiB boundary."""
+    if not (HUGE_PAGES and hasattr(mmap, "MADV_HUGEPAGE")):
+        return torch.empty(nbytes, dtype=torch.uint8), None
+    mapping = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    mapping.madvise(mmap.MADV_HUGEPAGE)
+    whole = torch.frombuffer(mapping, dtype=torch.uint8)
+    skip = -whole.data_ptr() % _HUGE_PAGE
+    return whole[skip : skip + nbytes], mapping
+
+
 class PinnedRing:
     """``count`` page-locked buffers of ``nbytes``, made on first use. ``acquire()`` blocks until
     one is free and the copy out of it has finished; ``release(buf, event)`` gives it back once
@@ -77,6 +99,7 @@ class PinnedRing:
             self._free.put((None, None))
         self._nbytes, self._pin = nbytes, pin
         self._made: list[torch.Tensor] = []
+        self._keep: list[object] = []  # the mappings behind huge-page buffers
         self._last_event: torch.cuda.Event | None = None  # copies run in order on one stream
 
     def acquire(self) -> torch.Tensor:
@@ -87,7 +110,8 @@ class PinnedRing:
         if event is not None:
             event.synchronize()  # sleeps (blocking-sync event), GIL released
         if buf is None:
-            buf = torch.empty(self._nbytes, dtype=torch.uint8)
+            buf, keep = host_block(self._nbytes)
+            self._keep.append(keep)
             if self._pin:
                 _check(torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), self._nbytes, 0), "cudaHostRegister")
             self._made.append(buf)
@@ -112,6 +136,7 @@ class PinnedRing:
             for buf in self._made:
                 _check(torch.cuda.cudart().cudaHostUnregister(buf.data_ptr()), "cudaHostUnregister")
         self._made.clear()
+        self._keep.clear()
 
 
 def _check(status, what: str) -> None:

@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--folder", type=Path, default=Path("/tmp/llama3-8b-model"))
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run of the probe itself (no staging ring)")
+    ap.add_argument("--prefetch", type=int, default=None, help="engine.PREFETCH_BATCHES for this run (trial)")
     args = ap.parse_args()
     from workloads import LLAMA3_8B, GeneratedSource, write_llama3_8b_model
 
@@ -99,6 +100,9 @@ def main() -> None:
     if args.device == "cuda":
         spectrum_fast.scan(GeneratedSource(layout, "warm-up", generate_on="cuda"), progress=False, cache=False)
     wrap()
+    if args.prefetch is not None:
+        engine.PREFETCH_BATCHES = args.prefetch
+    print(f"PREFETCH_BATCHES {engine.PREFETCH_BATCHES}, staging huge pages {staging.HUGE_PAGES}", flush=True)
     for r in range(args.rounds):
         sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
         sync()
