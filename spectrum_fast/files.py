@@ -22,6 +22,14 @@ def _umask() -> int:
     return mask
 
 
+def names_directory(path: str | os.PathLike) -> bool:
+    """``path`` is an existing directory, or is written as one (ends in a separator): an output
+    method then puts its default file name inside (created if missing) rather than writing a
+    file named like the folder."""
+    text = os.fspath(path)
+    return Path(text).is_dir() or text.endswith(("/", os.sep))
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SelectionError
-from .files import atomic_write_text
+from .files import atomic_write_text, names_directory
 from .naming import model_slug, percent_label
 from .selection import group_by_type, select_by_type
 
@@ -137,9 +137,8 @@ class ScanResult:
 
     def to_yaml(self, path: str | os.PathLike, top_percent: float, *, reference_names: bool = False) -> Path:
         """Write the YAML to ``path`` (a file, or a directory to get spectrum.py's file name)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / self.yaml_filename(top_percent)
+        if names_directory(path):
+            path = Path(path) / self.yaml_filename(top_percent)
         return atomic_write_text(path, self.yaml_text(top_percent, reference_names=reference_names))
 
     def to_spectra(self, directory: str | os.PathLike = ".") -> Path:

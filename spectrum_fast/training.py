@@ -37,8 +37,9 @@ class SpectrumCallback(TrainerCallback):
 
     selection: None to scan the Trainer's model then (``scan_options`` go to ``scan()``, e.g.
         ``types=``, ``device=``), a ScanResult, a result JSON path, an unfrozen_parameters YAML path,
-        or a list of patterns: whatever ``freeze()`` takes.
-    top_percent: Spectrum's percentage per type; needed unless the selection is a YAML or a list.
+        a list of patterns, or a ``strategies.Selection``: whatever ``freeze()`` takes.
+    top_percent: Spectrum's percentage per type; needed unless the selection is a YAML, a list or a
+        Selection (which has made its choice: a top_percent with it is an error).
 
     After the Trainer is created, ``callback.report`` is the FreezeReport. The count of trainable
     parameters is logged (logger ``spectrum_fast.training``, level INFO) and added to
@@ -52,7 +53,13 @@ class SpectrumCallback(TrainerCallback):
     """
 
     def __init__(self, selection=None, top_percent: float | None = None, **scan_options):
-        needs_percent = selection is None or isinstance(selection, ScanResult) or str(selection).lower().endswith(".json")
+        from .strategies import Selection
+
+        if isinstance(selection, Selection) and top_percent is not None:
+            raise SpectrumFastError(f"SpectrumCallback: a Selection ({selection.strategy}) has made its choice: drop "
+                                    f"top_percent={top_percent!r}")
+        needs_percent = selection is None or isinstance(selection, ScanResult) or (
+            not isinstance(selection, Selection) and str(selection).lower().endswith(".json"))
         if needs_percent:
             if top_percent is None:
                 raise SpectrumFastError("SpectrumCallback needs top_percent=, e.g. 50, to select from SNRs")

@@ -326,6 +326,12 @@ def test_yaml_round_trip_and_the_scan_results_layout(seed, tmp_path):
     weird = Selection("custom", rng.sample(odd, len(odd)), 0, 0)
     assert read_unfrozen_yaml(weird.to_yaml(tmp_path / "odd.yaml")) == weird.patterns
 
+    # A folder that does not exist yet, written with a trailing separator, is a folder (made), not a file name.
+    made = selection.to_yaml(f"{tmp_path}/new/")
+    assert made == tmp_path / "new" / "snr_unfrozen_parameters.yaml" and read_unfrozen_yaml(made) == selection.patterns
+    reference = result.to_yaml(f"{tmp_path}/other/", 50)
+    assert reference == tmp_path / "other" / result.yaml_filename(50) and reference.read_text() == result.yaml_text(50)
+
 
 def test_json_round_trip_and_bad_files(seed, tmp_path):
     rng = random.Random(seed)

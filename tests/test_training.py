@@ -144,3 +144,18 @@ def test_callback_arguments_are_checked():
         spectrum_fast.SpectrumCallback(top_percent=0)
     with pytest.raises(spectrum_fast.SpectrumFastError, match="scan options"):
         spectrum_fast.SpectrumCallback(["x"], device="cpu")
+
+
+def test_callback_takes_a_selection(tmp_path, seed):
+    from spectrum_fast import strategies
+
+    model = tiny_llama()
+    selection = strategies.snr(spectrum_fast.scan(model, device="cpu", progress=False), 50, model=model)
+    with pytest.raises(spectrum_fast.SpectrumFastError, match="made its choice"):
+        spectrum_fast.SpectrumCallback(selection, top_percent=50)
+    before = snapshot(model)
+    callback = spectrum_fast.SpectrumCallback(selection)
+    train(model, callback, tmp_path, seed, steps=2)
+    assert callback.report.trainable == selection.trainable_params, f"[seed={seed}]"
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed and changed <= set(callback.report.trainable_tensors), f"[seed={seed}] {changed}"

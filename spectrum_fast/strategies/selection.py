@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import SelectionError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, names_directory
 
 
 @dataclass
@@ -45,9 +45,8 @@ class Selection:
 
     def to_yaml(self, path: str | os.PathLike) -> Path:
         """Write Axolotl's ``unfrozen_parameters`` YAML (a directory gets ``<strategy>_unfrozen_parameters.yaml``)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / f"{self.strategy}_unfrozen_parameters.yaml"
+        if names_directory(path):
+            path = Path(path) / f"{self.strategy}_unfrozen_parameters.yaml"
         return atomic_write_text(path, self.yaml_text())
 
     def to_dict(self) -> dict:
