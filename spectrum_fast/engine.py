@@ -9,9 +9,7 @@ and reduces them to bands, and host threads solve the bands of earlier batches.
 
 from __future__ import annotations
 
-import os
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ops, staging
+from .env_settings import env_count
 from .results import MatrixRow
 from .sources import WeightSource
 from .targets import MatrixTask
@@ -148,18 +147,7 @@ PINNED_STAGING = True
 # to page-lock per scan (bench/RESULTS.md, the 2-GPU run: 3 -> 1 took a warm 8B scan from 5.7-5.9 to
 # 4.4-4.5 s on an H200); until cold reads and the other workloads are measured at 1 it stays 3,
 # and SPECTRUM_FAST_PREFETCH_BATCHES sets it for trials.
-def _env_count(name: str, default: int) -> int:
-    text = os.environ.get(name)
-    if text is None:
-        return default
-    try:
-        return max(1, int(text))
-    except ValueError:
-        warnings.warn(f"{name}={text!r} is not a whole number: using {default}", stacklevel=2)
-        return default
-
-
-PREFETCH_BATCHES = _env_count("SPECTRUM_FAST_PREFETCH_BATCHES", 3)
+PREFETCH_BATCHES = env_count("SPECTRUM_FAST_PREFETCH_BATCHES", 3)
 
 # Copy staged batches to the GPU on a stream of their own, one batch ahead of the compute (see
 # run_batches); off, on the compute stream just before the batch's kernels. Measured on the 8B

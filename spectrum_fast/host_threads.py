@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 import torch
 
+from .env_settings import env_count
+
 
 def one_torch_thread() -> contextlib.AbstractContextManager[None]:
     """torch.set_num_threads(1) inside the block, the previous number restored after."""
@@ -23,13 +25,12 @@ RANK_THREADS_ENV = "SPECTRUM_FAST_RANK_THREADS"
 def process_cores() -> int:
     """The cores this process may use, shared with the other ranks of a torchrun job on this node
     (LOCAL_WORLD_SIZE): each rank's share. SPECTRUM_FAST_RANK_THREADS sets the share instead."""
-    if os.environ.get(RANK_THREADS_ENV):
-        return max(1, int(os.environ[RANK_THREADS_ENV]))
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
-    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    share = max(1, cores // env_count("LOCAL_WORLD_SIZE", 1))
+    return env_count(RANK_THREADS_ENV, share)
 
 
 @contextlib.contextmanager

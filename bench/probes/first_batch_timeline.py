@@ -83,14 +83,40 @@ def report(label: str, start: float, end: float) -> None:
           f"-> scan() returns {end - start:.3f} s")
 
 
+def staging_costs(nbytes: int, repeats: int = 3) -> None:
+    """Where a staging buffer's time goes, per page size: allocate and fault in (a fill), then
+    cudaHostRegister, then cudaHostUnregister; fresh memory each repeat."""
+    cudart = torch.cuda.cudart()
+    for huge in (False, True):
+        staging.HUGE_PAGES = huge
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            buf, keep = staging.host_block(nbytes)
+            buf.fill_(1)
+            t1 = time.perf_counter()
+            staging._check(cudart.cudaHostRegister(buf.data_ptr(), nbytes, 0), "cudaHostRegister")
+            t2 = time.perf_counter()
+            staging._check(cudart.cudaHostUnregister(buf.data_ptr()), "cudaHostUnregister")
+            t3 = time.perf_counter()
+            print(f"staging {nbytes / 2**20:.0f} MiB, {'huge' if huge else '4 KiB'} pages: fault-in {t1 - t0:.3f} s, "
+                  f"register {t2 - t1:.3f} s, unregister {t3 - t2:.3f} s", flush=True)
+            del buf, keep
+    staging.HUGE_PAGES = False
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--folder", type=Path, default=Path("/tmp/llama3-8b-model"))
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run of the probe itself (no staging ring)")
     ap.add_argument("--prefetch", type=int, default=None, help="engine.PREFETCH_BATCHES for this run (trial)")
+    ap.add_argument("--staging-costs", action="store_true",
+                    help="first time a 784 MiB staging buffer's fault-in and registration, 4 KiB and huge pages")
     args = ap.parse_args()
     from workloads import LLAMA3_8B, GeneratedSource, write_llama3_8b_model
+
+    if args.staging_costs and args.device == "cuda":
+        staging_costs(784 << 20)
 
     if not (args.folder / "config.json").exists() and args.device == "cuda":
         started = time.perf_counter()

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
+from ..env_settings import env_count
 from ..host_threads import process_cores
 
 _c_int_p = ctypes.POINTER(ctypes.c_int)
@@ -82,10 +82,7 @@ _queued = 0  # submitted band solves that no worker has started yet
 def host_workers() -> int:
     """Threads for band solves: all cores this process may use but one (it feeds the GPU); under
     torchrun, this rank's share of the node's cores (host_threads.process_cores)."""
-    env = os.environ.get("SPECTRUM_FAST_HOST_WORKERS")
-    if env:
-        return max(1, int(env))
-    return max(1, process_cores() - 1)
+    return env_count("SPECTRUM_FAST_HOST_WORKERS", max(1, process_cores() - 1))
 
 
 def backlog() -> int:
