@@ -202,6 +202,10 @@ class Strategies:
         sizes = {row.name: row.shape[0] * row.shape[1] for row in result.rows}
         return sum(sizes[n] for n in chosen) / sum(sizes.values())
 
+    def choice_time(self, name: str) -> float:
+        """Seconds the strategy's choice took (snr's is the scan it shares; full and lora choose nothing)."""
+        return self.choice_seconds.get("scan" if name.startswith("snr") else name, 0.0)
+
     def _embedding_and_head(self) -> list[str]:
         result = self._scan()
         return [f"^{n}$" for n in (result.embedding_name, result.head_name) if n]
@@ -329,8 +333,7 @@ def main(argv=None) -> None:
                    "eval_a": eval_loss(model, eval_a, args.batch, device), "last_loss": fit["last_loss"],
                    "trainable_params": selection.trainable_params, "trainable_fraction": selection.fraction,
                    "step_ms_median": 1000 * statistics.median(warm), "peak_gpu_bytes": peak,
-                   "choice_seconds": built.choice_seconds.get(name, built.choice_seconds.get(
-                       "scan" if name.startswith("snr") else name, 0.0)),
+                   "choice_seconds": built.choice_time(name),
                    "selection": selection.to_dict(), "step_times": fit["step_times"]}
             runs.append(run)
             record(run)

@@ -1,10 +1,14 @@
-"""Atomic writes: an output file is either complete or absent, never half-written."""
+"""Atomic writes: an output file is either complete or absent, never half-written; and the JSON
+reader of the files we write back, with one-line errors."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+
+from .errors import SelectionError
 
 
 def _umask() -> int:
@@ -28,6 +32,18 @@ def names_directory(path: str | os.PathLike) -> bool:
     file named like the folder."""
     text = os.fspath(path)
     return Path(text).is_dir() or text.endswith(("/", os.sep))
+
+
+def read_json_file(path: str | os.PathLike, missing: str, invalid: str):
+    """The JSON data in ``path``; SelectionError "<path>: <missing>" when it is not a file, and
+    "<path>: not valid JSON (...): <invalid>" when it does not parse."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelectionError(f"{path}: {missing}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SelectionError(f"{path}: not valid JSON ({e.__class__.__name__}: {e}): {invalid}") from None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

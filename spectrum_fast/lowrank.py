@@ -29,7 +29,7 @@ from torch import nn
 from .errors import SelectionError, SpectrumFastError
 from .naming import module_name
 from .ranks import budget_ranks, energy_rank, kept_energy, max_saving_rank, quantize_rank
-from .sources import TensorInfo
+from .sources import ModuleSource
 from .targets import plan_tasks, require_some
 
 SVD_METHODS = ("exact", "randomized", "lanczos")
@@ -235,9 +235,8 @@ def _chosen_linears(model: nn.Module, types, label: str = "decompose",
     names_of: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         names_of.setdefault(id(p), []).append(name)
-    params = dict(model.named_parameters())  # tied weights once, as a scan of the module sees them
-    infos = [TensorInfo(n, tuple(p.shape), str(p.dtype).removeprefix("torch."), p.is_floating_point())
-             for n, p in params.items()]
+    params = dict(model.named_parameters())
+    infos = ModuleSource(model).tensors()  # tied weights once, as a scan of the module sees them
     tasks, _ = plan_tasks(infos, types)
     require_some(tasks, infos, types, label)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SelectionError
-from .files import atomic_write_text, names_directory
+from .files import atomic_write_text, names_directory, read_json_file
 from .naming import model_slug, percent_label
 from .selection import group_by_type, select_by_type
 
@@ -199,12 +199,8 @@ def load_results(path: str | os.PathLike) -> ScanResult:
     The YAML written from it is named after the JSON file, as spectrum.py names it.
     """
     path = Path(path)
-    if not path.is_file():
-        raise SelectionError(f"{path}: no such result file: give the path of a snr_results_*.json")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SelectionError(f"{path}: not valid JSON ({e.__class__.__name__}: {e}): give a Spectrum snr_results file") from None
+    data = read_json_file(path, "no such result file: give the path of a snr_results_*.json",
+                          "give a Spectrum snr_results file")
     if not isinstance(data, dict) or not data:
         raise SelectionError(f"{path}: expected a non-empty JSON object of Spectrum results")
     rows: list[MatrixRow] = []

@@ -74,16 +74,17 @@ HUGE_PAGES = os.environ.get("SPECTRUM_FAST_STAGING_HUGE_PAGES") == "1"
 _HUGE_PAGE = 2 << 20
 
 
-def host_block(nbytes: int) -> tuple[torch.Tensor, object]:
-    """An uninitialised uint8 host tensor of ``nbytes`` -> (tensor, what must outlive it). With
-    HUGE_PAGES, an anonymous mapping advised MADV_HUGEPAGE, the tensor starting on a 2 MiB boundary."""
+def host_block(nbytes: int) -> torch.Tensor:
+    """An uninitialised uint8 host tensor of ``nbytes``. With HUGE_PAGES, a view of an anonymous
+    mapping advised MADV_HUGEPAGE, starting on a 2 MiB boundary (torch.frombuffer holds the mapping
+    for as long as the tensor lives)."""
     if not (HUGE_PAGES and hasattr(mmap, "MADV_HUGEPAGE")):
-        return torch.empty(nbytes, dtype=torch.uint8), None
+        return torch.empty(nbytes, dtype=torch.uint8)
     mapping = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     mapping.madvise(mmap.MADV_HUGEPAGE)
     whole = torch.frombuffer(mapping, dtype=torch.uint8)
     skip = -whole.data_ptr() % _HUGE_PAGE
-    return whole[skip : skip + nbytes], mapping
+    return whole[skip : skip + nbytes]
 
 
 class PinnedRing:
@@ -99,7 +100,6 @@ class PinnedRing:
             self._free.put((None, None))
         self._nbytes, self._pin = nbytes, pin
         self._made: list[torch.Tensor] = []
-        self._keep: list[object] = []  # the mappings behind huge-page buffers
         self._last_event: torch.cuda.Event | None = None  # copies run in order on one stream
 
     def acquire(self) -> torch.Tensor:
@@ -110,8 +110,7 @@ class PinnedRing:
         if event is not None:
             event.synchronize()  # sleeps (blocking-sync event), GIL released
         if buf is None:
-            buf, keep = host_block(self._nbytes)
-            self._keep.append(keep)
+            buf = host_block(self._nbytes)
             if self._pin:
                 _check(torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), self._nbytes, 0), "cudaHostRegister")
             self._made.append(buf)
@@ -136,7 +135,6 @@ class PinnedRing:
             for buf in self._made:
                 _check(torch.cuda.cudart().cudaHostUnregister(buf.data_ptr()), "cudaHostUnregister")
         self._made.clear()
-        self._keep.clear()
 
 
 def _check(status, what: str) -> None:

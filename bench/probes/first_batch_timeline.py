@@ -91,7 +91,7 @@ def staging_costs(nbytes: int, repeats: int = 3) -> None:
         staging.HUGE_PAGES = huge
         for _ in range(repeats):
             t0 = time.perf_counter()
-            buf, keep = staging.host_block(nbytes)
+            buf = staging.host_block(nbytes)
             buf.fill_(1)
             t1 = time.perf_counter()
             staging._check(cudart.cudaHostRegister(buf.data_ptr(), nbytes, 0), "cudaHostRegister")
@@ -100,7 +100,7 @@ def staging_costs(nbytes: int, repeats: int = 3) -> None:
             t3 = time.perf_counter()
             print(f"staging {nbytes / 2**20:.0f} MiB, {'huge' if huge else '4 KiB'} pages: fault-in {t1 - t0:.3f} s, "
                   f"register {t2 - t1:.3f} s, unregister {t3 - t2:.3f} s", flush=True)
-            del buf, keep
+            del buf
     staging.HUGE_PAGES = False
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..freeze import _PatternMatcher  # freeze()'s own matching: what a candidate trains is what freeze() trains
 from ..naming import module_name
-from ..sources import TensorInfo
+from ..sources import ModuleSource
 from ..targets import plan_tasks, require_some
 
 # (canonical parameter name, expert index or None for the whole tensor, elements)
@@ -61,8 +61,7 @@ def canonical_names(model: nn.Module) -> dict[str, str]:
 def find_candidates(model: nn.Module, types="auto", label: str = "strategy") -> list[Candidate]:
     """The candidates of ``model`` in model order; SelectionError when ``types`` matches nothing."""
     params = dict(model.named_parameters())
-    infos = [TensorInfo(n, tuple(p.shape), str(p.dtype).removeprefix("torch."), p.is_floating_point())
-             for n, p in params.items()]
+    infos = ModuleSource(model).tensors()  # what a scan of the module lists: tied weights once
     tasks, _ = plan_tasks(infos, types)
     require_some(tasks, infos, types, label)
 

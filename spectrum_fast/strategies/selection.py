@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import SelectionError
-from ..files import atomic_write_text, names_directory
+from ..files import atomic_write_text, names_directory, read_json_file
 
 
 @dataclass
@@ -75,15 +75,9 @@ class Selection:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> Selection:
-        path = Path(path)
-        if not path.is_file():
-            raise SelectionError(f"{path}: no such file: give the JSON written by Selection.to_json")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SelectionError(f"{path}: not valid JSON ({e.__class__.__name__}: {e}): give the file written by "
-                                 f"Selection.to_json") from None
-        return cls.from_dict(data, str(path))
+        data = read_json_file(path, "no such file: give the JSON written by Selection.to_json",
+                              "give the file written by Selection.to_json")
+        return cls.from_dict(data, str(Path(path)))
 
 
 def _yaml_scalar(pattern: str) -> str:
