@@ -14,6 +14,7 @@ compute loop got it, each later batch's wait, and the time from the last batch t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -110,6 +111,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run of the probe itself (no staging ring)")
     ap.add_argument("--prefetch", type=int, default=None, help="engine.PREFETCH_BATCHES for this run (trial)")
+    ap.add_argument("--cold", action="store_true",
+                    help="drop the page cache before each round (root: /proc/sys/vm/drop_caches)")
     ap.add_argument("--staging-costs", action="store_true",
                     help="first time a 784 MiB staging buffer's fault-in and registration, 4 KiB and huge pages")
     args = ap.parse_args()
@@ -128,9 +131,13 @@ def main() -> None:
     wrap()
     if args.prefetch is not None:
         engine.PREFETCH_BATCHES = args.prefetch
-    print(f"PREFETCH_BATCHES {engine.PREFETCH_BATCHES}, staging huge pages {staging.HUGE_PAGES}", flush=True)
+    print(f"PREFETCH_BATCHES {engine.PREFETCH_BATCHES}, staging huge pages {staging.HUGE_PAGES}, "
+          f"page cache {'cold' if args.cold else 'warm'}", flush=True)
     for r in range(args.rounds):
         sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+        if args.cold:
+            os.sync()
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
         sync()
         start = time.perf_counter()
         result = spectrum_fast.scan(args.folder, progress=False, cache=False, device=args.device)
