@@ -7,7 +7,9 @@
 llama3-8b is read from a checkpoint on disk (written first if missing, by rank 0); deepseek-v2-moe
 (../shared/DESIGN.md section 4, all 59 MoE layers) is generated on each rank's GPU as it is read,
 so each rank makes only the matrices of its share. The process group is started first, and one
-untimed scan of one layer's shapes (generated, on each rank alone) warms every rank up; the timed
+untimed scan of one layer's shapes, on each rank alone, warms every rank up (for llama3-8b read
+from a one-layer checkpoint beside the model, so that it takes the timed scan's path from disk
+through pinned staging; generated for the others); the timed
 part is scan() itself: opening the source, planning, computing each share, and gathering the rows.
 Rank 0 writes the reference's files into DIR/<workload>-<N>ranks/ and the times (each rank's
 matrices, busy seconds, read and compute seconds, peak GPU memory, its warm-up) into
@@ -48,12 +50,15 @@ def source_of(workload: str, folder: Path | None):
     return GeneratedSource(deepseek_v2_moe_layout(), "deepseek-v2-moe", generate_on="cuda")
 
 
-def warm_up_source(workload: str):
-    """One layer's shapes, generated: every kernel, graph and workspace the timed scan needs is made
-    once per process before it (they cost each process the same, whatever its share)."""
-    from workloads import LLAMA3_8B, GeneratedSource, deepseek_v2_moe_layout
+def warm_up_source(workload: str, folder: Path | None):
+    """One layer's shapes, read as the timed scan reads: every kernel, graph, workspace and first
+    page-locking the timed scan needs is made once per process before it (they cost each process
+    the same, whatever its share)."""
+    from workloads import LLAMA3_8B, GeneratedSource, deepseek_v2_moe_layout, llama3_8b_warm_up_folder
 
-    if workload.startswith("llama3-8b"):
+    if workload == "llama3-8b":
+        return llama3_8b_warm_up_folder(folder)
+    if workload == "llama3-8b-generated":
         layout = [(f"model.layers.0.{s}.weight", (n, m)) for s, n, m in LLAMA3_8B]
     else:
         layout = deepseek_v2_moe_layout(layers=1, experts=8)
@@ -71,6 +76,8 @@ def run(args) -> None:
         started = time.perf_counter()
         write_llama3_8b_model(args.folder)
         print(f"wrote {args.folder} in {time.perf_counter() - started:.1f} s", flush=True)
+    if args.workload == "llama3-8b" and int(os.environ["RANK"]) == 0:
+        warm_up_source(args.workload, args.folder)  # its checkpoint, written before the barrier
     started = time.perf_counter()
     dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
     init_s = time.perf_counter() - started
@@ -78,7 +85,7 @@ def run(args) -> None:
     dist.barrier()  # rank 0 may have been writing the checkpoint
     options = dict(progress=False, cache=False, distributed=True)
     started = time.perf_counter()
-    spectrum_fast.scan(warm_up_source(args.workload), progress=False, cache=False, distributed=False)  # every shape here
+    spectrum_fast.scan(warm_up_source(args.workload, args.folder), progress=False, cache=False, distributed=False)  # every shape here
     warm_up_s = time.perf_counter() - started
     dist.barrier()
     torch.cuda.synchronize()

@@ -140,14 +140,14 @@ PINNED_STAGING = True
 
 
 # Batches read ahead into pinned host memory while the GPU works (host tensors only; tensors
-# already on the GPU are read one batch ahead, to keep GPU memory low). Batches differ in cost
-# (a batch of k = 1024 projections computes far faster than it reads from a cold disk, a batch
-# of 4096-wide MLP matrices the other way round): a lead of several batches lets the reader
-# bank the slow batches' time for the fast ones. But each batch of lead is one more pinned buffer
-# to page-lock per scan (bench/RESULTS.md, the 2-GPU run: 3 -> 1 took a warm 8B scan from 5.7-5.9 to
-# 4.4-4.5 s on an H200); until cold reads and the other workloads are measured at 1 it stays 3,
-# and SPECTRUM_FAST_PREFETCH_BATCHES sets it for trials.
-PREFETCH_BATCHES = env_count("SPECTRUM_FAST_PREFETCH_BATCHES", 3)
+# already on the GPU are read one batch ahead, to keep GPU memory low). A lead of several batches
+# was meant to let the reader bank a slow batch's time for a fast one, but each batch of lead is one
+# more pinned buffer to register per scan, and one batch ahead was faster both ways on the 8B scan
+# (H200): warm 4.38-4.50 against 5.67-5.95 s (bench/probes/first_batch_trials_h200_54f24f1.log),
+# and from a cold page cache, staging on huge pages, 8.09 and 8.15 s against 9.18 and 9.63 s
+# (bench/results/scale_out_trials_2xh200_80f58f3.log): the reader stays busy either way.
+# SPECTRUM_FAST_PREFETCH_BATCHES sets it.
+PREFETCH_BATCHES = env_count("SPECTRUM_FAST_PREFETCH_BATCHES", 1)
 
 # Copy staged batches to the GPU on a stream of their own, one batch ahead of the compute (see
 # run_batches); off, on the compute stream just before the batch's kernels. Measured on the 8B

@@ -18,6 +18,8 @@ from __future__ import annotations
 import mmap
 import os
 import queue
+import warnings
+from pathlib import Path
 
 import torch
 
@@ -66,11 +68,31 @@ def host_wait_event() -> torch.cuda.Event:
     return event
 
 
-# Back staging buffers by transparent huge pages (2 MiB): cudaHostRegister faults in and pins every
-# page of a buffer, and the 8B scan's four 784 MiB buffers took ~0.3 s each in 4 KiB pages, with the
-# compute thread's CUDA calls held up meanwhile (bench/probes/first_batch_timeline_h200_f9dd1e0.log).
-# Under trial: SPECTRUM_FAST_STAGING_HUGE_PAGES=1 turns it on.
-HUGE_PAGES = os.environ.get("SPECTRUM_FAST_STAGING_HUGE_PAGES") == "1"
+# Back staging buffers by transparent huge pages (2 MiB): cudaHostRegister pins every page of a
+# buffer, and 2 MiB pages are 512 times fewer. A 784 MiB buffer, alone: fault-in 0.017-0.020 s and
+# registration 0.016-0.018 s, against 0.035-0.054 and 0.045 s in 4 KiB pages; the warm 8B scan
+# 4.55 against 5.67-5.95 s (H200, bench/RESULTS.md, the 2-GPU section). On by default where the
+# kernel grants them on madvise (transparent_hugepage/enabled "always" or "madvise");
+# SPECTRUM_FAST_STAGING_HUGE_PAGES=0 turns them off where compacting memory for them stalls (on
+# the 2-core CI machine a buffer took 0.41-0.92 s to fault in against 0.20 s), =1 asks for them
+# whatever the kernel says.
+_THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def _huge_pages_default() -> bool:
+    chosen = os.environ.get("SPECTRUM_FAST_STAGING_HUGE_PAGES")
+    if chosen in ("0", "1"):
+        return chosen == "1"
+    if chosen is not None:
+        warnings.warn(f"SPECTRUM_FAST_STAGING_HUGE_PAGES={chosen!r} is not 0 or 1: ignored", stacklevel=2)
+    try:
+        setting = _THP_SETTING.read_text()
+    except OSError:
+        return False
+    return "[always]" in setting or "[madvise]" in setting
+
+
+HUGE_PAGES = _huge_pages_default()
 _HUGE_PAGE = 2 << 20
 
 
@@ -88,32 +110,41 @@ def host_block(nbytes: int) -> torch.Tensor:
 
 
 class PinnedRing:
-    """``count`` page-locked buffers of ``nbytes``, made on first use. ``acquire()`` blocks until
-    one is free and the copy out of it has finished; ``release(buf, event)`` gives it back once
-    ``event`` (recorded after the copies that read it) has passed; ``close()`` wakes a waiting
-    reader; ``free()``, once the reader has stopped, waits for the last copies and unpins.
-    ``pin=False`` is for tests without a GPU."""
+    """``count`` page-locked buffers of ``nbytes``, all made and registered at the first acquire().
+    ``acquire()`` blocks until one is free and the copy out of it has finished;
+    ``release(buf, event)`` gives it back once ``event`` (recorded after the copies that read it)
+    has passed; ``close()`` wakes a waiting reader; ``free()``, once the reader has stopped, waits
+    for the last copies and unpins. ``pin=False`` is for tests without a GPU.
+
+    All at once, before the first batch is read, because the GPU is idle then: registered alone, a
+    784 MiB buffer took 0.02-0.05 s, but registered while the scan's kernels ran, one at a time as
+    the reader first needed them, the 8B scan's buffers took 0.2-0.4 s each and held up the compute
+    thread's own CUDA calls meanwhile (its second batch came 1.3 s after its first; H200,
+    bench/results/scale_out_trials_2xh200_80f58f3.log)."""
 
     def __init__(self, count: int, nbytes: int, pin: bool = True):
         self._free: queue.Queue = queue.Queue()
-        for _ in range(count):
-            self._free.put((None, None))
-        self._nbytes, self._pin = nbytes, pin
+        self._count, self._nbytes, self._pin = count, nbytes, pin
         self._made: list[torch.Tensor] = []
         self._last_event: torch.cuda.Event | None = None  # copies run in order on one stream
 
+    def _make_all(self) -> None:
+        for _ in range(self._count):
+            buf = host_block(self._nbytes)
+            if self._pin:
+                _check(torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), self._nbytes, 0), "cudaHostRegister")
+            self._made.append(buf)  # free() unpins what was made, should a later one fail
+            self._free.put((buf, None))
+
     def acquire(self) -> torch.Tensor:
+        if not self._made:
+            self._make_all()
         buf, event = self._free.get()
         if buf is RingClosed:
             self._free.put((RingClosed, None))  # wake the next waiter too
             raise RingClosed
         if event is not None:
             event.synchronize()  # sleeps (blocking-sync event), GIL released
-        if buf is None:
-            buf = host_block(self._nbytes)
-            if self._pin:
-                _check(torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), self._nbytes, 0), "cudaHostRegister")
-            self._made.append(buf)
         return buf
 
     def release(self, buf: torch.Tensor, event: torch.cuda.Event | None) -> None:

@@ -6,6 +6,7 @@ offsets every run."""
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import random
 
@@ -219,6 +220,53 @@ def test_staging_ring_reuses_buffers_and_close_wakes_a_waiting_reader():
     assert not t.is_alive() and raised
     with pytest.raises(staging.RingClosed):
         ring.acquire()
+
+
+def test_staging_ring_makes_every_buffer_at_the_first_acquire():
+    """All buffers are made (and, on a GPU, page-locked) before the first batch is read, none while
+    the scan's kernels run; later acquires hand them out without making more."""
+    ring = staging.PinnedRing(3, 1 << 12, pin=False)
+    first = ring.acquire()
+    assert len(ring._made) == 3 and first.data_ptr() == ring._made[0].data_ptr()
+    rest = [ring.acquire(), ring.acquire()]
+    assert len(ring._made) == 3 and len({b.data_ptr() for b in [first, *rest]}) == 3
+    ring.free()
+    assert not ring._made
+
+
+@pytest.mark.parametrize("setting, env, expected", [
+    ("always [madvise] never\n", None, True), ("[always] madvise never\n", None, True),
+    ("always madvise [never]\n", None, False), (None, None, False),
+    ("always [madvise] never\n", "0", False), ("always madvise [never]\n", "1", True),
+])
+def test_staging_huge_pages_follow_the_kernel_setting_and_the_switch(tmp_path, monkeypatch, setting, env, expected):
+    path = tmp_path / "enabled"
+    if setting is not None:
+        path.write_text(setting)
+    monkeypatch.setattr(staging, "_THP_SETTING", path)
+    if env is None:
+        monkeypatch.delenv("SPECTRUM_FAST_STAGING_HUGE_PAGES", raising=False)
+    else:
+        monkeypatch.setenv("SPECTRUM_FAST_STAGING_HUGE_PAGES", env)
+    assert staging._huge_pages_default() is expected
+
+
+def test_staging_huge_pages_warn_on_a_bad_switch(tmp_path, monkeypatch):
+    monkeypatch.setattr(staging, "_THP_SETTING", tmp_path / "missing")
+    monkeypatch.setenv("SPECTRUM_FAST_STAGING_HUGE_PAGES", "yes")
+    with pytest.warns(UserWarning, match="SPECTRUM_FAST_STAGING_HUGE_PAGES='yes'"):
+        assert staging._huge_pages_default() is False
+
+
+@pytest.mark.parametrize("huge", [False, True])
+def test_staging_host_block_is_writable_and_huge_page_aligned(monkeypatch, huge):
+    monkeypatch.setattr(staging, "HUGE_PAGES", huge)
+    block = staging.host_block(3 << 20)
+    assert block.numel() == 3 << 20 and block.dtype == torch.uint8
+    block.fill_(7)
+    assert int(block[-1]) == 7
+    if huge and hasattr(mmap, "MADV_HUGEPAGE"):
+        assert block.data_ptr() % (2 << 20) == 0
 
 
 def test_staged_views_without_file_offsets_fill_slots_in_order():

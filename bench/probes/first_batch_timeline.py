@@ -4,11 +4,13 @@ and spends ~0.2 s outside its compute loop, whatever its share).
 
     python3 bench/probes/first_batch_timeline.py --folder /tmp/llama3-8b-model
 
-Wraps, without changing them, the pinned ring's acquire (where a staging buffer is page-locked on
-first use), the reader's per-batch load, and the compute loop's receipt of each batch, and prints
-for each of --rounds scans (after one warm-up scan of one layer's shapes, generated): the time
-from scan() to the first load, the first buffer's registration, the first batch's read, when the
-compute loop got it, each later batch's wait, and the time from the last batch to scan()'s return.
+Wraps, without changing them, the pinned ring's acquire (where the staging buffers are
+page-locked), the reader's per-batch load, the compute loop's receipt of each batch and the end of
+each batch's rows, and prints for each of --rounds scans (after one warm-up scan of one layer's
+shapes, read from a one-layer checkpoint as bench/scale_out.py does, or generated with
+--no-file-warm-up): the time from scan() to the first load, the buffers' registration, the first
+batch's read, when the compute loop got it, each later batch's wait, the batches that finished
+after the last one came, and the time from the last batch to scan()'s return.
 """
 
 from __future__ import annotations
@@ -35,13 +37,13 @@ def note(what: str, **info) -> None:
 
 
 def wrap() -> None:
-    acquire, load, timed = staging.PinnedRing.acquire, engine._load_batch, engine.timed_loads
+    acquire, load, timed, rows = staging.PinnedRing.acquire, engine._load_batch, engine.timed_loads, engine._rows
 
     def acquire_noted(self):
         made = len(self._made)
         note("acquire begin")
         buf = acquire(self)
-        note("acquire end", registered=len(self._made) > made, nbytes=self._nbytes)
+        note("acquire end", registered=len(self._made) - made, nbytes=self._nbytes)
         return buf
 
     def load_noted(source, batch, device, io_pool, ring=None):
@@ -57,7 +59,12 @@ def wrap() -> None:
             yield loaded
         note("loop end")
 
+    def rows_noted(item, *a, **k):
+        yield from rows(item, *a, **k)  # the eigenvalues were waited for on the first row
+        note("batch finished", matrices=len(item.batch.tasks), shape=(item.batch.n, item.batch.m))
+
     staging.PinnedRing.acquire, engine._load_batch, engine.timed_loads = acquire_noted, load_noted, timed_noted
+    engine._rows = rows_noted
 
 
 def report(label: str, start: float, end: float) -> None:
@@ -72,7 +79,8 @@ def report(label: str, start: float, end: float) -> None:
     if registrations:
         t, info = registrations[0]
         print(f"  first buffer: acquire {acquires[0]:.3f} -> registered {t:.3f} s ({info['nbytes'] / 2**20:.0f} MiB; "
-              f"{len(registrations)} buffers registered in all, the last at {registrations[-1][0]:.3f} s)")
+              f"{sum(i['registered'] for _, i in registrations)} buffers registered in all, the last at "
+              f"{registrations[-1][0]:.3f} s)")
     print(f"  first batch ({loads[0][1]['matrices']} x {loads[0][1]['shape']}): read by {loads[0][0]:.3f} s, "
           f"received by the compute loop at {received[0][0]:.3f} s")
     gaps = [b[0] - a[0] for a, b in zip(received, received[1:])]
@@ -80,14 +88,27 @@ def report(label: str, start: float, end: float) -> None:
                                               for t, info in received))
     if gaps:
         print(f"  between batches: max {max(gaps):.3f} s, median {sorted(gaps)[len(gaps) // 2]:.3f} s")
+    finished = [(t, info) for t, what, info in events if what == "batch finished" and t >= received[-1][0]]
+    print(f"  after the last batch was received, {len(finished)} finished: "
+          + ", ".join(f"{t:.2f}({info['matrices']}x{info['shape'][0]}x{info['shape'][1]})" for t, info in finished))
     print(f"  last batch received {received[-1][0]:.3f} s -> loop end {first['loop end'][0]:.3f} s "
           f"-> scan() returns {end - start:.3f} s")
 
 
+_SMALL = 2 << 20
+
+
 def staging_costs(nbytes: int, repeats: int = 3) -> None:
     """Where a staging buffer's time goes, per page size: allocate and fault in (a fill), then
-    cudaHostRegister, then cudaHostUnregister; fresh memory each repeat."""
+    cudaHostRegister, then cudaHostUnregister; fresh memory each repeat. First, a 2 MiB block's
+    registration: what the process's first page-locking costs, whatever its size."""
     cudart = torch.cuda.cudart()
+    small = torch.empty(_SMALL, dtype=torch.uint8).fill_(1)
+    t0 = time.perf_counter()
+    staging._check(cudart.cudaHostRegister(small.data_ptr(), _SMALL, 0), "cudaHostRegister")
+    t1 = time.perf_counter()
+    staging._check(cudart.cudaHostUnregister(small.data_ptr()), "cudaHostUnregister")
+    print(f"first registration in the process ({_SMALL >> 20} MiB): {t1 - t0:.3f} s", flush=True)
     for huge in (False, True):
         staging.HUGE_PAGES = huge
         for _ in range(repeats):
@@ -111,12 +132,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run of the probe itself (no staging ring)")
     ap.add_argument("--prefetch", type=int, default=None, help="engine.PREFETCH_BATCHES for this run (trial)")
+    ap.add_argument("--file-warm-up", action=argparse.BooleanOptionalAction, default=True,
+                    help="warm up on a one-layer checkpoint on disk (else generated on the GPU: no page-locking)")
     ap.add_argument("--cold", action="store_true",
                     help="drop the page cache before each round (root: /proc/sys/vm/drop_caches)")
     ap.add_argument("--staging-costs", action="store_true",
                     help="first time a 784 MiB staging buffer's fault-in and registration, 4 KiB and huge pages")
     args = ap.parse_args()
-    from workloads import LLAMA3_8B, GeneratedSource, write_llama3_8b_model
+    from workloads import LLAMA3_8B, GeneratedSource, llama3_8b_warm_up_folder, write_llama3_8b_model
 
     if args.staging_costs and args.device == "cuda":
         staging_costs(784 << 20)
@@ -125,9 +148,10 @@ def main() -> None:
         started = time.perf_counter()
         write_llama3_8b_model(args.folder)
         print(f"wrote {args.folder} in {time.perf_counter() - started:.1f} s", flush=True)
-    layout = [(f"model.layers.0.{s}.weight", (n, m)) for s, n, m in LLAMA3_8B]
-    if args.device == "cuda":
-        spectrum_fast.scan(GeneratedSource(layout, "warm-up", generate_on="cuda"), progress=False, cache=False)
+    if args.device == "cuda":  # one layer from disk, as bench/scale_out.py warms up
+        warm = llama3_8b_warm_up_folder(args.folder) if args.file_warm_up else GeneratedSource(
+            [(f"model.layers.0.{s}.weight", (n, m)) for s, n, m in LLAMA3_8B], "warm-up", generate_on="cuda")
+        spectrum_fast.scan(warm, progress=False, cache=False)
     wrap()
     if args.prefetch is not None:
         engine.PREFETCH_BATCHES = args.prefetch
