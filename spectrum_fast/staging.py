@@ -19,6 +19,7 @@ import mmap
 import os
 import queue
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -109,6 +110,28 @@ def host_block(nbytes: int) -> torch.Tensor:
     return whole[skip : skip + nbytes]
 
 
+# Threads that fault a new staging buffer's pages in before it is registered. cudaHostRegister
+# faults in whatever is not yet there itself, a page at a time in one thread: on the 2x H100 host
+# (transparent huge pages not offered there) the 8B scan's two 784 MiB buffers took 0.59-0.70 s
+# from the first acquire to registered, against 0.06 s to fault one in with a fill and 0.06-0.10 s
+# to register it once faulted in (bench/results/scale_out_2xh100_b70a20b.log).
+FAULT_IN_THREADS = 8
+_PAGE = 4096
+
+
+def fault_in(blocks: list[torch.Tensor], threads: int = FAULT_IN_THREADS) -> None:
+    """Write one byte in every 4 KiB page of each uint8 tensor of ``blocks``, from ``threads``
+    threads at once (torch's fill releases the GIL), so that the kernel maps them all now."""
+    pieces = []
+    for block in blocks:
+        pages = block.as_strided((-(-block.numel() // _PAGE),), (_PAGE,))  # one byte per page
+        step = -(-pages.numel() // threads)
+        pieces += [pages[a : a + step] for a in range(0, pages.numel(), step)]
+        pieces.append(block[-1:])  # the last page, wherever the stride fell
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="spectrum-fast-fault-in") as pool:
+        list(pool.map(lambda piece: piece.fill_(0), pieces))
+
+
 class PinnedRing:
     """``count`` page-locked buffers of ``nbytes``, all made and registered at the first acquire().
     ``acquire()`` blocks until one is free and the copy out of it has finished;
@@ -116,7 +139,8 @@ class PinnedRing:
     has passed; ``close()`` wakes a waiting reader; ``free()``, once the reader has stopped, waits
     for the last copies and unpins. ``pin=False`` is for tests without a GPU.
 
-    All at once, before the first batch is read, because the GPU is idle then: registered alone, a
+    All at once, faulted in from several threads first (fault_in), before the first batch is read,
+    because the GPU is idle then: registered alone, a
     784 MiB buffer took 0.02-0.05 s, but registered while the scan's kernels ran, one at a time as
     the reader first needed them, the 8B scan's buffers took 0.2-0.4 s each and held up the compute
     thread's own CUDA calls meanwhile (its second batch came 1.3 s after its first; H200,
@@ -129,8 +153,9 @@ class PinnedRing:
         self._last_event: torch.cuda.Event | None = None  # copies run in order on one stream
 
     def _make_all(self) -> None:
-        for _ in range(self._count):
-            buf = host_block(self._nbytes)
+        blocks = [host_block(self._nbytes) for _ in range(self._count)]
+        fault_in(blocks)
+        for buf in blocks:
             if self._pin:
                 _check(torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), self._nbytes, 0), "cudaHostRegister")
             self._made.append(buf)  # free() unpins what was made, should a later one fail

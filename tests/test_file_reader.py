@@ -269,6 +269,20 @@ def test_staging_host_block_is_writable_and_huge_page_aligned(monkeypatch, huge)
         assert block.data_ptr() % (2 << 20) == 0
 
 
+@pytest.mark.parametrize("nbytes, offset", [(5 * 4096 + 17, 0), (3 * 4096, 100), (4096 * 40 + 1, 4095), (1, 7)])
+def test_fault_in_writes_every_page_and_nothing_else(nbytes, offset):
+    """One byte in every 4 KiB page the block spans (wherever the block starts in its page), the
+    block's last byte among them; nothing outside the block."""
+    whole = torch.full((nbytes + offset + 8192,), 0xAB, dtype=torch.uint8)
+    block = whole[offset : offset + nbytes]
+    staging.fault_in([block], threads=3)
+    first, last = block.data_ptr(), block.data_ptr() + nbytes - 1
+    touched = set((block == 0).nonzero().flatten().tolist())
+    pages = {(first + i) // 4096 for i in touched}
+    assert pages == set(range(first // 4096, last // 4096 + 1)) and nbytes - 1 in touched
+    assert (whole[:offset] == 0xAB).all() and (whole[offset + nbytes :] == 0xAB).all()
+
+
 def test_staged_views_without_file_offsets_fill_slots_in_order():
     block = torch.empty(3 * staging.slot_bytes(5, 7, torch.float32), dtype=torch.uint8)
     views = staging.staged_views(block, [None, 3, None], 5, 7, torch.float32)  # 3: not a float32 phase

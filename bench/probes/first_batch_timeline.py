@@ -100,9 +100,11 @@ _SMALL = 2 << 20
 
 def staging_costs(nbytes: int, repeats: int = 3) -> None:
     """Where a staging buffer's time goes, per page size: allocate and fault in (a fill), then
-    cudaHostRegister, then cudaHostUnregister; fresh memory each repeat. First, a 2 MiB block's
-    registration: what the process's first page-locking costs, whatever its size."""
+    cudaHostRegister, then cudaHostUnregister; fresh memory each repeat, faulted in from one thread
+    and from staging.FAULT_IN_THREADS in turn. First, a 2 MiB block's registration: what the
+    process's first page-locking costs, whatever its size. Leaves staging.HUGE_PAGES as it was."""
     cudart = torch.cuda.cudart()
+    default = staging.HUGE_PAGES
     small = torch.empty(_SMALL, dtype=torch.uint8).fill_(1)
     t0 = time.perf_counter()
     staging._check(cudart.cudaHostRegister(small.data_ptr(), _SMALL, 0), "cudaHostRegister")
@@ -111,19 +113,19 @@ def staging_costs(nbytes: int, repeats: int = 3) -> None:
     print(f"first registration in the process ({_SMALL >> 20} MiB): {t1 - t0:.3f} s", flush=True)
     for huge in (False, True):
         staging.HUGE_PAGES = huge
-        for _ in range(repeats):
+        for threads in [1, staging.FAULT_IN_THREADS] * repeats:
             t0 = time.perf_counter()
             buf = staging.host_block(nbytes)
-            buf.fill_(1)
+            staging.fault_in([buf], threads)
             t1 = time.perf_counter()
             staging._check(cudart.cudaHostRegister(buf.data_ptr(), nbytes, 0), "cudaHostRegister")
             t2 = time.perf_counter()
             staging._check(cudart.cudaHostUnregister(buf.data_ptr()), "cudaHostUnregister")
             t3 = time.perf_counter()
-            print(f"staging {nbytes / 2**20:.0f} MiB, {'huge' if huge else '4 KiB'} pages: fault-in {t1 - t0:.3f} s, "
-                  f"register {t2 - t1:.3f} s, unregister {t3 - t2:.3f} s", flush=True)
+            print(f"staging {nbytes / 2**20:.0f} MiB, {'huge' if huge else '4 KiB'} pages: fault-in ({threads} threads) "
+                  f"{t1 - t0:.3f} s, register {t2 - t1:.3f} s, unregister {t3 - t2:.3f} s", flush=True)
             del buf
-    staging.HUGE_PAGES = False
+    staging.HUGE_PAGES = default
 
 
 def main() -> None:
@@ -141,6 +143,8 @@ def main() -> None:
     args = ap.parse_args()
     from workloads import LLAMA3_8B, GeneratedSource, llama3_8b_warm_up_folder, write_llama3_8b_model
 
+    thp = staging._THP_SETTING.read_text().strip() if staging._THP_SETTING.exists() else "(no setting)"
+    print(f"transparent huge pages: {thp}", flush=True)
     if args.staging_costs and args.device == "cuda":
         staging_costs(784 << 20)
 
