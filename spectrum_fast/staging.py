@@ -18,8 +18,8 @@ from __future__ import annotations
 import mmap
 import os
 import queue
+import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -51,6 +51,13 @@ def staged_views(block: torch.Tensor, offsets: list[int | None], n: int, m: int,
 
 class RingClosed(Exception):
     """The scan ended while the reader waited for a staging buffer."""
+
+
+class _MakeFailed:
+    """What the ring holds in place of a buffer once making one failed: acquire() raises ``error``."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
 
 
 # Events that host threads wait on: blocking-sync (the waiting thread sleeps) or the CUDA default
@@ -110,64 +117,78 @@ def host_block(nbytes: int) -> torch.Tensor:
     return whole[skip : skip + nbytes]
 
 
-# Threads that fault a new staging buffer's pages in before it is registered. cudaHostRegister
-# faults in whatever is not yet there itself, a page at a time in one thread: on the 2x H100 host
-# (transparent huge pages not offered there) the 8B scan's two 784 MiB buffers took 0.59-0.70 s
-# from the first acquire to registered, against 0.06 s to fault one in with a fill and 0.06-0.10 s
-# to register it once faulted in (bench/results/scale_out_2xh100_b70a20b.log).
-FAULT_IN_THREADS = 8
+# A new staging buffer's pages are faulted in before cudaHostRegister, which otherwise faults them
+# in itself, a page at a time: on the 2x H100 host, in 4 KiB pages, the 8B scan's two 784 MiB
+# buffers took 0.59-0.70 s from the first acquire to registered that way
+# (bench/results/scale_out_2xh100_b70a20b.log), against 0.07-0.09 s to fault one in by writing a
+# byte per page and 0.05-0.07 s to register it then (bench/results/scale_out_2xh100_4fda945.log;
+# from 8 threads the fault-in took 0.07 s too, and with huge pages 0.025-0.028 s either way).
 _PAGE = 4096
 
 
-def fault_in(blocks: list[torch.Tensor], threads: int = FAULT_IN_THREADS) -> None:
-    """Write one byte in every 4 KiB page of each uint8 tensor of ``blocks``, from ``threads``
-    threads at once (torch's fill releases the GIL), so that the kernel maps them all now."""
-    pieces = []
-    for block in blocks:
-        pages = block.as_strided((-(-block.numel() // _PAGE),), (_PAGE,))  # one byte per page
-        step = -(-pages.numel() // threads)
-        pieces += [pages[a : a + step] for a in range(0, pages.numel(), step)]
-        pieces.append(block[-1:])  # the last page, wherever the stride fell
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="spectrum-fast-fault-in") as pool:
-        list(pool.map(lambda piece: piece.fill_(0), pieces))
+def fault_in(block: torch.Tensor) -> None:
+    """Write one byte in every 4 KiB page of the uint8 tensor ``block``, so that the kernel maps
+    them all now."""
+    block.as_strided((-(-block.numel() // _PAGE),), (_PAGE,)).fill_(0)  # one byte per page
+    block[-1:].fill_(0)  # the last page, wherever the stride fell
 
 
 class PinnedRing:
-    """``count`` page-locked buffers of ``nbytes``, all made and registered at the first acquire().
-    ``acquire()`` blocks until one is free and the copy out of it has finished;
-    ``release(buf, event)`` gives it back once ``event`` (recorded after the copies that read it)
-    has passed; ``close()`` wakes a waiting reader; ``free()``, once the reader has stopped, waits
-    for the last copies and unpins. ``pin=False`` is for tests without a GPU.
+    """``count`` page-locked buffers of ``nbytes``. ``acquire()`` blocks until one is free and the
+    copy out of it has finished; ``release(buf, event)`` gives it back once ``event`` (recorded
+    after the copies that read it) has passed; ``close()`` wakes a waiting reader; ``free()``, once
+    the reader has stopped, waits for the last copies and unpins. ``pin=False`` is for tests
+    without a GPU.
 
-    All at once, faulted in from several threads first (fault_in), before the first batch is read,
-    because the GPU is idle then: registered alone, a
-    784 MiB buffer took 0.02-0.05 s, but registered while the scan's kernels ran, one at a time as
-    the reader first needed them, the 8B scan's buffers took 0.2-0.4 s each and held up the compute
-    thread's own CUDA calls meanwhile (its second batch came 1.3 s after its first; H200,
+    The first acquire() makes (fault_in, then cudaHostRegister) one buffer and returns it, and a
+    thread makes the rest while the reader fills that one: all are page-locked by the time the
+    first batch reaches the GPU, while its kernels have not yet begun. Registered alone, a 784 MiB
+    buffer took 0.02-0.07 s; registered while the scan's kernels ran, one at a time as the reader
+    first needed them, the 8B scan's buffers took 0.2-0.4 s each and held up the compute thread's
+    own CUDA calls meanwhile (its second batch came 1.3 s after its first; H200,
     bench/results/scale_out_trials_2xh200_80f58f3.log)."""
 
     def __init__(self, count: int, nbytes: int, pin: bool = True):
         self._free: queue.Queue = queue.Queue()
         self._count, self._nbytes, self._pin = count, nbytes, pin
         self._made: list[torch.Tensor] = []
+        self._maker: threading.Thread | None = None
+        self._started = False
         self._last_event: torch.cuda.Event | None = None  # copies run in order on one stream
 
-    def _make_all(self) -> None:
-        blocks = [host_block(self._nbytes) for _ in range(self._count)]
-        fault_in(blocks)
-        for buf in blocks:
+    def _make(self, count: int) -> None:
+        """Make ``count`` buffers, page-locked, and put them in the ring."""
+        for _ in range(count):
+            buf = host_block(self._nbytes)
+            fault_in(buf)
             if self._pin:
                 _check(torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), self._nbytes, 0), "cudaHostRegister")
             self._made.append(buf)  # free() unpins what was made, should a later one fail
             self._free.put((buf, None))
 
+    def _make_rest(self, count: int, device: int | None) -> None:
+        try:
+            if device is not None:  # registration belongs to the current device's context
+                torch.cuda.set_device(device)
+            self._make(count)
+        except BaseException as e:  # the reader would wait for a buffer forever: hand it the error
+            self._free.put((_MakeFailed(e), None))
+
     def acquire(self) -> torch.Tensor:
-        if not self._made:
-            self._make_all()
+        if not self._started:
+            self._started = True
+            self._make(1)
+            if self._count > 1:
+                device = torch.cuda.current_device() if self._pin else None
+                self._maker = threading.Thread(target=self._make_rest, args=(self._count - 1, device),
+                                               name="spectrum-fast-pin", daemon=True)
+                self._maker.start()
         buf, event = self._free.get()
-        if buf is RingClosed:
-            self._free.put((RingClosed, None))  # wake the next waiter too
-            raise RingClosed
+        if buf is RingClosed or isinstance(buf, _MakeFailed):
+            self._free.put((buf, None))  # wake the next waiter too
+            if buf is RingClosed:
+                raise RingClosed
+            raise buf.error
         if event is not None:
             event.synchronize()  # sleeps (blocking-sync event), GIL released
         return buf
@@ -182,8 +203,11 @@ class PinnedRing:
         self._free.put((RingClosed, None))
 
     def free(self) -> None:
-        """Unpin every buffer; call once no thread reads into them. Copies still reading one are
-        waited for first."""
+        """Unpin every buffer; call once no thread reads into them. Copies still reading one, and
+        the thread still making buffers, are waited for first."""
+        if self._maker is not None:
+            self._maker.join()
+            self._maker = None
         if self._last_event is not None:
             self._last_event.synchronize()
             self._last_event = None

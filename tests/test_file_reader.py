@@ -222,14 +222,47 @@ def test_staging_ring_reuses_buffers_and_close_wakes_a_waiting_reader():
         ring.acquire()
 
 
-def test_staging_ring_makes_every_buffer_at_the_first_acquire():
-    """All buffers are made (and, on a GPU, page-locked) before the first batch is read, none while
-    the scan's kernels run; later acquires hand them out without making more."""
+def test_staging_ring_makes_the_first_buffer_at_once_and_the_rest_beside_the_reader():
+    """The first acquire returns a buffer it made itself; a thread makes the others meanwhile, and
+    later acquires hand those out; free() waits for that thread and lets go of every buffer."""
     ring = staging.PinnedRing(3, 1 << 12, pin=False)
     first = ring.acquire()
-    assert len(ring._made) == 3 and first.data_ptr() == ring._made[0].data_ptr()
     rest = [ring.acquire(), ring.acquire()]
     assert len(ring._made) == 3 and len({b.data_ptr() for b in [first, *rest]}) == 3
+    assert first.data_ptr() == ring._made[0].data_ptr()
+    ring.free()
+    assert not ring._made and ring._maker is None
+
+
+def test_staging_ring_hands_a_failure_to_make_a_buffer_to_the_reader(monkeypatch):
+    """A buffer the maker thread cannot make (pinned memory refused) must reach the reader as that
+    error, every time it asks, not leave it waiting for a buffer forever."""
+    import threading
+
+    real, calls = staging.host_block, []
+
+    def host_block(nbytes):
+        calls.append(nbytes)
+        if len(calls) > 1:
+            raise RuntimeError("cudaHostRegister failed with CUDA error 2 (test)")
+        return real(nbytes)
+
+    monkeypatch.setattr(staging, "host_block", host_block)
+    ring = staging.PinnedRing(3, 1 << 12, pin=False)
+    ring.acquire()
+    raised = []
+
+    def reader():
+        for _ in range(2):
+            try:
+                ring.acquire()
+            except RuntimeError as e:
+                raised.append(str(e))
+
+    t = threading.Thread(target=reader)
+    t.start()
+    t.join(timeout=10)
+    assert not t.is_alive() and len(raised) == 2 and all("CUDA error 2" in r for r in raised)
     ring.free()
     assert not ring._made
 
@@ -275,7 +308,7 @@ def test_fault_in_writes_every_page_and_nothing_else(nbytes, offset):
     block's last byte among them; nothing outside the block."""
     whole = torch.full((nbytes + offset + 8192,), 0xAB, dtype=torch.uint8)
     block = whole[offset : offset + nbytes]
-    staging.fault_in([block], threads=3)
+    staging.fault_in(block)
     first, last = block.data_ptr(), block.data_ptr() + nbytes - 1
     touched = set((block == 0).nonzero().flatten().tolist())
     pages = {(first + i) // 4096 for i in touched}

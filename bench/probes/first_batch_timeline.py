@@ -59,6 +59,14 @@ def wrap() -> None:
             yield loaded
         note("loop end")
 
+    make_rest = staging.PinnedRing._make_rest
+
+    def make_rest_noted(self, count, device):
+        make_rest(self, count, device)
+        note("rest made", count=count)
+
+    staging.PinnedRing._make_rest = make_rest_noted
+
     def rows_noted(item, *a, **k):
         yield from rows(item, *a, **k)  # the eigenvalues were waited for on the first row
         note("batch finished", matrices=len(item.batch.tasks), shape=(item.batch.n, item.batch.m))
@@ -76,6 +84,9 @@ def report(label: str, start: float, end: float) -> None:
     acquires = [t for t, what, _ in events if what == "acquire begin"]
     print(f"## {label}: scan {end - start:.3f} s, {len(received)} batches")
     print(f"  scan() -> loop begin {first['loop begin'][0]:.3f} s; -> first load begin {first['load begin'][0]:.3f} s")
+    if "rest made" in first:
+        t, info = first["rest made"]
+        print(f"  the other {info['count']} staging buffer(s) registered (on a thread) by {t:.3f} s")
     if registrations:
         t, info = registrations[0]
         print(f"  first buffer: acquire {acquires[0]:.3f} -> registered {t:.3f} s ({info['nbytes'] / 2**20:.0f} MiB; "
@@ -99,10 +110,10 @@ _SMALL = 2 << 20
 
 
 def staging_costs(nbytes: int, repeats: int = 3) -> None:
-    """Where a staging buffer's time goes, per page size: allocate and fault in (a fill), then
-    cudaHostRegister, then cudaHostUnregister; fresh memory each repeat, faulted in from one thread
-    and from staging.FAULT_IN_THREADS in turn. First, a 2 MiB block's registration: what the
-    process's first page-locking costs, whatever its size. Leaves staging.HUGE_PAGES as it was."""
+    """Where a staging buffer's time goes, per page size: allocate and fault in (staging.fault_in),
+    then cudaHostRegister, then cudaHostUnregister; fresh memory each repeat. First, a 2 MiB
+    block's registration: what the process's first page-locking costs, whatever its size. Leaves
+    staging.HUGE_PAGES as it was."""
     cudart = torch.cuda.cudart()
     default = staging.HUGE_PAGES
     small = torch.empty(_SMALL, dtype=torch.uint8).fill_(1)
@@ -113,16 +124,16 @@ def staging_costs(nbytes: int, repeats: int = 3) -> None:
     print(f"first registration in the process ({_SMALL >> 20} MiB): {t1 - t0:.3f} s", flush=True)
     for huge in (False, True):
         staging.HUGE_PAGES = huge
-        for threads in [1, staging.FAULT_IN_THREADS] * repeats:
+        for _ in range(repeats):
             t0 = time.perf_counter()
             buf = staging.host_block(nbytes)
-            staging.fault_in([buf], threads)
+            staging.fault_in(buf)
             t1 = time.perf_counter()
             staging._check(cudart.cudaHostRegister(buf.data_ptr(), nbytes, 0), "cudaHostRegister")
             t2 = time.perf_counter()
             staging._check(cudart.cudaHostUnregister(buf.data_ptr()), "cudaHostUnregister")
             t3 = time.perf_counter()
-            print(f"staging {nbytes / 2**20:.0f} MiB, {'huge' if huge else '4 KiB'} pages: fault-in ({threads} threads) "
+            print(f"staging {nbytes / 2**20:.0f} MiB, {'huge' if huge else '4 KiB'} pages: fault-in "
                   f"{t1 - t0:.3f} s, register {t2 - t1:.3f} s, unregister {t3 - t2:.3f} s", flush=True)
             del buf
     staging.HUGE_PAGES = default
