@@ -1,0 +1,118 @@
+"""Probe (device tool): the timeline of each rank of a distributed scan of the Llama-3-8B-shaped
+checkpoint, host side and GPU side, to see which part of a rank's fixed cost grows when two
+processes share a host (the 2-GPU issue: 2 T2 - T1 was 0.5-0.7 s at bd5a9fa, where 1.8x needs
+at most ~0.46 s).
+
+    torchrun --standalone --nproc-per-node {1,2} bench/probes/rank_timeline.py --folder /tmp/llama3-8b-model
+
+Each rank warms up as bench/scale_out.py does (a one-layer checkpoint on disk, scanned alone),
+then every round is one distributed scan. Per rank it prints first_batch_timeline's host timeline
+(staging buffers, the first batch, each batch's arrival, the drain) and the GPU's: a timing event
+recorded on the compute stream after each batch's Gram and eigen stage are queued tells when the
+GPU got through them. From those: how long the compute stream stood idle before its first batch,
+between batches (the next batch arrived after the GPU had finished the last one) and after its
+last batch until scan() returned. The band chases on side streams are not in these events.
+Rank 0 prints every rank's report, in rank order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import first_batch_timeline as host_timeline  # noqa: E402
+
+import spectrum_fast  # noqa: E402
+from spectrum_fast import ops  # noqa: E402
+
+GPU_EVENTS: list[tuple[float, torch.cuda.Event, tuple[int, int, int]]] = []  # (host time, event, shape)
+
+
+def wrap_gpu_events() -> None:
+    """Record a timing event on the current stream after each batch's eigen stage is queued."""
+    deferred = ops.eigvalsh_deferred
+
+    def deferred_noted(g, *a, **k):
+        pending = deferred(g, *a, **k)
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        GPU_EVENTS.append((time.perf_counter(), event, tuple(g.shape)))
+        return pending
+
+    ops.eigvalsh_deferred = deferred_noted
+
+
+def gpu_report(start: float, start_event: torch.cuda.Event, end: float) -> None:
+    """The compute stream's timeline for the events of the scan that began at ``start`` (host) /
+    ``start_event`` (GPU), after the scan has been synchronized."""
+    mine = [(t, e, shape) for t, e, shape in GPU_EVENTS if start <= t <= end]
+    received = [t - start for t, what, _ in host_timeline.EVENTS if what == "batch received" and start <= t <= end]
+    if not mine or len(received) != len(mine):
+        print(f"  GPU: {len(mine)} events for {len(received)} batches: no GPU timeline")
+        return
+    done = [start_event.elapsed_time(e) / 1000 for _, e, _ in mine]
+    queued = [t - start for t, _, _ in mine]
+    print("  GPU, Gram and eigen stage queued -> done (s): "
+          + ", ".join(f"{q:.2f}->{d:.2f}" for q, d in zip(queued, done)))
+    gaps = [max(0.0, r - d) for r, d in zip(received[1:], done)]
+    print(f"  GPU compute stream idle: before the first batch {received[0]:.3f} s, between batches "
+          f"{sum(gaps):.3f} s (largest {max(gaps, default=0):.3f} s), after the last one's eigen stage "
+          f"{end - start - done[-1]:.3f} s of the scan's {end - start:.3f} s")
+
+
+def main() -> None:
+    import torch.distributed as dist
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--folder", type=Path, default=Path("/tmp/llama3-8b-model"))
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    from workloads import llama3_8b_warm_up_folder, write_llama3_8b_model
+
+    local_rank = int(os.environ["LOCAL_RANK"])
+    torch.cuda.set_device(local_rank)
+    if int(os.environ["RANK"]) == 0:
+        if not (args.folder / "config.json").exists():
+            write_llama3_8b_model(args.folder)
+        llama3_8b_warm_up_folder(args.folder)
+    dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dist.barrier()  # rank 0 may have been writing the checkpoints
+    spectrum_fast.scan(llama3_8b_warm_up_folder(args.folder), progress=False, cache=False, distributed=False)
+    host_timeline.wrap()
+    wrap_gpu_events()
+    for r in range(args.rounds):
+        dist.barrier()
+        torch.cuda.synchronize()
+        start_event = torch.cuda.Event(enable_timing=True)
+        start = time.perf_counter()
+        start_event.record()
+        result = spectrum_fast.scan(args.folder, progress=False, cache=False, distributed=True)
+        torch.cuda.synchronize()
+        end = time.perf_counter()
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text):
+            host_timeline.report(f"round {r + 1}, rank {rank} of {world} ({len(result.rows)} matrices in all, "
+                                 f"wait {result.read_wait_seconds:.3f} s, compute {result.compute_seconds:.3f} s)",
+                                 start, end)
+            gpu_report(start, start_event, end)
+        reports = [None] * world
+        dist.all_gather_object(reports, text.getvalue())
+        if rank == 0:
+            print("".join(reports), end="", flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
