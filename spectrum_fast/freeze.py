@@ -152,7 +152,7 @@ def _expert_patterns(patterns: list[str]) -> dict[str, list[tuple[int, int]]]:
     return by_module
 
 
-def _expert_module(name: str, param: torch.Tensor) -> str | None:
+def expert_module(name: str, param: torch.Tensor) -> str | None:
     """The scanned module whose experts index dim 0 of ``param``: a fused 3-D weight (named like the
     module, or ``<module>.weight``) or its per-expert bias [E, k] (``<module>_bias``, ``<module>.bias``)."""
     if param.dim() == 3:
@@ -168,7 +168,7 @@ def _experts_selected(patterns: list[str], by_module: dict[str, list[tuple[int, 
     """Experts of ``param`` that patterns ``<module>.<e>`` select; raises on an index out of range."""
     experts = set()
     for name in names:
-        module = _expert_module(name, param)
+        module = expert_module(name, param)
         for i, e in by_module.get(module, []) if module else []:
             if e >= param.shape[0]:
                 raise SelectionError(f"unfrozen pattern {patterns[i]!r} selects expert {e} of {name}, which has "

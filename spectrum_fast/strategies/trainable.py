@@ -15,7 +15,7 @@ import torch
 
 from ..errors import SelectionError
 from ..expert_masks import expert_mask_of
-from ..freeze import _expert_module
+from ..freeze import expert_module
 from ..naming import module_name
 from .selection import Selection
 
@@ -39,7 +39,7 @@ def parameter_selection(model: torch.nn.Module, chosen: Iterable[torch.nn.Parame
         wanted.discard(id(param))
         names.append(name)
         mask = expert_mask_of(param)
-        module = _expert_module(name, param) if mask is not None else None
+        module = expert_module(name, param) if mask is not None else None
         if module is None:
             patterns.append(f"^{name}$")
             trainable += param.numel()
