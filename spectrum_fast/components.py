@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .budget import budget_limit
 from .errors import SelectionError
 from .graphical_lasso import graphical_lasso, partial_correlations
 from .group_lasso import block_coordinate_descent
@@ -348,19 +349,12 @@ def _check_options(rank, groups, penalty, lr, steps, graph_penalty) -> None:
 
 
 def _budget_count(budget, total: int) -> int:
-    if isinstance(budget, int) and not isinstance(budget, bool):
-        if not 1 <= budget <= total:
-            raise SelectionError(f"allocate: budget {budget} is outside 1 to the {total:,} component scales of the "
-                                 f"chosen layers: give a count in that range or a fraction in (0, 1]")
-        return budget
-    if isinstance(budget, float) and 0 < budget <= 1:
-        count = int(budget * total)
-        if count < 1:
-            raise SelectionError(f"allocate: budget {budget} of {total:,} component scales keeps none: give a larger "
-                                 f"fraction or a count")
-        return count
-    raise SelectionError(f"allocate: budget must be a count (int >= 1) or a fraction in (0, 1] of the {total:,} "
-                         f"component scales, got {budget!r}")
+    """The number of component scales ``budget`` (a count, or a fraction of ``total``) keeps."""
+    count = int(budget_limit(budget, total, "allocate", "component scales"))
+    if count < 1:
+        raise SelectionError(f"allocate: budget {budget} of {total:,} component scales keeps none: give a larger "
+                             f"fraction or a count")
+    return count
 
 
 def _refuse_wrapped(model: nn.Module, label: str) -> None:

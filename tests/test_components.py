@@ -396,11 +396,11 @@ def test_bad_requests_raise_one_line_errors_and_change_nothing(seed):
     total = min(8, 12, 10) + min(8, 10, 8)
     before = snapshot(model)
     cases = [
-        (dict(budget=total + 1), r"budget \d+ is outside 1 to the 16 component scales"),
+        (dict(budget=total + 1), r"budget \d+ is outside 1 to the 16 candidate component scales"),
         (dict(budget=0), r"budget 0 is outside"),
         (dict(budget=-3), r"budget -3 is outside"),
-        (dict(budget=0.0), r"budget must be a count"),
-        (dict(budget=1.5), r"budget must be a count"),
+        (dict(budget=0.0), r"budget 0.0 is not a fraction in \(0, 1\]"),
+        (dict(budget=1.5), r"budget 1.5 is not a fraction in \(0, 1\]"),
         (dict(budget=0.01), r"keeps none"),
         (dict(budget=True), r"budget must be a count"),
         (dict(budget=4, rank=0), r"rank must be an int >= 1"),

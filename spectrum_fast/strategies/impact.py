@@ -45,7 +45,7 @@ from torch import nn
 
 from ..components import calibration_loss
 from ..errors import SelectionError
-from .budget import budget_limit
+from ..budget import budget_limit
 from .candidates import Candidate, Coverage, find_candidates
 from .selection import Selection
 

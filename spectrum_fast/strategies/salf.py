@@ -44,7 +44,7 @@ from torch import nn
 
 from ..errors import SelectionError
 from ..naming import module_name
-from .budget import budget_limit
+from ..budget import budget_limit
 from .candidates import Candidate, Coverage, find_candidates
 from .logit_lens import lens_modules, lens_profile
 from .selection import Selection

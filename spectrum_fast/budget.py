@@ -1,8 +1,9 @@
-"""A strategy's budget: how much of the candidates may train, as a limit a selection must stay within."""
+"""A budget: how much of the candidates may train, as a limit a selection must stay within (the
+strategies and components.allocate)."""
 
 from __future__ import annotations
 
-from ..errors import SelectionError
+from .errors import SelectionError
 
 
 def budget_limit(budget, total: int | float, label: str, unit: str = "parameters") -> float:
