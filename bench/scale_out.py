@@ -9,8 +9,8 @@ llama3-8b is read from a checkpoint on disk (written first if missing, by rank 0
 so each rank makes only the matrices of its share. The process group is started first, and one
 untimed scan of one layer's shapes, on each rank alone, warms every rank up (for llama3-8b read
 from a one-layer checkpoint beside the model, so that it takes the timed scan's path from disk
-through pinned staging; generated for the others); the timed
-part is scan() itself: opening the source, planning, computing each share, and gathering the rows.
+through pinned staging; generated for the others); the timed part is scan() itself: opening the
+source, planning, computing each share, and gathering the rows.
 Rank 0 writes the reference's files into DIR/<workload>-<N>ranks/ and the times (each rank's
 matrices, busy seconds, read and compute seconds, peak GPU memory, its warm-up) into
 DIR/<workload>-<N>ranks.json.

@@ -82,7 +82,7 @@ def llama3_8b_warm_up_folder(model_folder: Path) -> Path:
     """A one-layer checkpoint of the 8B shapes beside ``model_folder`` (written if missing), for an
     untimed scan before a timed one: it reads from disk through the pinned staging ring as the
     timed scan does, so the process's first-use costs (kernels, workspaces, its first page-locking:
-    ~0.17 s on the H200) fall outside the timing."""
+    0.13-0.17 s on the H100 and H200) fall outside the timing."""
     folder = model_folder.with_name(model_folder.name + "-warm-up")
     if not (folder / "config.json").exists():
         write_llama3_8b(folder, layers=1)

@@ -119,7 +119,7 @@ def host_block(nbytes: int) -> torch.Tensor:
 
 # A new staging buffer's pages are faulted in before cudaHostRegister, which otherwise faults them
 # in itself, a page at a time: on the 2x H100 host, in 4 KiB pages, the 8B scan's two 784 MiB
-# buffers took 0.59-0.70 s from the first acquire to registered that way
+# buffers took 0.58-0.69 s from the first acquire to registered that way
 # (bench/results/scale_out_2xh100_b70a20b.log), against 0.07-0.09 s to fault one in by writing a
 # byte per page and 0.05-0.07 s to register it then (bench/results/scale_out_2xh100_4fda945.log;
 # from 8 threads the fault-in took 0.07 s too, and with huge pages 0.025-0.028 s either way).
