@@ -46,7 +46,7 @@ from .budget import budget_limit
 from .errors import SelectionError
 from .graphical_lasso import graphical_lasso, partial_correlations
 from .group_lasso import block_coordinate_descent
-from .lowrank import _chosen_linears, _weight_of, top_singular_triplets
+from .lowrank import chosen_linears, weight_of, top_singular_triplets
 
 
 class ComponentLinear(nn.Module):
@@ -85,7 +85,7 @@ class ComponentLinear(nn.Module):
         n, m = linear.out_features, linear.in_features
         if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= min(n, m):
             raise SelectionError(f"{label}: rank must be an int from 1 to min({n}, {m}) = {min(n, m)}, got {rank!r}")
-        u, _, vh = top_singular_triplets(_weight_of(linear, label), rank)
+        u, _, vh = top_singular_triplets(weight_of(linear, label), rank)
         return cls.from_svd(linear, u, vh, directions)
 
     @classmethod
@@ -186,7 +186,7 @@ def allocate(model: nn.Module, batches: Iterable, *, budget: int | float, types=
     """
     _check_options(rank, groups, penalty, lr, steps, graph_penalty)
     _refuse_wrapped(model, "allocate")
-    chosen, skipped = _chosen_linears(model, types, "allocate", "wrapped")
+    chosen, skipped = chosen_linears(model, types, "allocate", "wrapped")
     ranks = [min(rank, linear.out_features, linear.in_features) for _, linear in chosen]
     count = _budget_count(budget, sum(ranks))
     batches = list(batches)
@@ -262,7 +262,7 @@ def apply(model: nn.Module, allocation: Allocation) -> nn.Module:
         p.requires_grad_(False)
         p.grad = None
     for name, layer in zip(names, layers):
-        _replace(model, name, layer)
+        model.set_submodule(name, layer)
         layer.delta.requires_grad_(True)
     return model
 
@@ -276,7 +276,7 @@ def merge(model: nn.Module) -> nn.Module:
     for name, layer in wrapped:
         if name == "":
             raise SelectionError("merge: the model itself is a ComponentLinear: call its to_linear()")
-        _replace(model, name, layer.to_linear())
+        model.set_submodule(name, layer.to_linear())
     return model
 
 
@@ -376,13 +376,8 @@ def _groups(chosen, ranks, offsets, groups) -> tuple[list[torch.Tensor], list[st
 
 def _top_directions(linear: nn.Linear, rank: int, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(U_r, S_r, Vh_r) of the layer's weight, float64; S_r on the CPU (apply() checks it)."""
-    u, s, vh = top_singular_triplets(_weight_of(linear, name), rank)
+    u, s, vh = top_singular_triplets(weight_of(linear, name), rank)
     return u, s.cpu(), vh
-
-
-def _replace(model: nn.Module, name: str, layer: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent), child, layer)
 
 
 @contextmanager
@@ -395,12 +390,12 @@ def _wrapped(model: nn.Module, names: list[str], layers: list[ComponentLinear]):
         p.requires_grad_(False)
     model.eval()
     for name, layer in zip(names, layers):
-        _replace(model, name, layer)
+        model.set_submodule(name, layer)
     try:
         yield
     finally:
         for name, layer in zip(names, layers):
-            _replace(model, name, layer.base)
+            model.set_submodule(name, layer.base)
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(training)

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.hooks import RemovableHandle
 
-_ATTRIBUTE = "_spectrum_fast_expert_mask"
+# The attribute a parameter keeps its gradient mask in: one slot, shared with slice_masks.py.
+MASK_ATTRIBUTE = "_spectrum_fast_expert_mask"
 
 
 def _selected_rows(experts: tuple[int, ...], num_experts: int, device: torch.device) -> torch.Tensor:
@@ -68,7 +69,7 @@ def install_expert_mask(param: torch.Tensor, experts) -> ExpertMask:
     selected = tuple(sorted(set(experts)))
     hook = _zero_frozen_experts_hook(selected, param.shape[0])
     mask = ExpertMask(selected, param.shape[0], param.register_hook(hook))
-    setattr(param, _ATTRIBUTE, mask)
+    setattr(param, MASK_ATTRIBUTE, mask)
     if param.grad is not None:  # a gradient left from before freezing: clear its frozen experts too
         with torch.no_grad():
             param.grad.copy_(hook(param.grad))
@@ -76,12 +77,12 @@ def install_expert_mask(param: torch.Tensor, experts) -> ExpertMask:
 
 
 def remove_expert_mask(param: torch.Tensor) -> None:
-    mask = getattr(param, _ATTRIBUTE, None)
+    mask = getattr(param, MASK_ATTRIBUTE, None)
     if mask is not None:
         mask.handle.remove()
-        delattr(param, _ATTRIBUTE)
+        delattr(param, MASK_ATTRIBUTE)
 
 
 def expert_mask_of(param: torch.Tensor) -> ExpertMask | None:
     """The mask ``freeze()`` installed on ``param``, or None (the whole tensor trains or is frozen)."""
-    return getattr(param, _ATTRIBUTE, None)
+    return getattr(param, MASK_ATTRIBUTE, None)

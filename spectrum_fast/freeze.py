@@ -104,7 +104,7 @@ def unfrozen_patterns(selection, top_percent: float | None = None) -> list[str]:
 _REGEX_SYNTAX = frozenset("\\^$*+?{}[]()|")
 
 
-class _PatternMatcher:
+class PatternMatcher:
     """Which patterns match a parameter name, as re.match of each pattern (dots escaped) would say.
 
     Spectrum's lists are plain module names (a prefix: ``re.match`` is anchored at the start only)
@@ -238,7 +238,7 @@ class _Plan:
 def _plan(model: torch.nn.Module, patterns: list[str]) -> _Plan:
     """What trains under ``patterns``, decided before the model is touched, so a bad pattern raises
     with nothing changed."""
-    matcher = _PatternMatcher(patterns)
+    matcher = PatternMatcher(patterns)
     params: dict[int, torch.nn.Parameter] = {}
     names_of: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):

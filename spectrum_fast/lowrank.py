@@ -89,7 +89,7 @@ def _factorize(linear: nn.Linear, rank: int, svd: str, seed: int | None, label: 
         raise SelectionError(f"{label}: rank must be an int from 1 to min({n}, {m}) = {min(n, m)}, got {rank!r}")
     if svd not in SVD_METHODS:
         raise SpectrumFastError(f"{label}: svd must be one of {SVD_METHODS}, got {svd!r}")
-    w = _weight_of(linear, label)
+    w = weight_of(linear, label)
     u, s, vh = top_singular_triplets(w, rank, svd, seed)
     root = s.sqrt()
     a = root[:, None] * vh  # [rank, in]
@@ -116,7 +116,9 @@ def top_singular_triplets(w: torch.Tensor, rank: int, svd: str = "exact",
     return u, s, vh
 
 
-def _weight_of(linear: nn.Linear, label: str) -> torch.Tensor:
+def weight_of(linear: nn.Linear, label: str) -> torch.Tensor:
+    """``linear``'s weight, detached; refused (SelectionError naming ``label``) when it is not loaded
+    or not finite, since it then has no SVD."""
     w = linear.weight.detach()
     if w.is_meta:
         raise SelectionError(f"{label}: the weight is on the meta device (not loaded): load the model's weights first")
@@ -195,14 +197,13 @@ def decompose(model: nn.Module, *, types="auto", rank: int | None = None, energy
         raise SelectionError(f"decompose: give exactly one of rank=, energy= or param_budget=, got "
                              f"{', '.join(given) or 'none'}")
     _check_options(rank, energy, param_budget, quantize, svd)
-    chosen, skipped = _chosen_linears(model, types)
+    chosen, skipped = chosen_linears(model, types)
     ranks = _plan_ranks(chosen, rank, energy, param_budget, quantize)
 
     report = DecompositionReport(skipped=skipped)
     for (name, linear), r in zip(chosen, ranks):
         layer, kept = _factorize(linear, r, svd, seed, label=name)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, layer)
+        model.set_submodule(name, layer)
         n, m = linear.out_features, linear.in_features
         report.modules.append(DecomposedModule(name, (n, m), r, kept, n * m, r * (n + m)))
     return report
@@ -228,7 +229,7 @@ def _check_options(rank, energy, param_budget, quantize, svd) -> None:
                              f"param_budget= need them all: give rank=, or use svd='exact'")
 
 
-def _chosen_linears(model: nn.Module, types, label: str = "decompose",
+def chosen_linears(model: nn.Module, types, label: str = "decompose",
                     verb: str = "decomposed") -> tuple[list[tuple[str, nn.Linear]], list[tuple[str, str]]]:
     """-> ([(module name, nn.Linear)] to replace, in model order; [(weight, why not)]).
     label, verb: name the caller in errors ("decompose: ... none can be decomposed")."""
@@ -280,7 +281,7 @@ def _plan_ranks(chosen, rank, energy, param_budget, quantize) -> list[int]:
                                  f"leave its type out with types=")
     if rank is not None:
         for (name, linear), (n, m) in zip(chosen, shapes):
-            _weight_of(linear, name)  # unloaded or non-finite: refused now, not after earlier layers were replaced
+            weight_of(linear, name)  # unloaded or non-finite: refused now, not after earlier layers were replaced
             if rank >= min(n, m):
                 raise SelectionError(f"{name}: rank {rank} is not below min({n}, {m}) of its weight: give a smaller "
                                      f"rank, or leave its type out with types=")
@@ -289,7 +290,10 @@ def _plan_ranks(chosen, rank, energy, param_budget, quantize) -> list[int]:
                                      f"{n} x {m} weight {n * m:,}: give a rank <= {max_saving_rank(n, m)}")
         return [rank] * len(chosen)
 
-    spectra = [torch.linalg.svdvals(_weight_of(linear, name).double()) for name, linear in chosen]
+    # Singular values only: every layer's are needed before any layer changes, and holding each
+    # layer's U and Vh meanwhile would take several times the model's memory. _factorize takes
+    # each layer's SVD again as it replaces it.
+    spectra = [torch.linalg.svdvals(weight_of(linear, name).double()) for name, linear in chosen]
     if energy is not None:
         ranks = []
         for (name, _), (n, m), s in zip(chosen, shapes, spectra):

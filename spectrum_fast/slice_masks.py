@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.hooks import RemovableHandle
 
-from .expert_masks import _ATTRIBUTE, remove_expert_mask  # one mask slot per parameter (see above)
+from .expert_masks import MASK_ATTRIBUTE, remove_expert_mask  # one mask slot per parameter (see above)
 
 
 def _runs(indices: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -73,7 +73,7 @@ def install_slice_mask(param: torch.Tensor, dim: int, indices) -> SliceMask:
     selected = tuple(sorted(set(int(i) for i in indices)))
     hook = _zero_unselected_hook(dim, selected, param.shape[dim])
     mask = SliceMask(dim, selected, param.shape[dim], param.register_hook(hook))
-    setattr(param, _ATTRIBUTE, mask)
+    setattr(param, MASK_ATTRIBUTE, mask)
     if param.grad is not None:  # a gradient left from before: clear its unselected slices too
         with torch.no_grad():
             param.grad.copy_(hook(param.grad))
@@ -86,5 +86,5 @@ def remove_slice_mask(param: torch.Tensor) -> None:
 
 
 def slice_mask_of(param: torch.Tensor) -> SliceMask | None:
-    mask = getattr(param, _ATTRIBUTE, None)
+    mask = getattr(param, MASK_ATTRIBUTE, None)
     return mask if isinstance(mask, SliceMask) else None

@@ -11,7 +11,7 @@ import re
 import pytest
 
 from spectrum_fast.errors import SelectionError
-from spectrum_fast.freeze import _PatternMatcher
+from spectrum_fast.freeze import PatternMatcher
 
 
 def random_names(rng: random.Random, count: int) -> list[str]:
@@ -50,7 +50,7 @@ def test_lookup_matches_re_match(seed):
     rng = random.Random(seed)
     names = random_names(rng, 300)
     patterns = random_patterns(rng, names, 400)
-    matcher = _PatternMatcher(patterns)
+    matcher = PatternMatcher(patterns)
     assert matcher.regexes and matcher.prefixes and matcher.exact, "every kind of pattern should be drawn"
     for name in names + ["model.layers.1", "lm_head", ""]:
         assert set(matcher.matches(name)) == by_regex(patterns, name), (seed, name)
@@ -58,5 +58,5 @@ def test_lookup_matches_re_match(seed):
 
 def test_a_bad_regex_is_one_line():
     with pytest.raises(SelectionError, match=r"unfrozen pattern 'model\.layers\.\(1' is not a valid regex") as caught:
-        _PatternMatcher(["model.layers.0.mlp", "model.layers.(1"])
+        PatternMatcher(["model.layers.0.mlp", "model.layers.(1"])
     assert "\n" not in str(caught.value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import SelectionError
-from ..freeze import FreezeReport, _PatternMatcher, freeze
+from ..freeze import FreezeReport, PatternMatcher, freeze
 from ..slice_masks import install_slice_mask
 from .selection import Selection
 
@@ -25,7 +25,7 @@ def apply_masks(model: nn.Module, selection: Selection) -> FreezeReport:
     """
     params = dict(model.named_parameters())
     patterns = list(selection.patterns)
-    matcher = _PatternMatcher(patterns)
+    matcher = PatternMatcher(patterns)
     masks = []  # (parameter, dim, indices), all checked before the model is touched
     for key, dim in _SLICE_KEYS.items():
         for name, indices in (selection.how.get(key) or {}).items():

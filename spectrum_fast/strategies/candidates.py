@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..freeze import _PatternMatcher  # freeze()'s own matching: what a candidate trains is what freeze() trains
+from ..freeze import PatternMatcher  # freeze()'s own matching: what a candidate trains is what freeze() trains
 from ..naming import module_name
 from ..sources import ModuleSource
 from ..targets import plan_tasks, require_some
@@ -67,7 +67,7 @@ def find_candidates(model: nn.Module, types="auto", label: str = "strategy") -> 
 
     canonical = canonical_names(model)
     modules = [t.name for t in tasks if t.expert is None]
-    matcher = _PatternMatcher(modules)
+    matcher = PatternMatcher(modules)
     prefixed: dict[str, dict[str, int]] = {m: {} for m in modules}  # module candidate -> {parameter: elements}
     for alias, name in canonical.items():
         for i in matcher.matches(alias):
