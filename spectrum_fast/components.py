@@ -46,7 +46,7 @@ from .budget import budget_limit
 from .errors import SelectionError
 from .graphical_lasso import graphical_lasso, partial_correlations
 from .group_lasso import block_coordinate_descent
-from .lowrank import chosen_linears, weight_of, top_singular_triplets
+from .lowrank import chosen_linears, replace_module, top_singular_triplets, weight_of
 
 
 class ComponentLinear(nn.Module):
@@ -262,7 +262,7 @@ def apply(model: nn.Module, allocation: Allocation) -> nn.Module:
         p.requires_grad_(False)
         p.grad = None
     for name, layer in zip(names, layers):
-        model.set_submodule(name, layer)
+        replace_module(model, name, layer)
         layer.delta.requires_grad_(True)
     return model
 
@@ -276,7 +276,7 @@ def merge(model: nn.Module) -> nn.Module:
     for name, layer in wrapped:
         if name == "":
             raise SelectionError("merge: the model itself is a ComponentLinear: call its to_linear()")
-        model.set_submodule(name, layer.to_linear())
+        replace_module(model, name, layer.to_linear())
     return model
 
 
@@ -390,12 +390,12 @@ def _wrapped(model: nn.Module, names: list[str], layers: list[ComponentLinear]):
         p.requires_grad_(False)
     model.eval()
     for name, layer in zip(names, layers):
-        model.set_submodule(name, layer)
+        replace_module(model, name, layer)
     try:
         yield
     finally:
         for name, layer in zip(names, layers):
-            model.set_submodule(name, layer.base)
+            replace_module(model, name, layer.base)
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(training)

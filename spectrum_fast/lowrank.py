@@ -116,6 +116,13 @@ def top_singular_triplets(w: torch.Tensor, rank: int, svd: str = "exact",
     return u, s, vh
 
 
+def replace_module(model: nn.Module, name: str, layer: nn.Module) -> None:
+    """Put ``layer`` where ``model``'s submodule ``name`` is (nn.Module.set_submodule does this from
+    torch 2.5 on; this package supports 2.4)."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, layer)
+
+
 def weight_of(linear: nn.Linear, label: str) -> torch.Tensor:
     """``linear``'s weight, detached; refused (SelectionError naming ``label``) when it is not loaded
     or not finite, since it then has no SVD."""
@@ -203,7 +210,7 @@ def decompose(model: nn.Module, *, types="auto", rank: int | None = None, energy
     report = DecompositionReport(skipped=skipped)
     for (name, linear), r in zip(chosen, ranks):
         layer, kept = _factorize(linear, r, svd, seed, label=name)
-        model.set_submodule(name, layer)
+        replace_module(model, name, layer)
         n, m = linear.out_features, linear.in_features
         report.modules.append(DecomposedModule(name, (n, m), r, kept, n * m, r * (n + m)))
     return report
