@@ -43,9 +43,9 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from ..budget import budget_limit
 from ..components import calibration_loss
 from ..errors import SelectionError
-from ..budget import budget_limit
 from .candidates import Candidate, Coverage, find_candidates
 from .selection import Selection
 

@@ -42,9 +42,9 @@ from collections.abc import Iterable
 
 from torch import nn
 
+from ..budget import budget_limit
 from ..errors import SelectionError
 from ..naming import module_name
-from ..budget import budget_limit
 from .candidates import Candidate, Coverage, find_candidates
 from .logit_lens import lens_modules, lens_profile
 from .selection import Selection
