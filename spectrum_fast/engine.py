@@ -157,6 +157,12 @@ PREFETCH_BATCHES = env_count("SPECTRUM_FAST_PREFETCH_BATCHES", 1)
 # DESIGN.md: ~0.3 s) are not where the time goes. Off, as in the figures of bench/RESULTS.md.
 COPY_STREAM = False
 
+# Launch a chase pool (ops.eigen.CHASE_POOL_MATRICES) as soon as the scan's last batch of its size
+# has been reduced, rather than when its rows are first asked for. Llama-3-8B's 64 k/v matrices
+# (1024 wide) never fill a pool: asked for only after the last batch had been queued, their chase
+# would wait behind that batch's stage 1 at the end of the scan.
+START_LAST_POOL = True
+
 # Threads that read pieces of a batch's tensors at once (SafetensorsSource.read_into): one thread
 # cannot keep an NVMe drive busy, and reads from the page cache are memory copies that scale too.
 IO_THREADS = 8
@@ -479,8 +485,12 @@ def run_batches(
         loaded = next(loads, None)
         return None if loaded is None else (loaded, loaded.take(copy_stream))
 
+    # Index of the last batch of each Gram size: after it, no more bands join that size's pool.
+    last_of_size = {min(b.n, b.m): i for i, b in enumerate(batches)}
     upcoming = fetch()
+    index = -1
     while upcoming is not None:
+        index += 1
         loaded, w = upcoming
         batch, load_s = loaded.batch, loaded.seconds
         started = time.perf_counter()
@@ -499,6 +509,8 @@ def run_batches(
         del w, flat, upcoming
         pending = ops.eigvalsh_deferred(g, eigen_route if batch.eigen_route == "auto" else batch.eigen_route)
         del g
+        if START_LAST_POOL and last_of_size[min(batch.n, batch.m)] == index:
+            pending.start()
         in_flight.append(_InFlight(batch, pending, finite, nonzero, started, load_s))
         # After the eigen stage is queued (a reader that lags must not hold it back): batch i+1's
         # copy then runs beside batch i's band reduction.

@@ -395,6 +395,9 @@ def test_pending_matrices_do_not_depend_on_host_cores(monkeypatch):
         def done(self):
             return False
 
+        def start(self):
+            pass
+
         def result(self):
             if self.values is None:
                 self.values = solve(self.g, self.route).result()

@@ -3,7 +3,8 @@ checkpoint, host side and GPU side, to see which part of a rank's fixed cost gro
 processes share a host (the 2-GPU issue: 2 T2 - T1 was 0.5-0.7 s at bd5a9fa, where 1.8x needs
 at most ~0.46 s).
 
-    torchrun --standalone --nproc-per-node {1,2} bench/probes/rank_timeline.py --folder /tmp/llama3-8b-model
+    torchrun --standalone --nproc-per-node {1,2} bench/probes/rank_timeline.py --folder /tmp/llama3-8b-model \
+        [--rounds 6 --variants default,pool-at-ask,cheap-last]
 
 Each rank warms up as bench/scale_out.py does (a one-layer checkpoint on disk, scanned alone),
 then every round is one distributed scan. Per rank it prints first_batch_timeline's host timeline
@@ -71,12 +72,43 @@ def gpu_report(start: float, start_event: torch.cuda.Event, end: float) -> None:
           f"{end - start - done[-1]:.3f} s of the scan's {end - start:.3f} s")
 
 
+def cheap_last(batches: list) -> list:
+    """The rank's batches with the one of smallest Gram (then fewest matrices) moved to the end: its
+    stage 1 and chase are what the scan waits for after the last batch has been queued."""
+    if len(batches) < 2:
+        return batches
+    last = min(range(len(batches)), key=lambda i: (min(batches[i].n, batches[i].m), len(batches[i].tasks), -i))
+    return batches[:last] + batches[last + 1:] + [batches[last]]
+
+
+def set_variant(name: str) -> None:
+    """default: the scan as shipped; pool-at-ask: chase pools launch only when their rows are first
+    asked for (engine.START_LAST_POOL off); cheap-last: each rank's cheapest batch runs last."""
+    import importlib
+
+    from spectrum_fast import engine
+
+    scan_module = importlib.import_module("spectrum_fast.scan")  # spectrum_fast.scan is the function
+
+    engine.START_LAST_POOL = name != "pool-at-ask"
+    run = engine.run_batches
+    if name == "cheap-last":
+        scan_module.run_batches = lambda src, batches, *a, **k: run(src, cheap_last(batches), *a, **k)
+    else:
+        scan_module.run_batches = run
+
+
+VARIANTS = ("default", "pool-at-ask", "cheap-last")
+
+
 def main() -> None:
     import torch.distributed as dist
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--folder", type=Path, default=Path("/tmp/llama3-8b-model"))
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--variants", default="default",
+                    help=f"comma-separated, cycled round by round: {', '.join(VARIANTS)} (set_variant says what each is)")
     args = ap.parse_args()
     from workloads import llama3_8b_warm_up_folder, write_llama3_8b_model
 
@@ -92,7 +124,12 @@ def main() -> None:
     spectrum_fast.scan(llama3_8b_warm_up_folder(args.folder), progress=False, cache=False, distributed=False)
     host_timeline.wrap()
     wrap_gpu_events()
+    variants = args.variants.split(",")
+    if not set(variants) <= set(VARIANTS):
+        ap.error(f"--variants: choose from {', '.join(VARIANTS)}")
     for r in range(args.rounds):
+        variant = variants[r % len(variants)]
+        set_variant(variant)
         dist.barrier()
         torch.cuda.synchronize()
         start_event = torch.cuda.Event(enable_timing=True)
@@ -103,13 +140,14 @@ def main() -> None:
         end = time.perf_counter()
         text = io.StringIO()
         with contextlib.redirect_stdout(text):
-            host_timeline.report(f"round {r + 1}, rank {rank} of {world} ({len(result.rows)} matrices in all, "
+            host_timeline.report(f"round {r + 1} ({variant}), rank {rank} of {world} ({len(result.rows)} matrices in all, "
                                  f"wait {result.read_wait_seconds:.3f} s, compute {result.compute_seconds:.3f} s)",
                                  start, end)
             gpu_report(start, start_event, end)
         reports = [None] * world
         dist.all_gather_object(reports, text.getvalue())
         if rank == 0:
+            print(f"# round {r + 1}, {variant}: {world} rank(s), scan {end - start:.3f} s on rank 0 (rows gathered)")
             print("".join(reports), end="", flush=True)
     dist.destroy_process_group()
 

@@ -182,6 +182,12 @@ class PendingEigenvalues:
     def _land(self, ready: torch.Tensor, event: torch.cuda.Event | None) -> None:
         self._ready, self._event, self._launch = ready, event, None
 
+    def start(self) -> None:
+        """Launch the solve now if these bands wait in a chase pool: the pool goes with whatever it
+        holds (a caller that knows no more of this size will come need not wait for result())."""
+        if self._launch is not None:
+            self._launch()
+
     def done(self) -> bool:
         if self._launch is not None:
             return False  # waits for its pool to fill, or for result()
@@ -190,8 +196,7 @@ class PendingEigenvalues:
         return all(f.done() for f in self._futures)
 
     def result(self) -> torch.Tensor:
-        if self._launch is not None:
-            self._launch()
+        self.start()
         if self._event is not None:
             self._event.synchronize()
             self._event = None
