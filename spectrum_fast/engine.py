@@ -157,6 +157,29 @@ PREFETCH_BATCHES = env_count("SPECTRUM_FAST_PREFETCH_BATCHES", 1)
 # DESIGN.md: ~0.3 s) are not where the time goes. Off, as in the figures of bench/RESULTS.md.
 COPY_STREAM = False
 
+# Run each scan's batches (its share, on a rank) in pipeline_order rather than as planned: the batch
+# of fewest bytes first, the one whose eigen stage ends soonest last. Same batches, so the same rows.
+PIPELINE_ORDER = True
+
+
+def pipeline_order(batches: list[Batch]) -> list[Batch]:
+    """``batches`` with the one of fewest bytes moved to the front (the GPU waits for the whole first
+    batch to be read) and, of the others, the one of smallest Gram (then fewest bytes) moved to the
+    end (after the last batch is queued, the scan waits for its stage 1 and its chase, which grow
+    with the Gram's size: a 1024 x 1024 one ends long before a 4096 x 4096 one). Ties keep the
+    earlier batch in place."""
+    if len(batches) < 2:
+        return list(batches)
+
+    def nbytes(b: Batch) -> int:
+        return len(b.tasks) * b.n * b.m
+
+    first = min(range(len(batches)), key=lambda i: (nbytes(batches[i]), i))
+    rest = batches[:first] + batches[first + 1 :]
+    last = min(range(len(rest)), key=lambda i: (min(rest[i].n, rest[i].m), nbytes(rest[i]), -i))
+    return [batches[first]] + rest[:last] + rest[last + 1 :] + [rest[last]]
+
+
 # Launch a chase pool (ops.eigen.CHASE_POOL_MATRICES) as soon as the scan's last batch of its size
 # has been reduced, rather than when its rows are first asked for. Llama-3-8B's 64 k/v matrices
 # (1024 wide) never fill a pool: asked for only after the last batch had been queued, their chase
@@ -463,6 +486,8 @@ def run_batches(
     batch's matrices [B, n, m] as read, on the device, before anything changes them;
     ``on_eigenvalues(batch, eigenvalues)`` each batch's Gram eigenvalues [B, k], ascending.
     """
+    if PIPELINE_ORDER:
+        batches = pipeline_order(batches)
     in_flight_for = (lambda k: max_in_flight) if max_in_flight is not None else (lambda k: _default_in_flight(k, device))
     in_flight: deque[_InFlight] = deque()
     waiting = 0

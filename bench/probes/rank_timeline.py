@@ -4,7 +4,7 @@ processes share a host (the 2-GPU issue: 2 T2 - T1 was 0.5-0.7 s at bd5a9fa, whe
 at most ~0.46 s).
 
     torchrun --standalone --nproc-per-node {1,2} bench/probes/rank_timeline.py --folder /tmp/llama3-8b-model \
-        [--rounds 6 --variants default,pool-at-ask,cheap-last]
+        [--rounds 6 --variants default,plan-order,cpp-stage1]
 
 Each rank warms up as bench/scale_out.py does (a one-layer checkpoint on disk, scanned alone),
 then every round is one distributed scan. Per rank it prints first_batch_timeline's host timeline
@@ -72,33 +72,19 @@ def gpu_report(start: float, start_event: torch.cuda.Event, end: float) -> None:
           f"{end - start - done[-1]:.3f} s of the scan's {end - start:.3f} s")
 
 
-def cheap_last(batches: list) -> list:
-    """The rank's batches with the one of smallest Gram (then fewest matrices) moved to the end: its
-    stage 1 and chase are what the scan waits for after the last batch has been queued."""
-    if len(batches) < 2:
-        return batches
-    last = min(range(len(batches)), key=lambda i: (min(batches[i].n, batches[i].m), len(batches[i].tasks), -i))
-    return batches[:last] + batches[last + 1:] + [batches[last]]
-
-
 def set_variant(name: str) -> None:
     """default: the scan as shipped; pool-at-ask: chase pools launch only when their rows are first
-    asked for (engine.START_LAST_POOL off); cheap-last: each rank's cheapest batch runs last."""
-    import importlib
-
+    asked for (engine.START_LAST_POOL off); plan-order: batches run as planned (engine.PIPELINE_ORDER
+    off); cpp-stage1: stage 1's loop in C++ (ops.band.STAGE1_IN_CPP on)."""
     from spectrum_fast import engine
-
-    scan_module = importlib.import_module("spectrum_fast.scan")  # spectrum_fast.scan is the function
+    from spectrum_fast.ops import band
 
     engine.START_LAST_POOL = name != "pool-at-ask"
-    run = engine.run_batches
-    if name == "cheap-last":
-        scan_module.run_batches = lambda src, batches, *a, **k: run(src, cheap_last(batches), *a, **k)
-    else:
-        scan_module.run_batches = run
+    engine.PIPELINE_ORDER = name != "plan-order"
+    band.STAGE1_IN_CPP = name == "cpp-stage1"
 
 
-VARIANTS = ("default", "pool-at-ask", "cheap-last")
+VARIANTS = ("default", "pool-at-ask", "plan-order", "cpp-stage1")
 
 
 def main() -> None:
@@ -127,6 +113,7 @@ def main() -> None:
     variants = args.variants.split(",")
     if not set(variants) <= set(VARIANTS):
         ap.error(f"--variants: choose from {', '.join(VARIANTS)}")
+    times: dict[str, list[float]] = {}
     for r in range(args.rounds):
         variant = variants[r % len(variants)]
         set_variant(variant)
@@ -146,9 +133,15 @@ def main() -> None:
             gpu_report(start, start_event, end)
         reports = [None] * world
         dist.all_gather_object(reports, text.getvalue())
+        times.setdefault(variant, []).append(end - start)
         if rank == 0:
             print(f"# round {r + 1}, {variant}: {world} rank(s), scan {end - start:.3f} s on rank 0 (rows gathered)")
             print("".join(reports), end="", flush=True)
+    if rank == 0:
+        for variant, ts in times.items():
+            ts = sorted(ts)
+            print(f"# {variant}, {world} rank(s): median {ts[len(ts) // 2]:.3f} s of "
+                  + ", ".join(f"{t:.3f}" for t in ts))
     dist.destroy_process_group()
 
 
