@@ -158,26 +158,22 @@ PREFETCH_BATCHES = env_count("SPECTRUM_FAST_PREFETCH_BATCHES", 1)
 COPY_STREAM = False
 
 # Run each scan's batches (its share, on a rank) in pipeline_order rather than as planned: the batch
-# of fewest bytes first, the one whose eigen stage ends soonest last. Same batches, so the same rows.
+# whose eigen stage ends soonest last. Same batches, so the same rows.
 PIPELINE_ORDER = True
 
 
 def pipeline_order(batches: list[Batch]) -> list[Batch]:
-    """``batches`` with the one of fewest bytes moved to the front (the GPU waits for the whole first
-    batch to be read) and, of the others, the one of smallest Gram (then fewest bytes) moved to the
-    end (after the last batch is queued, the scan waits for its stage 1 and its chase, which grow
-    with the Gram's size: a 1024 x 1024 one ends long before a 4096 x 4096 one). Ties keep the
-    earlier batch in place."""
+    """``batches`` with the one of smallest Gram (then fewest bytes; of equals, the latest) moved to
+    the end: once the last batch is queued, the scan waits for its stage 1 and its chase, which grow
+    with the Gram's size (Llama-3-8B's k/v batch, 1024 x 1024 Grams, ends ~0.1 s sooner than a
+    batch of 4096 x 4096 ones). Moving the batch of fewest bytes to the front as well, so the GPU
+    starts sooner, gained nothing: making the other staging buffers then overlapped the first
+    batch's kernels and held up the second batch (2x H100, bench/probes/rank_timeline.py)."""
     if len(batches) < 2:
         return list(batches)
-
-    def nbytes(b: Batch) -> int:
-        return len(b.tasks) * b.n * b.m
-
-    first = min(range(len(batches)), key=lambda i: (nbytes(batches[i]), i))
-    rest = batches[:first] + batches[first + 1 :]
-    last = min(range(len(rest)), key=lambda i: (min(rest[i].n, rest[i].m), nbytes(rest[i]), -i))
-    return [batches[first]] + rest[:last] + rest[last + 1 :] + [rest[last]]
+    last = min(range(len(batches)), key=lambda i: (min(batches[i].n, batches[i].m),
+                                                     len(batches[i].tasks) * batches[i].n * batches[i].m, -i))
+    return batches[:last] + batches[last + 1 :] + [batches[last]]
 
 
 # Launch a chase pool (ops.eigen.CHASE_POOL_MATRICES) as soon as the scan's last batch of its size

@@ -100,22 +100,19 @@ def test_same_shape_batches_and_budget():
     assert {r.type for r in pooled.rows} == {"mlp.experts.*.down_proj"}
 
 
-def test_pipeline_order_runs_the_smallest_batch_first_and_the_smallest_gram_last(monkeypatch):
-    """engine.pipeline_order: the batch of fewest bytes first, of the others the one of smallest
-    Gram last, the rest as planned; the scan's rows are those of the planned order, and come out
-    in model order either way."""
+def test_pipeline_order_runs_the_batch_of_smallest_gram_last(monkeypatch):
+    """engine.pipeline_order: of the batches, the one of smallest Gram (then fewest bytes) runs
+    last, the rest as planned; the scan's rows are those of the planned order, in model order."""
     from spectrum_fast import engine
 
     def batch(n, m, count, tag):
         return engine.Batch(n, m, [tag] * count, "auto")
 
-    planned = [batch(64, 224, 7, "a"), batch(224, 64, 7, "b"), batch(16, 64, 64, "kv"), batch(224, 64, 1, "one"),
-               batch(64, 64, 11, "q"), batch(64, 64, 9, "o")]
-    ordered = engine.pipeline_order(planned)
-    assert [b.tasks[0] for b in ordered] == ["one", "a", "b", "q", "o", "kv"]
+    planned = [batch(64, 224, 7, "a"), batch(16, 64, 64, "kv"), batch(224, 64, 1, "one"), batch(16, 64, 8, "kv8"),
+               batch(64, 64, 11, "q")]
+    assert [b.tasks[0] for b in engine.pipeline_order(planned)] == ["a", "kv", "one", "q", "kv8"]
     assert engine.pipeline_order(planned[:1]) == planned[:1] and engine.pipeline_order([]) == []
-    # ties: the earlier batch goes first, the later one last
-    same = [batch(8, 8, 2, "x"), batch(8, 8, 2, "y"), batch(8, 8, 2, "z")]
+    same = [batch(8, 8, 2, "x"), batch(8, 8, 2, "y"), batch(8, 8, 2, "z")]  # equals: the latest stays last
     assert [b.tasks[0] for b in engine.pipeline_order(same)] == ["x", "y", "z"]
 
     weights = {f"model.layers.{i}.{kind}.weight": spiked(n, m, 10 * i + j)
@@ -133,8 +130,7 @@ def test_pipeline_order_runs_the_smallest_batch_first_and_the_smallest_gram_last
     monkeypatch.setattr(scan_module, "run_batches", noted)
     budget = 2 * engine.matrix_device_bytes(72, 40, "bfloat16")  # batches of 2 matrices of each shape
     ordered_rows = spectrum_fast.scan(weights, device="cpu", progress=False, max_batch_bytes=budget).rows
-    # planned k_proj, up_proj, down_proj (model order); the up_proj pair has the fewest bytes (tied
-    # with down_proj's, and planned first); k_proj's has more bytes than either but the smallest Gram
+    # planned k_proj, up_proj, down_proj (model order); k_proj's Grams are the smallest
     assert seen == [f"model.layers.{i}.{kind}" for kind in ("mlp.up_proj", "mlp.down_proj", "self_attn.k_proj")
                     for i in range(2)]
     monkeypatch.setattr(engine, "PIPELINE_ORDER", False)

@@ -250,6 +250,7 @@ def test_stage1_loop_in_cpp_matches_python_on_the_gpu(group, compact_wy, seed, m
     monkeypatch.setattr(band, "STAGE1_PANELS_PER_UPDATE", group)
     monkeypatch.setattr(band, "STAGE1_GROUPED_MIN_N", 1)
     monkeypatch.setattr(band, "COMPACT_WY_KERNEL", compact_wy)
+    monkeypatch.setattr(band, "STAGE1_IN_CPP", False)
     python = band.reduce_to_band_(g.clone(), 32)
     monkeypatch.setattr(band, "STAGE1_IN_CPP", True)
     compiled = band.reduce_to_band_(g.clone(), 32)

@@ -455,6 +455,7 @@ def test_stage1_loop_in_cpp_gives_the_same_band(n, width, kind, group, monkeypat
     g = random_gram(3, n, n + width, kind)
     monkeypatch.setattr(band, "STAGE1_PANELS_PER_UPDATE", group)
     monkeypatch.setattr(band, "STAGE1_GROUPED_MIN_N", 1)
+    monkeypatch.setattr(band, "STAGE1_IN_CPP", False)
     python = band.reduce_to_band_(g.clone(), width)
     monkeypatch.setattr(band, "STAGE1_IN_CPP", True)
     calls = []

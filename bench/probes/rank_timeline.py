@@ -4,7 +4,7 @@ processes share a host (the 2-GPU issue: 2 T2 - T1 was 0.5-0.7 s at bd5a9fa, whe
 at most ~0.46 s).
 
     torchrun --standalone --nproc-per-node {1,2} bench/probes/rank_timeline.py --folder /tmp/llama3-8b-model \
-        [--rounds 6 --variants default,plan-order,cpp-stage1]
+        [--rounds 6 --variants default,python-stage1,small-first]
 
 Each rank warms up as bench/scale_out.py does (a one-layer checkpoint on disk, scanned alone),
 then every round is one distributed scan. Per rank it prints first_batch_timeline's host timeline
@@ -35,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import first_batch_timeline as host_timeline  # noqa: E402
 
 import spectrum_fast  # noqa: E402
-from spectrum_fast import ops  # noqa: E402
+from spectrum_fast import engine, ops  # noqa: E402
+
+PIPELINE_ORDER, MIN_IN_FLIGHT = engine.pipeline_order, engine.MIN_IN_FLIGHT  # as shipped
 
 GPU_EVENTS: list[tuple[float, torch.cuda.Event, tuple[int, int, int]]] = []  # (host time, event, shape)
 
@@ -52,6 +54,59 @@ def wrap_gpu_events() -> None:
         return pending
 
     ops.eigvalsh_deferred = deferred_noted
+
+
+HOST: dict[str, list[tuple[float, float]]] = {}  # what -> [(host start, seconds)] on the compute thread
+CHASES: list[tuple[float, torch.cuda.Event, torch.cuda.Event, int]] = []  # (host time, start, end, matrices)
+
+
+def _timed(what: str, fn):
+    def timed(*a, **k):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            HOST.setdefault(what, []).append((t, time.perf_counter() - t))
+    return timed
+
+
+def wrap_host_times() -> None:
+    """Time the compute thread's calls: the Gram and the eigen stage queued, the copy to the GPU
+    queued (take), the wait for a batch's eigenvalues (result) and its rows; and on the side
+    streams each chase's GPU start and end (timing events around ops.eigen._stage2)."""
+    from spectrum_fast.ops import eigen
+
+    ops.gram = _timed("Gram queued", ops.gram)
+    ops.eigvalsh_deferred = _timed("eigen stage queued", ops.eigvalsh_deferred)
+    engine._Loaded.take = _timed("copy queued", engine._Loaded.take)
+    eigen.PendingEigenvalues.result = _timed("waited for eigenvalues", eigen.PendingEigenvalues.result)
+    engine._finite_and_nonzero = _timed("finite check queued", engine._finite_and_nonzero)
+    stage2 = eigen._stage2
+
+    def stage2_timed(bands, width):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        out = stage2(bands, width)
+        end.record()
+        CHASES.append((time.perf_counter(), begin, end, bands.shape[0]))
+        return out
+
+    eigen._stage2 = stage2_timed
+
+
+def host_report(start: float, start_event: torch.cuda.Event, end: float, loop: float) -> None:
+    parts = {what: sum(s for t, s in xs if start <= t <= end) for what, xs in HOST.items()}
+    print(f"  compute thread, of the loop's {loop:.3f} s: " + ", ".join(f"{w} {v:.3f} s" for w, v in parts.items()))
+    mine = [(start_event.elapsed_time(b) / 1000, start_event.elapsed_time(e) / 1000, n)
+            for t, b, e, n in CHASES if start <= t <= end]
+    if mine:
+        busy, until = 0.0, 0.0  # the union of the chases' intervals
+        for b, e, _ in sorted(mine):
+            busy += max(0.0, e - max(b, until))
+            until = max(until, e)
+        print(f"  chases: {len(mine)} launches, {sum(n for *_, n in mine)} matrices, busy {busy:.3f} s "
+              f"(union) from {min(b for b, _, _ in mine):.2f} to {until:.2f} s; each (start->end, matrices): "
+              + ", ".join(f"{b:.2f}->{e:.2f}({n})" for b, e, n in sorted(mine)))
 
 
 def gpu_report(start: float, start_event: torch.cuda.Event, end: float) -> None:
@@ -72,19 +127,30 @@ def gpu_report(start: float, start_event: torch.cuda.Event, end: float) -> None:
           f"{end - start - done[-1]:.3f} s of the scan's {end - start:.3f} s")
 
 
+def small_first(batches: list) -> list:
+    """engine.pipeline_order, then the batch of fewest bytes moved to the front."""
+    ordered = PIPELINE_ORDER(batches)
+    if len(ordered) < 3:
+        return ordered
+    first = min(range(len(ordered) - 1), key=lambda i: (len(ordered[i].tasks) * ordered[i].n * ordered[i].m, i))
+    return [ordered[first]] + ordered[:first] + ordered[first + 1:]
+
+
 def set_variant(name: str) -> None:
     """default: the scan as shipped; pool-at-ask: chase pools launch only when their rows are first
     asked for (engine.START_LAST_POOL off); plan-order: batches run as planned (engine.PIPELINE_ORDER
-    off); cpp-stage1: stage 1's loop in C++ (ops.band.STAGE1_IN_CPP on)."""
-    from spectrum_fast import engine
+    off); python-stage1: stage 1's loop in Python (ops.band.STAGE1_IN_CPP off); small-first: the
+    batch of fewest bytes runs first; in-flight-128: engine.MIN_IN_FLIGHT 128 (more chases at once)."""
     from spectrum_fast.ops import band
 
     engine.START_LAST_POOL = name != "pool-at-ask"
     engine.PIPELINE_ORDER = name != "plan-order"
-    band.STAGE1_IN_CPP = name == "cpp-stage1"
+    engine.pipeline_order = small_first if name == "small-first" else PIPELINE_ORDER
+    band.STAGE1_IN_CPP = name != "python-stage1"
+    engine.MIN_IN_FLIGHT = 128 if name == "in-flight-128" else MIN_IN_FLIGHT
 
 
-VARIANTS = ("default", "pool-at-ask", "plan-order", "cpp-stage1")
+VARIANTS = ("default", "pool-at-ask", "plan-order", "python-stage1", "small-first", "in-flight-128")
 
 
 def main() -> None:
@@ -110,6 +176,7 @@ def main() -> None:
     spectrum_fast.scan(llama3_8b_warm_up_folder(args.folder), progress=False, cache=False, distributed=False)
     host_timeline.wrap()
     wrap_gpu_events()
+    wrap_host_times()
     variants = args.variants.split(",")
     if not set(variants) <= set(VARIANTS):
         ap.error(f"--variants: choose from {', '.join(VARIANTS)}")
@@ -131,6 +198,7 @@ def main() -> None:
                                  f"wait {result.read_wait_seconds:.3f} s, compute {result.compute_seconds:.3f} s)",
                                  start, end)
             gpu_report(start, start_event, end)
+            host_report(start, start_event, end, result.compute_seconds)
         reports = [None] * world
         dist.all_gather_object(reports, text.getvalue())
         times.setdefault(variant, []).append(end - start)
