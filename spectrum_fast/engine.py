@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ops, staging
-from .env_settings import env_count
+from .env_settings import env_count, env_switch
 from .results import MatrixRow
 from .sources import WeightSource
 from .targets import MatrixTask
@@ -154,8 +154,8 @@ PREFETCH_BATCHES = env_count("SPECTRUM_FAST_PREFETCH_BATCHES", 1)
 # scan it gained nothing: cold 14.4 and 14.4 s on against 13.7 and 13.6 s off, warm 13.6 against
 # 12.9 s, with a like gap between scans of weights already on the GPU, which copy nothing (H100,
 # bench/probes/cold_overlap_h100_c37eecb.log). The copies (14 GB at the 54 GB/s pinned rate of
-# DESIGN.md: ~0.3 s) are not where the time goes. Off, as in the figures of bench/RESULTS.md.
-COPY_STREAM = False
+# DESIGN.md: ~0.3 s) were not where the time went then. SPECTRUM_FAST_COPY_STREAM=1 turns it on.
+COPY_STREAM = env_switch("SPECTRUM_FAST_COPY_STREAM", False)
 
 # Run each scan's batches (its share, on a rank) in pipeline_order rather than as planned: the batch
 # whose eigen stage ends soonest last. Same batches, so the same rows.

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from spectrum_fast.env_settings import env_count
+from spectrum_fast.env_settings import env_count, env_switch
 from spectrum_fast.host_threads import process_cores
 
 
@@ -23,6 +23,19 @@ def test_env_count(monkeypatch, seed):
     monkeypatch.setenv(name, "four")
     with pytest.warns(UserWarning, match=f"{name}='four' is not a whole number: using {default}"):
         assert env_count(name, default) == default
+
+
+@pytest.mark.parametrize("default", [False, True])
+def test_env_switch(monkeypatch, default):
+    name = "SPECTRUM_FAST_TEST_SWITCH"
+    monkeypatch.delenv(name, raising=False)
+    assert env_switch(name, default) is default
+    for text, value in (("1", True), (" 0 ", False), ("", default)):
+        monkeypatch.setenv(name, text)
+        assert env_switch(name, default) is value
+    monkeypatch.setenv(name, "yes")
+    with pytest.warns(UserWarning, match=f"{name}='yes' is not 0 or 1: using {int(default)}"):
+        assert env_switch(name, default) is default
 
 
 def test_bad_rank_threads_keeps_the_share(monkeypatch):
