@@ -1,6 +1,6 @@
 """A distributed scan's scaling: one workload scanned by the ranks of a torchrun job, timed.
 
-    torchrun --nproc-per-node N bench/scale_out.py --workload llama3-8b --folder /tmp/llama3-8b-model --out DIR
+    torchrun --nproc-per-node N bench/scale_out.py --workload llama3-8b --folder /tmp/llama3-8b-model --out DIR [--rounds 5]
     torchrun --nproc-per-node N bench/scale_out.py --workload deepseek-v2-moe --out DIR
     python3 bench/scale_out.py --compare DIR        # the table, and 1 rank against N, file by file
 
@@ -10,7 +10,9 @@ so each rank makes only the matrices of its share. The process group is started 
 untimed scan of one layer's shapes, on each rank alone, warms every rank up (for llama3-8b read
 from a one-layer checkpoint beside the model, so that it takes the timed scan's path from disk
 through pinned staging; generated for the others); the timed part is scan() itself: opening the
-source, planning, computing each share, and gathering the rows.
+source, planning, computing each share, and gathering the rows. With --rounds N the timed scan
+runs N times and the round of median time is reported (each round's time is in the JSON, and a
+line says so if the rounds' rows differ).
 Rank 0 writes the reference's files into DIR/<workload>-<N>ranks/ and the times (each rank's
 matrices, busy seconds, read and compute seconds, peak GPU memory, its warm-up) into
 DIR/<workload>-<N>ranks.json.
@@ -87,26 +89,41 @@ def run(args) -> None:
     started = time.perf_counter()
     spectrum_fast.scan(warm_up_source(args.workload, args.folder), progress=False, cache=False, distributed=False)  # every shape here
     warm_up_s = time.perf_counter() - started
-    dist.barrier()
-    torch.cuda.synchronize()
-    started = time.perf_counter()
-    result = spectrum_fast.scan(source_of(args.workload, args.folder), **options)
-    torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
-    times, warm_ups = [None] * world, [None] * world
-    dist.all_gather_object(times, seconds)
+    rounds = []  # (slowest rank's seconds, every rank's, the result), one per timed scan
+    for _ in range(args.rounds):
+        dist.barrier()
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        result = spectrum_fast.scan(source_of(args.workload, args.folder), **options)
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        times = [None] * world
+        dist.all_gather_object(times, seconds)
+        rounds.append((max(times), times, result))
+    warm_ups = [None] * world
     dist.all_gather_object(warm_ups, warm_up_s)
+    # The round of median time (the lower of the two middle ones for an even count) stands for the
+    # run: one scan's time swings by several percent from scan to scan and launch to launch.
+    median = sorted(range(len(rounds)), key=lambda i: rounds[i][0])[(len(rounds) - 1) // 2]
+    _, times, result = rounds[median]
     if rank == 0:
+        same = all(_row_values(r[2]) == _row_values(result) for r in rounds)
+        if not same:
+            print(f"{args.workload}: the {len(rounds)} rounds' rows are not all the same", flush=True)
         name = f"{args.workload}-{world}ranks"
         files = args.out / name
         files.mkdir(parents=True, exist_ok=True)
         result.to_spectrum_json(files)
         result.to_yaml(files, 50)
         record = {"workload": args.workload, "ranks": world, "matrices": len(result.rows),
-                  "scan_seconds": max(times), "scan_seconds_by_rank": times, "init_process_group_seconds": init_s,
+                  "scan_seconds": max(times), "scan_seconds_by_rank": times,
+                  "scan_seconds_by_round": [r[0] for r in rounds], "rounds_identical": same,
+                  "init_process_group_seconds": init_s,
                   "warm_up_seconds_by_rank": warm_ups,
                   "per_rank": result.ranks, "run_info": run_info(torch.device("cuda"))}
-        print(f"{args.workload}, {world} rank(s): {len(result.rows):,} matrices in {max(times):.2f} s", flush=True)
+        print(f"{args.workload}, {world} rank(s): {len(result.rows):,} matrices in {max(times):.2f} s"
+              + (f" (median of {len(rounds)} scans: " + ", ".join(f"{r[0]:.2f}" for r in rounds) + ")"
+                 if len(rounds) > 1 else ""), flush=True)
         for r in result.ranks:
             r.update({k: r[k] or 0.0 for k in ("read_seconds", "compute_seconds", "read_wait_seconds")})
             print(f"  rank {r['rank']} {r['device']}: {r['matrices']:,} matrices, busy {r['busy_seconds']:.2f} s, "
@@ -115,6 +132,11 @@ def run(args) -> None:
                   flush=True)
         (args.out / f"{name}.json").write_text(json.dumps(record, indent=1))
     dist.destroy_process_group()
+
+
+def _row_values(result) -> list[str]:
+    """Each row's numbers as text (repr: a NaN equals a NaN), to tell whether two scans agree."""
+    return [repr((r.name, r.snr, r.sigma_max, r.sigma, r.threshold, r.n_signal, r.status)) for r in result.rows]
 
 
 def compare(out: Path) -> None:
@@ -141,7 +163,10 @@ def compare(out: Path) -> None:
                 names = sorted(p.name for p in there.iterdir())
                 same = "yes" if all((here / n).read_bytes() == (there / n).read_bytes() for n in names) else \
                     _difference(here, there, names)
-            print(f"| {workload} | {rec['ranks']} | {rec['matrices']:,} | {rec['scan_seconds']:.2f} | {speedup} | "
+            by_round = rec.get("scan_seconds_by_round", [])
+            seconds = f"{rec['scan_seconds']:.2f}" + (f" (median of {len(by_round)}: {min(by_round):.2f}-{max(by_round):.2f})"
+                                                       if len(by_round) > 1 else "")
+            print(f"| {workload} | {rec['ranks']} | {rec['matrices']:,} | {seconds} | {speedup} | "
                   f"{per_rank} | {same} |")
 
 
@@ -160,6 +185,7 @@ def main() -> None:
     ap.add_argument("--workload", choices=WORKLOADS)
     ap.add_argument("--folder", type=Path, default=Path("/tmp/llama3-8b-model"))
     ap.add_argument("--out", type=Path, default=Path("scale_out"))
+    ap.add_argument("--rounds", type=int, default=1, help="timed scans after the warm-up; the median one is reported")
     ap.add_argument("--compare", type=Path, default=None, metavar="DIR", help="print the table of the runs in DIR")
     args = ap.parse_args()
     if args.compare is not None:

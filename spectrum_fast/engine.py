@@ -154,7 +154,10 @@ PREFETCH_BATCHES = env_count("SPECTRUM_FAST_PREFETCH_BATCHES", 1)
 # scan it gained nothing: cold 14.4 and 14.4 s on against 13.7 and 13.6 s off, warm 13.6 against
 # 12.9 s, with a like gap between scans of weights already on the GPU, which copy nothing (H100,
 # bench/probes/cold_overlap_h100_c37eecb.log). The copies (14 GB at the 54 GB/s pinned rate of
-# DESIGN.md: ~0.3 s) were not where the time went then. SPECTRUM_FAST_COPY_STREAM=1 turns it on.
+# DESIGN.md: ~0.3 s) were not where the time went then. Now that the compute stream is (stage 1),
+# it was tried again on 2x H200, one launch per scan: 1 GPU 3.87, 3.84, 3.81 s on against 3.94,
+# 3.80, 3.90 off; 2 GPUs 2.24, 2.13, 2.18 against 2.40, 2.16, 2.19: within the spread
+# (bench/results/scale_out_2xh200_c93970d.log). SPECTRUM_FAST_COPY_STREAM=1 turns it on.
 COPY_STREAM = env_switch("SPECTRUM_FAST_COPY_STREAM", False)
 
 # Run each scan's batches (its share, on a rank) in pipeline_order rather than as planned: the batch
@@ -164,11 +167,12 @@ PIPELINE_ORDER = True
 
 def pipeline_order(batches: list[Batch]) -> list[Batch]:
     """``batches`` with the one of smallest Gram (then fewest bytes; of equals, the latest) moved to
-    the end: once the last batch is queued, the scan waits for its stage 1 and its chase, which grow
-    with the Gram's size (Llama-3-8B's k/v batch, 1024 x 1024 Grams, ends ~0.1 s sooner than a
-    batch of 4096 x 4096 ones). Moving the batch of fewest bytes to the front as well, so the GPU
-    starts sooner, gained nothing: making the other staging buffers then overlapped the first
-    batch's kernels and held up the second batch (2x H100, bench/probes/rank_timeline.py)."""
+    the end: once the last batch is queued, the scan waits for its stage 1 and then its chase, both
+    longer for bigger Grams. With Llama-3-8B's k/v batch (1024 x 1024 Grams) last, a one-GPU scan
+    ended 0.13-0.14 s after its last eigen stage, against 0.20 s with a 4096 batch last (H100,
+    bench/probes/rank_timeline_2xh100_3673f66.log), though whole scans differed by less than
+    their spread. Moving the batch of fewest bytes to the front as well (the GPU waits for the
+    whole first batch to be read) was within the spread both ways (_f281b64.log, _c6e9ade.log)."""
     if len(batches) < 2:
         return list(batches)
     last = min(range(len(batches)), key=lambda i: (min(batches[i].n, batches[i].m),

@@ -12,8 +12,11 @@ then every round is one distributed scan. Per rank it prints first_batch_timelin
 recorded on the compute stream after each batch's Gram and eigen stage are queued tells when the
 GPU got through them. From those: how long the compute stream stood idle before its first batch,
 between batches (the next batch arrived after the GPU had finished the last one) and after its
-last batch until scan() returned. The band chases on side streams are not in these events.
-Rank 0 prints every rank's report, in rank order.
+last batch until scan() returned. Then the compute thread's time in each call (copies, the
+finiteness check, the Gram and the eigen stage queued, waiting for eigenvalues), and each band
+chase's start and end on its side stream (timing events around ops.eigen._stage2).
+--variants cycles settings round by round (set_variant says what each is), and rank 0 ends with
+each variant's median. Rank 0 prints every rank's report, in rank order.
 """
 
 from __future__ import annotations
