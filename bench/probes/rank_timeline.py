@@ -6,15 +6,16 @@ at most ~0.46 s).
     torchrun --standalone --nproc-per-node {1,2} bench/probes/rank_timeline.py --folder /tmp/llama3-8b-model \
         [--rounds 6 --variants default,python-stage1,small-first]
 
-Each rank warms up as bench/scale_out.py does (a one-layer checkpoint on disk, scanned alone),
-then every round is one distributed scan. Per rank it prints first_batch_timeline's host timeline
-(staging buffers, the first batch, each batch's arrival, the drain) and the GPU's: a timing event
-recorded on the compute stream after each batch's Gram and eigen stage are queued tells when the
-GPU got through them. From those: how long the compute stream stood idle before its first batch,
-between batches (the next batch arrived after the GPU had finished the last one) and after its
-last batch until scan() returned. Then the compute thread's time in each call (copies, the
-finiteness check, the Gram and the eigen stage queued, waiting for eigenvalues), and each band
-chase's start and end on its side stream (timing events around ops.eigen._stage2).
+Each rank warms up as bench/scale_out.py does (a one-layer checkpoint on disk, scanned alone,
+then by the ranks together), then every round is one distributed scan. Per rank it prints
+first_batch_timeline's host timeline (staging buffers, the first batch, each batch's arrival,
+the drain) and the GPU's: a timing event recorded on the compute stream after each batch's Gram
+and eigen stage are queued tells when the GPU got through them. From those: how long the compute
+stream stood idle before its first batch, between batches (the next batch arrived after the GPU
+had finished the last one) and after its last batch until scan() returned. Then the compute
+thread's time in each call (copies, the finiteness check, the Gram and the eigen stage queued,
+waiting for eigenvalues), and each band chase's start and end on its side stream (timing events
+around ops.eigen._stage2).
 --variants cycles settings round by round (set_variant says what each is), and rank 0 ends with
 each variant's median. Rank 0 prints every rank's report, in rank order.
 """
@@ -177,6 +178,7 @@ def main() -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     dist.barrier()  # rank 0 may have been writing the checkpoints
     spectrum_fast.scan(llama3_8b_warm_up_folder(args.folder), progress=False, cache=False, distributed=False)
+    spectrum_fast.scan(llama3_8b_warm_up_folder(args.folder), progress=False, cache=False, distributed=True)  # collectives
     host_timeline.wrap()
     wrap_gpu_events()
     wrap_host_times()
