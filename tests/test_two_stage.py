@@ -370,6 +370,45 @@ def test_gpu_stage_two_route_without_its_kernels_is_a_clear_error(monkeypatch):
         eigen.eigvalsh_deferred(random_gram(1, 8, 1), route="two_stage_gpu")
 
 
+def test_chase_pools_start_after_the_last_batch_of_their_size(monkeypatch):
+    """engine.START_LAST_POOL: a batch's pending eigenvalues are started (a waiting chase pool
+    launched) right after the last batch of its Gram size is queued, and only then; off, never."""
+    from spectrum_fast import engine, ops
+
+    weights = {f"model.layers.{i}.{kind}.weight": torch.randn(n, m, dtype=torch.float64) + 0.1
+               for i in range(3) for kind, n, m in (("mlp.up_proj", 8, 16), ("self_attn.k_proj", 4, 16),
+                                                     ("mlp.down_proj", 16, 8))}
+    batch_bytes = 2 * engine.matrix_device_bytes(16, 8, "float64")  # 2 up/down or 2-4 k per batch
+    solve = ops.eigvalsh_deferred
+    queued = []  # (Gram size, started right after queueing?) per batch, in the order run
+
+    class Noted:
+        def __init__(self, g, route):
+            self.inner, self.index = solve(g, route), len(queued)
+            queued.append([g.shape[-1], False])
+
+        def start(self):
+            assert self.index == len(queued) - 1, "started after a later batch was queued"
+            queued[self.index][1] = True
+
+        def done(self):
+            return self.inner.done()
+
+        def result(self):
+            return self.inner.result()
+
+    monkeypatch.setattr(ops, "eigvalsh_deferred", Noted)
+    spectrum_fast.scan(weights, device="cpu", progress=False, max_batch_bytes=batch_bytes)
+    sizes = [k for k, _ in queued]
+    assert sorted(set(sizes)) == [4, 8] and len(queued) >= 4
+    last = {k: i for i, k in enumerate(sizes)}
+    assert [started for _, started in queued] == [i == last[k] for i, k in enumerate(sizes)]
+    queued.clear()
+    monkeypatch.setattr(engine, "START_LAST_POOL", False)
+    spectrum_fast.scan(weights, device="cpu", progress=False, max_batch_bytes=batch_bytes)
+    assert queued and not any(started for _, started in queued)
+
+
 def test_pending_matrices_do_not_depend_on_host_cores(monkeypatch):
     """The scan keeps up to engine.MIN_IN_FLIGHT matrices waiting for their eigenvalues even with
     one host worker (the GPU chase's throughput is the number in flight), or as many as

@@ -105,10 +105,10 @@ STAGE1_GROUPED_MIN_N = 1536
 # operations in the same order, without Python's cost per operation and without the GIL) where the
 # extension is built; the tests check that both give the same band. It was no faster in the 8B scan
 # with the weights on the GPU (H100: 4.71 s against 4.72, bench/probes/scan_profile_h100_450d0f7.log,
-# the GPU busy nearly all the time on that lease), but since the chase and panel kernels the scan's
-# compute thread is what the GPU waits for: read from disk, medians of 3 alternated in one process,
-# 3.93 s against 4.18 on one GPU and 2.30 against 2.70 s on two (2x H100,
-# bench/probes/rank_timeline_2xh100_f281b64.log).
+# the GPU busy nearly all the time on that lease), but with today's chase and panel kernels it is
+# faster in that scan read from disk: medians of 3 alternated in one process, 3.93 s against 4.18
+# on one GPU and 2.30 against 2.70 s on two (2x H100, bench/probes/rank_timeline_2xh100_f281b64.log;
+# again at c6e9ade, _c6e9ade.log: 4.12 and 4.16 s against 4.35 and 4.38).
 STAGE1_IN_CPP = True
 
 
