@@ -6,9 +6,14 @@
 // program per matrix, about n^2 / b dependent steps: 0.7 s per 4096 matrix on the H100 however
 // many run beside it, so a batch's time is that latency unless hundreds of matrices are in flight.
 // Sweeps can overlap: sweep i's step k touches only rows and columns in
-// [i + 1 + (k - 1) b, i + 1 + (k + 1) b), so with sweep i at step t - 3 i at time t, the steps of
-// one time step are disjoint and the result is the sequential one, bit for bit
+// [i + 1 + (k - 1) b, i + 1 + (k + 1) b), so with sweep i at step t - lag i at time t and lag = 3,
+// the steps of one time step are disjoint and the result is the sequential one, bit for bit
 // (tests/bulge_chasing_reference.py: reduce_dense_pipelined, checked in tests/test_bulge_chasing.py).
+// With lag = 2, sweep i's step k and sweep i + 1's step k - 2 share one index, j = i + 1 +
+// (k - 1) b, but no entry: sweep i touches column j only from row j + b, sweep i + 1 row j only up
+// to column j; and sweep i's step k - 1, which wrote what sweep i + 1's step k - 2 reads, ran a
+// time step before. So lag = 2 gives the sequential result too (checked in the same tests), in
+// 2 n time steps instead of 3 n, with half as many sweeps again in flight (``lag`` below).
 // Here one block per matrix runs that schedule: each time step, its warps take the active sweeps'
 // steps, one step per warp at a time, then the block synchronizes.
 //
@@ -19,11 +24,11 @@
 // j2 through a padded shared-memory tile. The reflector (v, tau) a sweep hands from one step to
 // the next, possibly to another warp, waits in a shared-memory ring slot per active sweep.
 //
-// Large n keeps more sweeps in flight than a block has warps (n / (3 b) of them: 43 at n = 4096,
-// b = 32, against 16 warps), and each warp then takes several steps per time step. A cluster of
-// ``split`` blocks shares a matrix: block p takes the sweeps s with s % split == p, a cluster
-// barrier ends each time step, and the band is read past L1 (__ldcg), where another SM's writes
-// would not show. The schedule and each step's arithmetic do not depend on split: the result is the
+// Large n keeps more sweeps in flight than a block has warps (n / (lag b) of them: 43 at n =
+// 4096, b = 32 and lag 3, against 16 warps), and each warp then takes several steps per time
+// step. A cluster of ``split`` blocks shares a matrix: block p takes the sweeps s with s % split
+// == p, a cluster barrier ends each time step, and the band is read past L1 (__ldcg), where
+// another SM's writes would not show. The schedule and each step's arithmetic do not depend on split: the result is the
 // same bit for bit.
 // Algorithm and formulas: tests/bulge_chasing_reference.py (dlarfg without rescaling, as the other
 // kernels: Gram entries are far from float64's range limits).
@@ -42,7 +47,9 @@
 namespace {
 
 constexpr int kWarps = 16;
-constexpr int kLag = 3;  // time steps between the starts of consecutive sweeps
+// Time steps between the starts of consecutive sweeps: 3 (the schedule first built) or 2 (the
+// least that keeps a time step's steps apart: the header says why).
+constexpr int kMinLag = 2, kMaxLag = 3;
 constexpr int kMaxSplit = 8;  // blocks per matrix at most: the portable cluster size
 constexpr unsigned kFull = 0xffffffffu;
 
@@ -191,7 +198,7 @@ __device__ void sweep_step(T* band, int64_t width, int n, int b, int sweep, int 
 template <typename T, int BW>
 __global__ void __launch_bounds__(kWarps * 32) bulge_chase_kernel(T* __restrict__ bands, int n,
                                                                    int64_t width, int b, int ring,
-                                                                   int steps_per_sweep, int split) {
+                                                                   int steps_per_sweep, int split, int lag) {
   extern __shared__ __align__(16) unsigned char shared_bytes_[];
   T* shared = reinterpret_cast<T*>(shared_bytes_);
   auto* scratch = reinterpret_cast<WarpScratch<T, BW>*>(shared);
@@ -202,14 +209,14 @@ __global__ void __launch_bounds__(kWarps * 32) bulge_chase_kernel(T* __restrict_
   T* band = bands + static_cast<int64_t>(blockIdx.x / split) * n * width;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int sweeps = n - 2;  // sweeps 0 .. n-3
-  const int last_time = kLag * (sweeps - 1) + steps_per_sweep;
+  const int last_time = lag * (sweeps - 1) + steps_per_sweep;
   for (int t = 0; t <= last_time; ++t) {
-    // Active sweeps: 0 <= t - kLag * s <= steps_per_sweep; newest (largest s) first.
-    const int newest = min(t / kLag, sweeps - 1);
-    const int oldest = max(0, (t - steps_per_sweep + kLag - 1) / kLag);
+    // Active sweeps: 0 <= t - lag * s <= steps_per_sweep; newest (largest s) first.
+    const int newest = min(t / lag, sweeps - 1);
+    const int oldest = max(0, (t - steps_per_sweep + lag - 1) / lag);
     const int mine = newest - (((newest - part) % split) + split) % split;  // newest of this block's
     for (int sw = mine - warp * split; sw >= oldest; sw -= kWarps * split) {
-      sweep_step<T, BW>(band, width, n, b, sw, t - kLag * sw, slots + static_cast<int64_t>(sw % ring) * (BW + 1),
+      sweep_step<T, BW>(band, width, n, b, sw, t - lag * sw, slots + static_cast<int64_t>(sw % ring) * (BW + 1),
                      scratch[warp], lane);
     }
     // The next time step's steps read what this one's wrote, in any block of the cluster: the
@@ -224,22 +231,24 @@ __global__ void __launch_bounds__(kWarps * 32) bulge_chase_kernel(T* __restrict_
 
 // Shared memory of one block: the warps' scratch and the ring of reflectors handed between sweeps.
 template <typename T, int BW>
-size_t shared_bytes(int n, int b, int* ring, int* steps_per_sweep) {
+size_t shared_bytes(int n, int b, int lag, int* ring, int* steps_per_sweep) {
   *steps_per_sweep = (n + b - 1) / b + 1;  // step 0, then at most ceil(n / b) chase steps
-  *ring = *steps_per_sweep / kLag + 2;       // more slots than sweeps active at once
+  // More slots than sweeps active at once, so a sweep's slot is free before the sweep that reuses
+  // it (ring sweeps later, lag * ring > steps_per_sweep time steps later) starts.
+  *ring = *steps_per_sweep / lag + 2;
   return kWarps * sizeof(WarpScratch<T, BW>) + static_cast<size_t>(*ring) * (BW + 1) * sizeof(T);
 }
 
 // Blocks per matrix when the caller leaves it to the kernel: the most, up to one more than it takes
 // to give every sweep in flight its own warp (and kMaxSplit, a portable cluster), whose clusters
 // for the whole batch are resident at once (each block takes a whole SM: 512 threads x 128
-// registers; a second wave would double the time). H100 (bench/probes/chase_split.py, ms per
-// matrix at split 1 / 2 / 3 / 4 / 8): n = 2048 x 32 3.09 / 2.38 / 2.30 / 4.42 (two waves) / 6.56;
-// 4096 x 8 39.5 / 25.8 / 20.1 / 19.2 / 18.3; 8192 x 1 1121 / 652 / 489 / 417 / 309.
+// registers; a second wave would double the time). H100, lag 3 (bench/probes/chase_split.py, ms
+// per matrix at split 1 / 2 / 3 / 4 / 8): n = 2048 x 32 3.09 / 2.38 / 2.30 / 4.42 (two waves) /
+// 6.56; 4096 x 8 39.5 / 25.8 / 20.1 / 19.2 / 18.3; 8192 x 1 1121 / 652 / 489 / 417 / 309.
 template <typename T, int BW>
-int choose_split(int n, int b, int64_t batch, cudaLaunchConfig_t config, cudaLaunchAttribute* cluster) {
+int choose_split(int n, int b, int lag, int64_t batch, cudaLaunchConfig_t config, cudaLaunchAttribute* cluster) {
   const int steps_per_sweep = (n + b - 1) / b + 1;
-  const int in_flight = (steps_per_sweep + kLag - 1) / kLag;
+  const int in_flight = (steps_per_sweep + lag - 1) / lag;
   int split = std::min(kMaxSplit, (in_flight + kWarps - 1) / kWarps + 1);
   for (; split > 1; --split) {
     cluster->val.clusterDim.x = static_cast<unsigned>(split);
@@ -251,53 +260,83 @@ int choose_split(int n, int b, int64_t batch, cudaLaunchConfig_t config, cudaLau
   return split;
 }
 
+// The chase's length in steps one after the other: its time steps, times the steps the busiest
+// warp takes in each (a time step ends at a barrier). Lag 2 has 2/3 of lag 3's time steps but
+// half as many sweeps again in flight, so it wins where the split gives them warps enough: n =
+// 4096 (43 or 65 sweeps) at split 6 against 4, 2 n against 3 n; at split 4 both, 4 n against 3 n.
+int64_t chase_steps(int n, int b, int lag, int split) {
+  const int steps_per_sweep = (n + b - 1) / b + 1;
+  const int in_flight = (steps_per_sweep + lag - 1) / lag;
+  const int64_t time_steps = static_cast<int64_t>(lag) * (n - 3) + steps_per_sweep + 1;
+  return time_steps * ((in_flight + kWarps * split - 1) / (kWarps * split));
+}
+
 template <typename T, int BW>
-void launch(const at::Tensor& bands, int b, int split) {
+void launch(const at::Tensor& bands, int b, int split, int lag) {
   const int n = static_cast<int>(bands.size(1));
-  int ring = 0, steps_per_sweep = 0;
-  const size_t shared = shared_bytes<T, BW>(n, b, &ring, &steps_per_sweep);
-  auto kernel = bulge_chase_kernel<T, BW>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
   const int device = bands.device().index();
+  auto kernel = bulge_chase_kernel<T, BW>;
+  int optin = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  int ring = 0, steps_per_sweep = 0;
+  // The attribute covers every candidate that fits (a smaller lag needs the most: a longer ring).
+  size_t most = 0;
+  for (int l = kMinLag; l <= kMaxLag; ++l) {
+    const size_t bytes = shared_bytes<T, BW>(n, b, l, &ring, &steps_per_sweep);
+    if (bytes <= static_cast<size_t>(optin)) most = std::max(most, bytes);
+  }
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most)));
   cudaLaunchConfig_t config = {};
   config.blockDim = dim3(kWarps * 32);
-  config.dynamicSmemBytes = shared;
   config.stream = c10::cuda::getCurrentCUDAStream(device);
   cudaLaunchAttribute cluster[1];
   cluster[0].id = cudaLaunchAttributeClusterDimension;
   cluster[0].val.clusterDim.x = cluster[0].val.clusterDim.y = cluster[0].val.clusterDim.z = 1;
   config.attrs = cluster;
   config.numAttrs = 1;
-  if (split <= 0) split = choose_split<T, BW>(n, b, bands.size(0), config, cluster);
-  cluster[0].val.clusterDim.x = static_cast<unsigned>(split);
-  config.gridDim = dim3(static_cast<unsigned>(bands.size(0) * split));
+  // lag 0: the candidate of fewest steps (chase_steps), lag 3 on a tie.
+  int chosen_lag = 0, chosen_split = 0;
+  int64_t fewest = 0;
+  for (int l = kMaxLag; l >= kMinLag; --l) {
+    if (lag != 0 && l != lag) continue;
+    const size_t bytes = shared_bytes<T, BW>(n, b, l, &ring, &steps_per_sweep);
+    if (bytes > most) continue;  // too much shared memory for this device (the caller checked lag 3's)
+    config.dynamicSmemBytes = bytes;
+    const int s = split > 0 ? split : choose_split<T, BW>(n, b, l, bands.size(0), config, cluster);
+    const int64_t steps = chase_steps(n, b, l, s);
+    if (chosen_lag == 0 || steps < fewest) chosen_lag = l, chosen_split = s, fewest = steps;
+  }
+  // chosen_lag is set: the entry point checked that the asked lag (lag 3 for 0) fits.
+  config.dynamicSmemBytes = shared_bytes<T, BW>(n, b, chosen_lag, &ring, &steps_per_sweep);
+  cluster[0].val.clusterDim.x = static_cast<unsigned>(chosen_split);
+  config.gridDim = dim3(static_cast<unsigned>(bands.size(0) * chosen_split));
   C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, bands.data_ptr<T>(), n, bands.size(2), b, ring,
-                                    steps_per_sweep, split));
+                                    steps_per_sweep, chosen_split, chosen_lag));
 }
 
 }  // namespace
 
-int64_t bulge_chase_shared_bytes(int64_t n, int64_t bandwidth, bool float32) {
+int64_t bulge_chase_shared_bytes(int64_t n, int64_t bandwidth, bool float32, int64_t lag) {
   int ring = 0, steps_per_sweep = 0;
-  const int nn = static_cast<int>(n), b = static_cast<int>(bandwidth);
+  const int nn = static_cast<int>(n), b = static_cast<int>(bandwidth), l = static_cast<int>(lag);
   const bool narrow = bandwidth <= 16;
   size_t bytes = 0;
   if (float32) {
-    bytes = narrow ? shared_bytes<float, 16>(nn, b, &ring, &steps_per_sweep)
-                   : shared_bytes<float, 32>(nn, b, &ring, &steps_per_sweep);
+    bytes = narrow ? shared_bytes<float, 16>(nn, b, l, &ring, &steps_per_sweep)
+                   : shared_bytes<float, 32>(nn, b, l, &ring, &steps_per_sweep);
   } else {
-    bytes = narrow ? shared_bytes<double, 16>(nn, b, &ring, &steps_per_sweep)
-                   : shared_bytes<double, 32>(nn, b, &ring, &steps_per_sweep);
+    bytes = narrow ? shared_bytes<double, 16>(nn, b, l, &ring, &steps_per_sweep)
+                   : shared_bytes<double, 32>(nn, b, l, &ring, &steps_per_sweep);
   }
   return static_cast<int64_t>(bytes);
 }
 
-void launch_bulge_chase(const at::Tensor& bands, int64_t bandwidth, int64_t blocks_per_matrix) {
-  const int split = static_cast<int>(blocks_per_matrix), b = static_cast<int>(bandwidth);
+void launch_bulge_chase(const at::Tensor& bands, int64_t bandwidth, int64_t blocks_per_matrix, int64_t lag) {
+  const int split = static_cast<int>(blocks_per_matrix), b = static_cast<int>(bandwidth), l = static_cast<int>(lag);
   const bool narrow = bandwidth <= 16;
   if (bands.scalar_type() == at::kFloat) {
-    narrow ? launch<float, 16>(bands, b, split) : launch<float, 32>(bands, b, split);
+    narrow ? launch<float, 16>(bands, b, split, l) : launch<float, 32>(bands, b, split, l);
   } else {
-    narrow ? launch<double, 16>(bands, b, split) : launch<double, 32>(bands, b, split);
+    narrow ? launch<double, 16>(bands, b, split, l) : launch<double, 32>(bands, b, split, l);
   }
 }

@@ -77,7 +77,7 @@ int64_t bulge_chase_max_bandwidth() { return 32; }
 int64_t bulge_chase_max_blocks_per_matrix() { return 8; }
 
 std::tuple<at::Tensor, at::Tensor> band_to_tridiagonal_(at::Tensor bands, int64_t bandwidth,
-                                                        int64_t blocks_per_matrix) {
+                                                        int64_t blocks_per_matrix, int64_t lag) {
   check_cuda_floating(bands, "band_to_tridiagonal_");
   TORCH_CHECK(bands.dim() == 3 && bands.is_contiguous(), "band_to_tridiagonal_: needs a contiguous [B, n, width]");
   TORCH_CHECK(bandwidth >= 1 && bandwidth <= bulge_chase_max_bandwidth(), "band_to_tridiagonal_: bandwidth must be 1..",
@@ -90,14 +90,16 @@ std::tuple<at::Tensor, at::Tensor> band_to_tridiagonal_(at::Tensor bands, int64_
   TORCH_CHECK(blocks_per_matrix >= 0 && blocks_per_matrix <= bulge_chase_max_blocks_per_matrix(),
               "band_to_tridiagonal_: blocks_per_matrix must be 0 (choose) to ",
               num(bulge_chase_max_blocks_per_matrix()), ", got ", num(blocks_per_matrix));
+  TORCH_CHECK(lag == 0 || lag == 2 || lag == 3, "band_to_tridiagonal_: lag must be 2, 3 or 0 (choose), got ", num(lag));
   const c10::cuda::CUDAGuard guard(bands.device());
   if (batch > 0 && n > 2 && bandwidth > 1) {
-    const int64_t shared = bulge_chase_shared_bytes(n, bandwidth, bands.scalar_type() == at::kFloat);
+    // Lag 3 needs the least shared memory: with lag 0 the launch takes lag 2 only where it fits.
+    const int64_t shared = bulge_chase_shared_bytes(n, bandwidth, bands.scalar_type() == at::kFloat, lag == 0 ? 3 : lag);
     int limit = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, bands.device().index()));
     TORCH_CHECK(shared <= limit, "band_to_tridiagonal_: n = ", num(n), " at bandwidth ", num(bandwidth), " needs ",
                 num(shared), " bytes of shared memory per block, the device has ", num(limit));
-    launch_bulge_chase(bands, bandwidth, blocks_per_matrix);
+    launch_bulge_chase(bands, bandwidth, blocks_per_matrix, lag);
   }
   at::Tensor d = bands.select(2, 0).clone();
   at::Tensor e = width > 1 ? bands.narrow(1, 0, std::max<int64_t>(n - 1, 0)).select(2, 1).clone()

@@ -19,11 +19,12 @@ int64_t householder_panels_cluster_max_blocks();
 // panels qr [B, m, w] (stride 1 along w) with tau [B, r] (contiguous), r = min(m, w) <= 32.
 void launch_compact_wy(const at::Tensor& qr, const at::Tensor& tau, const at::Tensor& v, const at::Tensor& t);
 
-// Dynamic shared memory one block of the chase needs for n at this bandwidth (<= 32).
-int64_t bulge_chase_shared_bytes(int64_t n, int64_t bandwidth, bool float32);
+// Dynamic shared memory one block of the chase needs for n at this bandwidth (<= 32) and lag (2 or 3).
+int64_t bulge_chase_shared_bytes(int64_t n, int64_t bandwidth, bool float32, int64_t lag);
 // The chase in place on contiguous bands [B, n, width], width >= 2 * bandwidth, n > 2, bandwidth
-// 2..32, with blocks_per_matrix blocks (a cluster) per matrix, 1..8; 0 chooses from n and B.
-void launch_bulge_chase(const at::Tensor& bands, int64_t bandwidth, int64_t blocks_per_matrix);
+// 2..32, with blocks_per_matrix blocks (a cluster) per matrix, 1..8, sweeps started lag time steps
+// apart, 2 or 3; 0 chooses either (blocks from n and B; the lag of fewer steps, 3 on a tie).
+void launch_bulge_chase(const at::Tensor& bands, int64_t bandwidth, int64_t blocks_per_matrix, int64_t lag);
 
 // Shared memory per block of the pivot-block LDL^T for b x b blocks.
 int64_t ldlt_unpivoted_shared_bytes(int64_t b);

@@ -37,8 +37,11 @@ std::tuple<at::Tensor, at::Tensor> compact_wy(at::Tensor qr, at::Tensor tau);
 // Band -> tridiagonal by bulge chasing, sweeps pipelined, in place on bands [B, n, width] float64
 // or float32 (lower band storage, width >= 2 * bandwidth) on the current stream -> (diagonals
 // [B, n], subdiagonals [B, n - 1]). blocks_per_matrix: a cluster of that many blocks per matrix (1
-// to bulge_chase_max_blocks_per_matrix()); 0 chooses from n, the batch and the device.
-std::tuple<at::Tensor, at::Tensor> band_to_tridiagonal_(at::Tensor bands, int64_t bandwidth, int64_t blocks_per_matrix);
+// to bulge_chase_max_blocks_per_matrix()); 0 chooses from n, the batch and the device. lag: time
+// steps between the starts of consecutive sweeps, 3 or 2 (fewer time steps, more sweeps in
+// flight; the same result bit for bit); 0 chooses the one of fewer steps.
+std::tuple<at::Tensor, at::Tensor> band_to_tridiagonal_(at::Tensor bands, int64_t bandwidth, int64_t blocks_per_matrix,
+                                                        int64_t lag);
 int64_t bulge_chase_max_bandwidth();
 int64_t bulge_chase_max_blocks_per_matrix();
 // The inertia count's pivot blocks (spectrum_fast/linalg/inertia.py): for symmetric float64 blocks

@@ -95,7 +95,11 @@ def reduce_dense_pipelined(a: np.ndarray, b: int, lag: int = 3, newest_first: bo
     columns below i + 2 + (k + 1) b, and sweep i's steps from k + lag on touch none of them when
     lag >= 3, while the steps of sweep i that do (up to k + 2) are done: the result is the
     sequential one, bit for bit, in whatever order one time step's steps run (``newest_first``
-    reverses it, as a race on the GPU could). With a smaller lag, one time step's steps overlap."""
+    reverses it, as a race on the GPU could). At lag 2 the two steps of a time step share the
+    index j = i + 1 + (k + 1) b but no entry (sweep i + 1's step k reaches row j only up to column
+    j, sweep i's step k + 2 column j only from row j + b), and sweep i's step k + 1, which wrote
+    what sweep i + 1's step k reads, ran a time step before: the result is the sequential one
+    too. At lag 1, one time step's steps overlap."""
     a = np.array(a, dtype=np.float64)
     n = a.shape[0]
     sweeps = {}

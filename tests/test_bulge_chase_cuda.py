@@ -76,6 +76,23 @@ def test_chase_over_a_cluster_of_blocks_gives_the_same_tridiagonal_bit_for_bit(n
     assert np.abs(got - truth).max() / np.abs(truth).max() < 1e-13, f"seed={SEED}"
 
 
+@pytest.mark.parametrize("n,b", [(1000, 32), (4100, 32), (700, 16), (300, 5), (40, 8)])
+def test_sweeps_two_time_steps_apart_give_the_same_tridiagonal_bit_for_bit(n, b):
+    """lag 2 (csrc/bulge_chase.cu: 2 n time steps instead of 3 n) runs the same steps in another
+    schedule: over one block or a cluster, and with the lag the kernel picks (0), the result
+    equals lag 3's exactly (a race would not)."""
+    rng = np.random.default_rng(SEED + 3 * n + b)
+    dense = np.stack([band_matrix(n, b, kind, rng) for kind in ("random", "spiked", "clustered", "zero_columns")])
+    bands = band.lower_band(torch.from_numpy(dense).cuda(), 2 * b)
+    d3, e3 = CUDA_OPS.band_to_tridiagonal_(bands.clone(), b, 1, 3)
+    for split, lag in ((1, 2), (2, 2), (6, 2), (0, 2), (0, 0), (0, 3)):
+        d, e = CUDA_OPS.band_to_tridiagonal_(bands.clone(), b, split, lag)
+        assert torch.equal(d, d3) and torch.equal(e, e3), f"split {split}, lag {lag}, seed={SEED}"
+    d32, e32 = CUDA_OPS.band_to_tridiagonal_(bands.float(), b, 0, 3)
+    d2, e2 = CUDA_OPS.band_to_tridiagonal_(bands.float(), b, 0, 2)
+    assert torch.equal(d2, d32) and torch.equal(e2, e32), f"float32, seed={SEED}"
+
+
 def test_pipelined_chase_matches_the_triton_kernel_and_the_route_uses_it(monkeypatch):
     """The two chases reduce a Gram's band to tridiagonals with the same eigenvalues; with
     ops.band.CHASE_KERNEL on, the two_stage_gpu route runs the compiled one."""
@@ -110,3 +127,5 @@ def test_pipelined_chase_refuses_what_it_cannot_do():
         CUDA_OPS.band_to_tridiagonal_(torch.zeros(1, 10, 8, dtype=torch.float64), 4)
     with pytest.raises(RuntimeError, match="blocks_per_matrix must be 0 \\(choose\\) to 8, got 9"):
         CUDA_OPS.band_to_tridiagonal_(torch.zeros(1, 100, 16, device="cuda", dtype=torch.float64), 8, 9)
+    with pytest.raises(RuntimeError, match="lag must be 2, 3 or 0 \\(choose\\), got 1"):
+        CUDA_OPS.band_to_tridiagonal_(torch.zeros(1, 100, 16, device="cuda", dtype=torch.float64), 8, 0, 1)

@@ -41,7 +41,7 @@ import first_batch_timeline as host_timeline  # noqa: E402
 import spectrum_fast  # noqa: E402
 from spectrum_fast import engine, ops  # noqa: E402
 
-PIPELINE_ORDER, MIN_IN_FLIGHT = engine.pipeline_order, engine.MIN_IN_FLIGHT  # as shipped
+PIPELINE_ORDER, MIN_IN_FLIGHT, CHASE_LAG = engine.pipeline_order, engine.MIN_IN_FLIGHT, ops.band.CHASE_LAG  # as shipped
 
 GPU_EVENTS: list[tuple[float, torch.cuda.Event, tuple[int, int, int]]] = []  # (host time, event, shape)
 
@@ -144,7 +144,9 @@ def set_variant(name: str) -> None:
     """default: the scan as shipped; pool-at-ask: chase pools launch only when their rows are first
     asked for (engine.START_LAST_POOL off); plan-order: batches run as planned (engine.PIPELINE_ORDER
     off); python-stage1: stage 1's loop in Python (ops.band.STAGE1_IN_CPP off); small-first: the
-    batch of fewest bytes runs first; in-flight-128: engine.MIN_IN_FLIGHT 128 (more chases at once)."""
+    batch of fewest bytes runs first; in-flight-128: engine.MIN_IN_FLIGHT 128 (more chases at once);
+    chase-lag-2, chase-lag-auto: the compiled chase's sweeps 2 time steps apart, or as the kernel
+    picks (ops.band.CHASE_LAG 2 or 0)."""
     from spectrum_fast.ops import band
 
     engine.START_LAST_POOL = name != "pool-at-ask"
@@ -152,9 +154,11 @@ def set_variant(name: str) -> None:
     engine.pipeline_order = small_first if name == "small-first" else PIPELINE_ORDER
     band.STAGE1_IN_CPP = name != "python-stage1"
     engine.MIN_IN_FLIGHT = 128 if name == "in-flight-128" else MIN_IN_FLIGHT
+    band.CHASE_LAG = {"chase-lag-2": 2, "chase-lag-auto": 0}.get(name, CHASE_LAG)
 
 
-VARIANTS = ("default", "pool-at-ask", "plan-order", "python-stage1", "small-first", "in-flight-128")
+VARIANTS = ("default", "pool-at-ask", "plan-order", "python-stage1", "small-first", "in-flight-128", "chase-lag-2",
+            "chase-lag-auto")
 
 
 def main() -> None:

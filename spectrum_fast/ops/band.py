@@ -229,6 +229,11 @@ def lower_band(a: torch.Tensor, bandwidth: int) -> torch.Tensor:
 CHASE_KERNEL = True
 # Blocks per matrix for the compiled chase: 0 lets the kernel choose (csrc/bulge_chase.cu).
 CHASE_BLOCKS_PER_MATRIX = 0
+# Time steps between the starts of consecutive sweeps in the compiled chase: 3, 2 (2/3 of the
+# time steps, half as many sweeps again in flight, the same result bit for bit: csrc/bulge_chase.cu
+# says why), or 0 (the kernel picks the one of fewer steps). 3, as every GPU figure so far was
+# measured with; 2 and 0 are not yet run on a GPU.
+CHASE_LAG = 3
 
 
 def band_to_tridiagonal(bands: torch.Tensor, bandwidth: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,7 +245,7 @@ def band_to_tridiagonal(bands: torch.Tensor, bandwidth: int) -> tuple[torch.Tens
 
     ext = _extension.cuda_ops() if CHASE_KERNEL and bands.is_cuda else None
     if ext is not None and bandwidth <= ext.bulge_chase_max_bandwidth():
-        return ext.band_to_tridiagonal_(bands, bandwidth, CHASE_BLOCKS_PER_MATRIX)
+        return ext.band_to_tridiagonal_(bands, bandwidth, CHASE_BLOCKS_PER_MATRIX, CHASE_LAG)
     if bands.dtype != torch.float64:  # the Triton chase is float64 only: chase the band in float64
         return bulge.band_to_tridiagonal(bands.double(), bandwidth)
     return bulge.band_to_tridiagonal(bands, bandwidth)
