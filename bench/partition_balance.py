@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from run_info import run_info  # noqa: E402
-from workloads import LLAMA3_8B, LLAMA3_8B_LAYERS, deepseek_v2_moe_layout, llama3_70b_layout  # noqa: E402
+from workloads import deepseek_v2_moe_layout, llama3_8b_layout, llama3_70b_layout  # noqa: E402
 
 from spectrum_fast.partition import imbalance, share_costs, split_batches  # noqa: E402
 from spectrum_fast.scan import _plan_batches, resolve_device  # noqa: E402
@@ -27,7 +27,7 @@ from spectrum_fast.sources import TensorInfo  # noqa: E402
 from spectrum_fast.targets import plan_tasks  # noqa: E402
 
 WORKLOADS = {
-    "llama3-8b": [(f"model.layers.{i}.{s}.weight", (n, m)) for i in range(LLAMA3_8B_LAYERS) for s, n, m in LLAMA3_8B],
+    "llama3-8b": llama3_8b_layout(),
     "llama3-70b": llama3_70b_layout(),
     "deepseek-v2-moe": deepseek_v2_moe_layout(),
 }

@@ -45,11 +45,10 @@ WORKLOADS = ("llama3-8b", "llama3-8b-generated", "deepseek-v2-moe")
 def source_of(workload: str, folder: Path | None):
     if workload == "llama3-8b":
         return folder
-    from workloads import LLAMA3_8B, LLAMA3_8B_LAYERS, GeneratedSource, deepseek_v2_moe_layout
+    from workloads import GeneratedSource, deepseek_v2_moe_layout, llama3_8b_layout
 
     if workload == "llama3-8b-generated":
-        layout = [(f"model.layers.{i}.{s}.weight", (n, m)) for i in range(LLAMA3_8B_LAYERS) for s, n, m in LLAMA3_8B]
-        return GeneratedSource(layout, "llama3-8b-generated", generate_on="cuda")
+        return GeneratedSource(llama3_8b_layout(), "llama3-8b-generated", generate_on="cuda")
     return GeneratedSource(deepseek_v2_moe_layout(), "deepseek-v2-moe", generate_on="cuda")
 
 
@@ -57,12 +56,12 @@ def warm_up_source(workload: str, folder: Path | None):
     """One layer's shapes, read as the timed scan reads: every kernel, graph, workspace and first
     page-locking the timed scan needs is made once per process before it (they cost each process
     the same, whatever its share)."""
-    from workloads import LLAMA3_8B, GeneratedSource, deepseek_v2_moe_layout, llama3_8b_warm_up_folder
+    from workloads import GeneratedSource, deepseek_v2_moe_layout, llama3_8b_layout, llama3_8b_warm_up_folder
 
     if workload == "llama3-8b":
         return llama3_8b_warm_up_folder(folder)
     if workload == "llama3-8b-generated":
-        layout = [(f"model.layers.0.{s}.weight", (n, m)) for s, n, m in LLAMA3_8B]
+        layout = llama3_8b_layout(layers=1)
     else:
         layout = deepseek_v2_moe_layout(layers=1, experts=8)
     return GeneratedSource(layout, "warm-up", generate_on="cuda")
@@ -150,11 +149,10 @@ def compare(out: Path) -> None:
     print("|---|---|---|---|---|---|---|")
     for workload in WORKLOADS:
         # exactly <workload>-<N>ranks.json: "llama3-8b-*" would also take llama3-8b-generated's runs
-        runs = sorted((p for p in out.glob(f"{workload}-*ranks.json") if p.name[len(workload) + 1:-len("ranks.json")].isdigit()),
-                      key=lambda p: json.loads(p.read_text())["ranks"])
-        if not runs:
+        runs = (p for p in out.glob(f"{workload}-*ranks.json") if p.name[len(workload) + 1:-len("ranks.json")].isdigit())
+        records = sorted((json.loads(p.read_text()) for p in runs), key=lambda r: r["ranks"])
+        if not records:
             continue
-        records = [json.loads(p.read_text()) for p in runs]
         base = next((r for r in records if r["ranks"] == 1), None)
         for rec in records:
             per_rank = "; ".join(f"{r['matrices']:,}, {r['busy_seconds']:.2f}, {r['read_seconds']:.2f}, "

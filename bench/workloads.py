@@ -218,6 +218,10 @@ def _thread_stream(device: str) -> torch.cuda.Stream | None:
     return _streams.stream
 
 
+def llama3_8b_layout(layers: int = LLAMA3_8B_LAYERS) -> list[tuple[str, tuple[int, ...]]]:
+    return [(f"model.layers.{i}.{suffix}.weight", (n, m)) for i in range(layers) for suffix, n, m in LLAMA3_8B]
+
+
 def llama3_70b_layout(layers: int = LLAMA3_70B_LAYERS) -> list[tuple[str, tuple[int, ...]]]:
     return [(f"model.layers.{i}.{suffix}.weight", (n, m)) for i in range(layers) for suffix, n, m in LLAMA3_70B]
 

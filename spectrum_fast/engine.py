@@ -33,6 +33,11 @@ class Batch:
     tasks: list[MatrixTask]
     eigen_route: str = "auto"
 
+    @property
+    def k(self) -> int:
+        """The size of each matrix's Gram (k x k, k = min(n, m))."""
+        return min(self.n, self.m)
+
 
 def matrix_device_bytes(n: int, m: int, dtype: str) -> int:
     """Device bytes each matrix of a batch holds: its input and its float64 Gram.
@@ -175,8 +180,7 @@ def pipeline_order(batches: list[Batch]) -> list[Batch]:
     whole first batch to be read) was within the spread both ways (_f281b64.log, _c6e9ade.log)."""
     if len(batches) < 2:
         return list(batches)
-    last = min(range(len(batches)), key=lambda i: (min(batches[i].n, batches[i].m),
-                                                     len(batches[i].tasks) * batches[i].n * batches[i].m, -i))
+    last = min(range(len(batches)), key=lambda i: (batches[i].k, len(batches[i].tasks) * batches[i].n * batches[i].m, -i))
     return batches[:last] + batches[last + 1 :] + [batches[last]]
 
 
@@ -446,7 +450,7 @@ def rows_from_table(batch: Batch, table: torch.Tensor, finite: torch.Tensor, non
     """The rows of a batch from its [B, 7] statistics table (columns as ops.SpectrumStats.FIELDS)
     and its per-matrix finiteness and nonzero flags. ``estimate`` marks rows of the fast mode."""
     table, finite, nonzero = table.cpu().tolist(), finite.cpu().tolist(), nonzero.cpu().tolist()
-    k = min(batch.n, batch.m)
+    k = batch.k
     for task, row, ok, nz in zip(batch.tasks, table, finite, nonzero):
         sigma_max, sigma, tau, _signal, _noise, n_signal, snr = row
         status = "ok" if ok and nz else ("nonfinite" if not ok else "zero")
@@ -510,12 +514,10 @@ def run_batches(
         loaded = next(loads, None)
         return None if loaded is None else (loaded, loaded.take(copy_stream))
 
-    # Index of the last batch of each Gram size: after it, no more bands join that size's pool.
-    last_of_size = {min(b.n, b.m): i for i, b in enumerate(batches)}
+    # The last batch of each Gram size: after it, no more bands join that size's pool.
+    last_of_size = {b.k: b for b in batches}
     upcoming = fetch()
-    index = -1
     while upcoming is not None:
-        index += 1
         loaded, w = upcoming
         batch, load_s = loaded.batch, loaded.seconds
         started = time.perf_counter()
@@ -534,14 +536,14 @@ def run_batches(
         del w, flat, upcoming
         pending = ops.eigvalsh_deferred(g, eigen_route if batch.eigen_route == "auto" else batch.eigen_route)
         del g
-        if START_LAST_POOL and last_of_size[min(batch.n, batch.m)] == index:
+        if START_LAST_POOL and last_of_size[batch.k] is batch:
             pending.start()
         in_flight.append(_InFlight(batch, pending, finite, nonzero, started, load_s))
         # After the eigen stage is queued (a reader that lags must not hold it back): batch i+1's
         # copy then runs beside batch i's band reduction.
         upcoming = fetch()
         waiting += len(batch.tasks)
-        limit = in_flight_for(min(batch.n, batch.m))
+        limit = in_flight_for(batch.k)
         while in_flight and (waiting > limit or in_flight[0].eigenvalues.done()):
             yield from finish_oldest()
     while in_flight:

@@ -16,14 +16,13 @@ file_reader.ALIGN, so the reader can DMA uncached ranges straight into it (O_DIR
 from __future__ import annotations
 
 import mmap
-import os
 import queue
 import threading
-import warnings
 from pathlib import Path
 
 import torch
 
+from .env_settings import env_switch
 from .file_reader import ALIGN
 
 
@@ -88,16 +87,11 @@ _THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
 def _huge_pages_default() -> bool:
-    chosen = os.environ.get("SPECTRUM_FAST_STAGING_HUGE_PAGES")
-    if chosen in ("0", "1"):
-        return chosen == "1"
-    if chosen is not None:
-        warnings.warn(f"SPECTRUM_FAST_STAGING_HUGE_PAGES={chosen!r} is not 0 or 1: ignored", stacklevel=2)
     try:
         setting = _THP_SETTING.read_text()
     except OSError:
-        return False
-    return "[always]" in setting or "[madvise]" in setting
+        setting = ""
+    return env_switch("SPECTRUM_FAST_STAGING_HUGE_PAGES", "[always]" in setting or "[madvise]" in setting)
 
 
 HUGE_PAGES = _huge_pages_default()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import random
 
@@ -126,7 +127,7 @@ def test_pipeline_order_runs_the_batch_of_smallest_gram_last(monkeypatch):
             seen.append(task.name)
             yield task, row
 
-    scan_module = __import__("importlib").import_module("spectrum_fast.scan")
+    scan_module = importlib.import_module("spectrum_fast.scan")  # the module: the package's ``scan`` is the function
     monkeypatch.setattr(scan_module, "run_batches", noted)
     budget = 2 * engine.matrix_device_bytes(72, 40, "bfloat16")  # batches of 2 matrices of each shape
     ordered_rows = spectrum_fast.scan(weights, device="cpu", progress=False, max_batch_bytes=budget).rows

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from run_info import run_info  # noqa: E402
-from workloads import LLAMA3_8B, deepseek_v2_moe_layout, generated_like, kind_of  # noqa: E402
+from workloads import deepseek_v2_moe_layout, generated_like, kind_of, llama3_8b_layout  # noqa: E402
 
 import spectrum_fast  # noqa: E402
 
@@ -33,7 +33,7 @@ def main() -> None:
     info = run_info(torch.device("cuda"))
     print(f"# {info['device']}, {info['date']}, commit {info['commit']}: {info['command']}")
     if args.workload == "llama3-8b":
-        layout = [(f"model.layers.{i}.{s}.weight", (n, m)) for i in range(args.layers) for s, n, m in LLAMA3_8B]
+        layout = llama3_8b_layout(args.layers)
     else:
         layout = deepseek_v2_moe_layout(args.layers)
     weights = {name: generated_like(shape, seed=i, kind=kind_of(i)) for i, (name, shape) in enumerate(layout)}

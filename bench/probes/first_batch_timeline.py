@@ -152,7 +152,7 @@ def main() -> None:
     ap.add_argument("--staging-costs", action="store_true",
                     help="first time a 784 MiB staging buffer's fault-in and registration, 4 KiB and huge pages")
     args = ap.parse_args()
-    from workloads import LLAMA3_8B, GeneratedSource, llama3_8b_warm_up_folder, write_llama3_8b_model
+    from workloads import GeneratedSource, llama3_8b_layout, llama3_8b_warm_up_folder, write_llama3_8b_model
 
     thp = staging._THP_SETTING.read_text().strip() if staging._THP_SETTING.exists() else "(no setting)"
     print(f"transparent huge pages: {thp}", flush=True)
@@ -165,7 +165,7 @@ def main() -> None:
         print(f"wrote {args.folder} in {time.perf_counter() - started:.1f} s", flush=True)
     if args.device == "cuda":  # one layer from disk, as bench/scale_out.py warms up
         warm = llama3_8b_warm_up_folder(args.folder) if args.file_warm_up else GeneratedSource(
-            [(f"model.layers.0.{s}.weight", (n, m)) for s, n, m in LLAMA3_8B], "warm-up", generate_on="cuda")
+            llama3_8b_layout(layers=1), "warm-up", generate_on="cuda")
         spectrum_fast.scan(warm, progress=False, cache=False)
     wrap()
     if args.prefetch is not None:

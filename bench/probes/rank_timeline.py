@@ -75,11 +75,10 @@ def _timed(what: str, fn):
 
 
 def wrap_host_times() -> None:
-    """Time the compute thread's calls: the Gram and the eigen stage queued, the copy to the GPU
-    queued (take), the wait for a batch's eigenvalues (result) and its rows; and on the side
-    streams each chase's GPU start and end (timing events around ops.eigen._stage2)."""
-    from spectrum_fast.ops import eigen
-
+    """Time the compute thread's calls: the finiteness check, the Gram and the eigen stage queued,
+    the copy to the GPU queued (take) and the wait for a batch's eigenvalues (result); and on the
+    side streams each chase's GPU start and end (timing events around ops.eigen._stage2)."""
+    eigen = ops.eigen
     ops.gram = _timed("Gram queued", ops.gram)
     ops.eigvalsh_deferred = _timed("eigen stage queued", ops.eigvalsh_deferred)
     engine._Loaded.take = _timed("copy queued", engine._Loaded.take)
