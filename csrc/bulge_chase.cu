@@ -260,17 +260,6 @@ int choose_split(int n, int b, int lag, int64_t batch, cudaLaunchConfig_t config
   return split;
 }
 
-// The chase's length in steps one after the other: its time steps, times the steps the busiest
-// warp takes in each (a time step ends at a barrier). Lag 2 has 2/3 of lag 3's time steps but
-// half as many sweeps again in flight, so it wins where the split gives them warps enough: n =
-// 4096 (43 or 65 sweeps) at split 6 against 4, 2 n against 3 n; at split 4 both, 4 n against 3 n.
-int64_t chase_steps(int n, int b, int lag, int split) {
-  const int steps_per_sweep = (n + b - 1) / b + 1;
-  const int in_flight = (steps_per_sweep + lag - 1) / lag;
-  const int64_t time_steps = static_cast<int64_t>(lag) * (n - 3) + steps_per_sweep + 1;
-  return time_steps * ((in_flight + kWarps * split - 1) / (kWarps * split));
-}
-
 template <typename T, int BW>
 void launch(const at::Tensor& bands, int b, int split, int lag) {
   const int n = static_cast<int>(bands.size(1));
@@ -294,20 +283,19 @@ void launch(const at::Tensor& bands, int b, int split, int lag) {
   cluster[0].val.clusterDim.x = cluster[0].val.clusterDim.y = cluster[0].val.clusterDim.z = 1;
   config.attrs = cluster;
   config.numAttrs = 1;
-  // lag 0: the candidate of fewest steps (chase_steps), lag 3 on a tie.
-  int chosen_lag = 0, chosen_split = 0;
-  int64_t fewest = 0;
-  for (int l = kMaxLag; l >= kMinLag; --l) {
+  // lag 0: lag 2 where its longer ring fits, else 3. Lag 2 was faster at every size and split
+  // measured, even where a warp then takes one more sweep per time step than lag 3 gives it (2x
+  // H200, bench/probes/chase_split.py at 2cd5d4a, ms per matrix, lag 3 -> 2: n = 4096 x 1 split
+  // auto 116 -> 78, split 4 116 -> 86; 4096 x 11 10.6 -> 7.2; 1536 x 128 0.47 -> 0.44; 1024 x 64
+  // 0.41 -> 0.29).
+  int chosen_lag = 0;
+  for (int l = kMinLag; l <= kMaxLag && chosen_lag == 0; ++l) {
     if (lag != 0 && l != lag) continue;
-    const size_t bytes = shared_bytes<T, BW>(n, b, l, &ring, &steps_per_sweep);
-    if (bytes > most) continue;  // too much shared memory for this device (the caller checked lag 3's)
-    config.dynamicSmemBytes = bytes;
-    const int s = split > 0 ? split : choose_split<T, BW>(n, b, l, bands.size(0), config, cluster);
-    const int64_t steps = chase_steps(n, b, l, s);
-    if (chosen_lag == 0 || steps < fewest) chosen_lag = l, chosen_split = s, fewest = steps;
+    if (shared_bytes<T, BW>(n, b, l, &ring, &steps_per_sweep) <= most) chosen_lag = l;
   }
   // chosen_lag is set: the entry point checked that the asked lag (lag 3 for 0) fits.
   config.dynamicSmemBytes = shared_bytes<T, BW>(n, b, chosen_lag, &ring, &steps_per_sweep);
+  const int chosen_split = split > 0 ? split : choose_split<T, BW>(n, b, chosen_lag, bands.size(0), config, cluster);
   cluster[0].val.clusterDim.x = static_cast<unsigned>(chosen_split);
   config.gridDim = dim3(static_cast<unsigned>(bands.size(0) * chosen_split));
   C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, bands.data_ptr<T>(), n, bands.size(2), b, ring,

@@ -23,7 +23,7 @@ void launch_compact_wy(const at::Tensor& qr, const at::Tensor& tau, const at::Te
 int64_t bulge_chase_shared_bytes(int64_t n, int64_t bandwidth, bool float32, int64_t lag);
 // The chase in place on contiguous bands [B, n, width], width >= 2 * bandwidth, n > 2, bandwidth
 // 2..32, with blocks_per_matrix blocks (a cluster) per matrix, 1..8, sweeps started lag time steps
-// apart, 2 or 3; 0 chooses either (blocks from n and B; the lag of fewer steps, 3 on a tie).
+// apart, 2 or 3; 0 chooses (blocks from n and B; lag 2 where its shared memory fits, else 3).
 void launch_bulge_chase(const at::Tensor& bands, int64_t bandwidth, int64_t blocks_per_matrix, int64_t lag);
 
 // Shared memory per block of the pivot-block LDL^T for b x b blocks.

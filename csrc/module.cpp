@@ -35,7 +35,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
           "Band -> tridiagonal by pipelined bulge chasing, in place on float64 or float32 bands [B, n, width] (lower "
           "band storage, width >= 2 * bandwidth, bandwidth <= bulge_chase_max_bandwidth()) on the current "
           "CUDA stream, a cluster of blocks_per_matrix blocks per matrix (0: chosen), sweeps started lag time "
-          "steps apart (3 or 2, the same result; 0: the one of fewer steps); returns (diagonals [B, n], "
+          "steps apart (3 or 2, the same result; 0: 2 where it fits, else 3); returns (diagonals [B, n], "
           "subdiagonals [B, n - 1])",
           pybind11::arg("bands"), pybind11::arg("bandwidth"), pybind11::arg("blocks_per_matrix") = 0,
           pybind11::arg("lag") = 3);

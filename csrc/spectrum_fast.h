@@ -39,7 +39,7 @@ std::tuple<at::Tensor, at::Tensor> compact_wy(at::Tensor qr, at::Tensor tau);
 // [B, n], subdiagonals [B, n - 1]). blocks_per_matrix: a cluster of that many blocks per matrix (1
 // to bulge_chase_max_blocks_per_matrix()); 0 chooses from n, the batch and the device. lag: time
 // steps between the starts of consecutive sweeps, 3 or 2 (fewer time steps, more sweeps in
-// flight; the same result bit for bit); 0 chooses the one of fewer steps.
+// flight; the same result bit for bit); 0 chooses 2 where it fits in shared memory, else 3.
 std::tuple<at::Tensor, at::Tensor> band_to_tridiagonal_(at::Tensor bands, int64_t bandwidth, int64_t blocks_per_matrix,
                                                         int64_t lag);
 int64_t bulge_chase_max_bandwidth();

@@ -144,8 +144,8 @@ def set_variant(name: str) -> None:
     asked for (engine.START_LAST_POOL off); plan-order: batches run as planned (engine.PIPELINE_ORDER
     off); python-stage1: stage 1's loop in Python (ops.band.STAGE1_IN_CPP off); small-first: the
     batch of fewest bytes runs first; in-flight-128: engine.MIN_IN_FLIGHT 128 (more chases at once);
-    chase-lag-2, chase-lag-auto: the compiled chase's sweeps 2 time steps apart, or as the kernel
-    picks (ops.band.CHASE_LAG 2 or 0)."""
+    chase-lag-3, chase-lag-2, chase-lag-auto: the compiled chase's sweeps 3 or 2 time steps apart,
+    or as the kernel picks (ops.band.CHASE_LAG 3, 2 or 0)."""
     from spectrum_fast.ops import band
 
     engine.START_LAST_POOL = name != "pool-at-ask"
@@ -153,11 +153,11 @@ def set_variant(name: str) -> None:
     engine.pipeline_order = small_first if name == "small-first" else PIPELINE_ORDER
     band.STAGE1_IN_CPP = name != "python-stage1"
     engine.MIN_IN_FLIGHT = 128 if name == "in-flight-128" else MIN_IN_FLIGHT
-    band.CHASE_LAG = {"chase-lag-2": 2, "chase-lag-auto": 0}.get(name, CHASE_LAG)
+    band.CHASE_LAG = {"chase-lag-3": 3, "chase-lag-2": 2, "chase-lag-auto": 0}.get(name, CHASE_LAG)
 
 
-VARIANTS = ("default", "pool-at-ask", "plan-order", "python-stage1", "small-first", "in-flight-128", "chase-lag-2",
-            "chase-lag-auto")
+VARIANTS = ("default", "pool-at-ask", "plan-order", "python-stage1", "small-first", "in-flight-128", "chase-lag-3",
+            "chase-lag-2", "chase-lag-auto")
 
 
 def main() -> None:

@@ -231,9 +231,10 @@ CHASE_KERNEL = True
 CHASE_BLOCKS_PER_MATRIX = 0
 # Time steps between the starts of consecutive sweeps in the compiled chase: 3, 2 (2/3 of the
 # time steps, half as many sweeps again in flight, the same result bit for bit: csrc/bulge_chase.cu
-# says why), or 0 (the kernel picks the one of fewer steps). 3, as every GPU figure so far was
-# measured with; 2 and 0 are not yet run on a GPU.
-CHASE_LAG = 3
+# says why), or 0 (the kernel takes 2 where its shared memory fits, else 3). 2x H200,
+# bench/probes/chase_split.py at 2cd5d4a: lag 2 a third faster on one 4096 matrix (116 -> 78 ms)
+# and on eleven (10.6 -> 7.2 ms each). Figures measured before 2026-11-27 ran lag 3.
+CHASE_LAG = 0
 
 
 def band_to_tridiagonal(bands: torch.Tensor, bandwidth: int) -> tuple[torch.Tensor, torch.Tensor]:
