@@ -1,6 +1,6 @@
-"""The exact engine: batches of same-shape matrices -> Gram -> eigenvalues -> statistics -> rows.
+"""The exact engine: batches of matrices with one Gram size -> Gram -> eigenvalues -> statistics -> rows.
 
-The planner groups matrices of one shape into batches that fit a device-memory budget; each batch
+The planner groups matrices of one shape, or its transpose, into batches that fit a device-memory budget; each batch
 is read from the source one tensor at a time into one buffer, moved to the device, checked for
 non-finite and all-zero matrices, and analysed with one call per operation. Three things overlap:
 a reader thread loads batch i+1 (into pinned host memory for a GPU scan), the device forms Grams
@@ -38,6 +38,11 @@ class Batch:
         """The size of each matrix's Gram (k x k, k = min(n, m))."""
         return min(self.n, self.m)
 
+    def transposed(self, task: MatrixTask) -> bool:
+        """Whether ``task`` is an m x n matrix in this n x m batch: it is read in its own shape and
+        transposed on its way into the batch's [B, n, m] tensor (plan_batches, MERGE_TRANSPOSES)."""
+        return (task.n, task.m) != (self.n, self.m)
+
 
 def matrix_device_bytes(n: int, m: int, dtype: str) -> int:
     """Device bytes each matrix of a batch holds: its input and its float64 Gram.
@@ -61,12 +66,20 @@ BATCH_ORDER = "shape"
 # Most matrices per batch, however many the memory budget would allow.
 MAX_BATCH = 64
 
+# Batch n x m matrices with m x n ones (a Llama MLP's down projection, 4096 x 14336, with its gate
+# and up, 14336 x 4096): both have a k x k Gram with the same eigenvalues, and the GPU's stage 1
+# takes about as long for a batch of one 4096 Gram as for eleven (bench/RESULTS.md, "what sets the
+# 8B scan's pace"), so fewer, fuller batches are faster. A batch is in its first matrix's shape;
+# the others are transposed on the device as they arrive (_Loaded.take).
+MERGE_TRANSPOSES = True
+
 
 def plan_batches(tasks: list[MatrixTask], budget_bytes: int | Callable[[int, int, str], tuple[int, str]],
                  max_batch: int | None = None, eigen_route: str = "auto", order: str | None = None,
                  matrix_bytes: Callable[[int, int, str], int] = matrix_device_bytes) -> list[Batch]:
-    """Group same-shape, same-dtype matrices (first-seen order) into batches of at most ``max_batch``
-    (default MAX_BATCH), run in ``order`` (default BATCH_ORDER).
+    """Group same-shape, same-dtype matrices (first-seen order; with MERGE_TRANSPOSES, n x m and
+    m x n together) into batches of at most ``max_batch`` (default MAX_BATCH), run in ``order``
+    (default BATCH_ORDER). Each batch takes its first matrix's shape (Batch.transposed).
 
     ``budget_bytes`` is the bytes of matrices (``matrix_bytes`` each: the exact engine's
     matrix_device_bytes unless given) per batch, or a function (n, m, dtype) -> (bytes, eigen
@@ -77,13 +90,17 @@ def plan_batches(tasks: list[MatrixTask], budget_bytes: int | Callable[[int, int
         raise ValueError(f"batch order must be 'shape' or 'model', not {order!r}")
     groups: dict[tuple[int, int, str], list[MatrixTask]] = {}
     for t in tasks:
-        groups.setdefault((t.n, t.m, t.tensor.dtype), []).append(t)
+        shape = (min(t.n, t.m), max(t.n, t.m)) if MERGE_TRANSPOSES else (t.n, t.m)
+        groups.setdefault((*shape, t.tensor.dtype), []).append(t)
     batches = []
-    for (n, m, dtype), members in groups.items():
+    for members in groups.values():
+        n, m, dtype = members[0].n, members[0].m, members[0].tensor.dtype
         budget, route = budget_bytes(n, m, dtype) if callable(budget_bytes) else (budget_bytes, eigen_route)
         size = max(1, min(max_batch, budget // matrix_bytes(n, m, dtype)))
         for i in range(0, len(members), size):
-            batches.append(Batch(n, m, members[i : i + size], route))
+            # Each batch in its own first matrix's shape, as a distributed scan rebuilds it from
+            # the task list alone (scan._my_batches): the same layout, the same bits.
+            batches.append(Batch(members[i].n, members[i].m, members[i : i + size], route))
     if order == "model":
         batches.sort(key=lambda b: b.tasks[0].order)
     return batches
@@ -211,8 +228,11 @@ def file_offsets(source: WeightSource, batch: Batch, dtype: torch.dtype) -> list
 
 @dataclass
 class _Staged:
-    """A batch in a pinned staging buffer: one [n, m] view per matrix (staging.staged_views)."""
+    """An n x m batch in a pinned staging buffer: one view per matrix (staging.staged_views), in
+    the matrix's own shape ([m, n] where the batch transposes it)."""
 
+    n: int
+    m: int
     block: torch.Tensor
     views: list[torch.Tensor]
 
@@ -234,6 +254,9 @@ def _load_batch(source: WeightSource, batch: Batch, device: torch.device, io_poo
     if device.type == "cpu":
         buf = torch.empty(shape, dtype=dtype)
         _read_pieces(source, batch, buf, io_pool)
+        for i, task in enumerate(batch.tasks):
+            if batch.transposed(task):  # read in its own shape: turn it into the batch's
+                buf[i].copy_(buf[i].view(task.n, task.m).clone().mT)
         return buf, time.perf_counter() - start
     if on_host and PINNED_STAGING:
         if ring is None:  # a one-off load (tests, benches): torch's pinned allocator will do
@@ -241,7 +264,9 @@ def _load_batch(source: WeightSource, batch: Batch, device: torch.device, io_poo
         else:
             block = ring.acquire()
         views = staging.staged_views(block, file_offsets(source, batch, dtype), batch.n, batch.m, dtype)
-        staged = _Staged(block, views)
+        # A transposed matrix waits in its own shape (_Loaded.take transposes it on the device).
+        views = [v.view(t.n, t.m) if batch.transposed(t) else v for v, t in zip(views, batch.tasks)]
+        staged = _Staged(batch.n, batch.m, block, views)
         _read_pieces(source, batch, staged.views, io_pool)
         return staged, time.perf_counter() - start
     stream = torch.cuda.Stream(device)
@@ -252,7 +277,7 @@ def _load_batch(source: WeightSource, batch: Batch, device: torch.device, io_poo
             if cache is None or cache[0] != task.tensor.name:  # a fused expert tensor is read once
                 cache = (task.tensor.name, source.read(task.tensor))
             t = cache[1] if task.expert is None else cache[1][task.expert]
-            buf[i].copy_(t.reshape(batch.n, batch.m))
+            buf[i].copy_(t.reshape(task.n, task.m).mT if batch.transposed(task) else t.reshape(batch.n, batch.m))
     stream.synchronize()
     return buf, time.perf_counter() - start
 
@@ -306,10 +331,18 @@ class _Loaded:
         # ring once they are done.
         consumer = torch.cuda.current_stream(self._device)
         with torch.cuda.stream(stream or consumer):
-            first = buf.views[0]
-            out = torch.empty((len(buf.views), *first.shape), dtype=first.dtype, device=self._device)
+            dtype = buf.views[0].dtype
+            out = torch.empty((len(buf.views), buf.n, buf.m), dtype=dtype, device=self._device)
+            landing = None  # an m x n matrix lands here, then is transposed into its slot
             for i, view in enumerate(buf.views):
-                out[i].copy_(view, non_blocking=True)
+                if view.shape == out.shape[1:]:
+                    out[i].copy_(view, non_blocking=True)
+                else:  # a copy from a transposed host view would be made contiguous on the host first
+                    if landing is None:
+                        landing = torch.empty(view.shape, dtype=dtype, device=self._device)
+                    landing.copy_(view, non_blocking=True)
+                    out[i].copy_(landing.mT)
+            del landing  # freed in stream order, after the transposes that read it
             done = staging.host_wait_event()
         if stream is not None:
             out.record_stream(consumer)  # made on ``stream``, freed after the consumer's kernels
@@ -487,7 +520,8 @@ def run_batches(
     ``timings`` (if given) accumulates "read_s" (reader thread, overlapped with everything),
     "wait_s" (time the analysis loop stood waiting for the reader: what reading adds to the scan)
     and "compute_s" (the wall time of the analysis loop). ``on_matrices(batch, w)`` sees each
-    batch's matrices [B, n, m] as read, on the device, before anything changes them;
+    batch's matrices [B, n, m] as read, on the device, before anything changes them (task i's
+    matrix is w[i].mT where batch.transposed(task));
     ``on_eigenvalues(batch, eigenvalues)`` each batch's Gram eigenvalues [B, k], ascending.
     """
     if PIPELINE_ORDER:

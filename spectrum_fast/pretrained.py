@@ -154,7 +154,7 @@ def _fused_load(path, config, cls, dtype: torch.dtype, device_map, from_pretrain
                     filled.add(name)
                 target = model.get_parameter(name).data
                 target = target[task.expert] if task.expert is not None else target
-                target.view(-1).copy_(w[i].reshape(-1))
+                target.copy_(w[i].reshape(target.shape))
 
         result = scan(folder, on_matrices=put, **_on_device(options, device))
         for name, info in infos.items():  # what the scan did not analyse

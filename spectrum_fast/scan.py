@@ -98,8 +98,8 @@ def scan(
         (``ScanResult.from_cache``, ``cached_rows``), an interrupted scan's journaled rows are
         not computed again (``resumed_rows``), and finished rows are journaled batch by batch.
         False (or SPECTRUM_FAST_NO_CACHE=1 in the environment) neither reads nor writes it.
-    on_matrices: called with each batch's tasks and their matrices [B, n, m] as read, on the scan's
-        device, before the scan changes them (load_pretrained puts them into the model from there);
+    on_matrices: called with each batch's tasks and a list of their matrices, each in its task's
+        shape (task.n x task.m), as read, on the scan's device, before the scan changes them (load_pretrained puts them into the model from there);
         matrices whose rows come from the cache are not read, so not handed over.
     distributed: share the scan among the ranks of a torch.distributed job (distributed.py): None
         (default) does when the process runs under torchrun or a process group is initialized,
@@ -340,7 +340,10 @@ def _compute(src, batches: list[Batch], dev: torch.device, rows_by_order: dict[i
             if ranks is not None:
                 ranks.raise_if_failed()  # another rank failed: stop now, not at the gather
 
-        handed = None if on_matrices is None else (lambda batch, w: on_matrices(batch.tasks, w))
+        def hand_over(batch: Batch, w: torch.Tensor) -> None:  # each matrix in its own shape again
+            on_matrices(batch.tasks, [w[i].mT if batch.transposed(t) else w[i] for i, t in enumerate(batch.tasks)])
+
+        handed = None if on_matrices is None else hand_over
         if method == "fast":
             from .fast_engine import run_batches_fast
 

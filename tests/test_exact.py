@@ -131,15 +131,67 @@ def test_pipeline_order_runs_the_batch_of_smallest_gram_last(monkeypatch):
     monkeypatch.setattr(scan_module, "run_batches", noted)
     budget = 2 * engine.matrix_device_bytes(72, 40, "bfloat16")  # batches of 2 matrices of each shape
     ordered_rows = spectrum_fast.scan(weights, device="cpu", progress=False, max_batch_bytes=budget).rows
-    # planned k_proj, up_proj, down_proj (model order); k_proj's Grams are the smallest
-    assert seen == [f"model.layers.{i}.{kind}" for kind in ("mlp.up_proj", "mlp.down_proj", "self_attn.k_proj")
-                    for i in range(2)]
+    # planned k_proj, then up_proj with its transpose down_proj (engine.MERGE_TRANSPOSES), layer by
+    # layer; k_proj's Grams are the smallest
+    assert seen == [f"model.layers.{i}.{kind}" for i in range(2) for kind in ("mlp.up_proj", "mlp.down_proj")] \
+        + ["model.layers.0.self_attn.k_proj", "model.layers.1.self_attn.k_proj"]
     monkeypatch.setattr(engine, "PIPELINE_ORDER", False)
     seen.clear()
     planned_rows = spectrum_fast.scan(weights, device="cpu", progress=False, max_batch_bytes=budget).rows
     assert seen[:2] == ["model.layers.0.self_attn.k_proj", "model.layers.1.self_attn.k_proj"]
     assert [r.name for r in ordered_rows] == [r.name for r in planned_rows] == [k[: -len(".weight")] for k in weights]
     assert [r.snr for r in ordered_rows] == [r.snr for r in planned_rows]
+
+
+def test_transposed_shapes_share_a_batch_with_their_own_rows_and_matrices(monkeypatch):
+    """engine.MERGE_TRANSPOSES: n x m and m x n matrices (an MLP's up and down projections) are
+    planned into one batch in its first matrix's shape; each row matches a float64 SVD and the
+    rows of a scan that batches them apart, and on_matrices hands each matrix over in its own shape."""
+    from spectrum_fast import engine
+
+    shapes = [("mlp.up_proj", 40, 72), ("mlp.down_proj", 72, 40), ("mlp.gate_proj", 40, 72)]
+    weights = {f"model.layers.{i}.{kind}.weight": spiked(n, m, 10 * i + j)
+               for i in range(3) for j, (kind, n, m) in enumerate(shapes)}
+    handed = {}
+
+    def keep(tasks, matrices):
+        assert len(tasks) == len(matrices)
+        for task, w in zip(tasks, matrices):
+            handed[task.name] = w.clone()
+
+    merged = spectrum_fast.scan(weights, device="cpu", progress=False, cache=False, on_matrices=keep)
+    for row, (name, w) in zip(merged.rows, weights.items()):
+        check_row(row, w, name)
+        assert row.shape == tuple(w.shape)
+        assert torch.equal(handed[row.name], w), row.name
+    monkeypatch.setattr(engine, "MERGE_TRANSPOSES", False)
+    apart = spectrum_fast.scan(weights, device="cpu", progress=False, cache=False)
+    for a, b in zip(merged.rows, apart.rows):
+        assert (a.name, a.n_signal) == (b.name, b.n_signal)
+        assert a.snr == pytest.approx(b.snr, rel=1e-12), (a.name, SEED)
+
+
+def test_plan_batches_puts_transposes_together_in_the_first_matrix_shape(monkeypatch):
+    from spectrum_fast import engine
+    from spectrum_fast.targets import MatrixTask
+
+    def task(order, n, m):
+        return MatrixTask(name=f"w{order}", type="t", tensor=_Info("bfloat16"), expert=None, n=n, m=m, order=order)
+
+    tasks = [task(0, 8, 24), task(1, 24, 8), task(2, 8, 8), task(3, 24, 8), task(4, 8, 24), task(5, 8, 24)]
+    per_matrix = engine.matrix_device_bytes(8, 24, "bfloat16")
+    batches = engine.plan_batches(tasks, 2 * per_matrix)
+    assert [[t.order for t in b.tasks] for b in batches] == [[0, 1], [3, 4], [5], [2]]
+    assert [(b.n, b.m) for b in batches] == [(8, 24), (24, 8), (8, 24), (8, 8)]
+    assert [[b.transposed(t) for t in b.tasks] for b in batches] == [[False, True], [False, True], [False], [False]]
+    monkeypatch.setattr(engine, "MERGE_TRANSPOSES", False)
+    apart = engine.plan_batches(tasks, 2 * per_matrix)
+    assert [[t.order for t in b.tasks] for b in apart] == [[0, 4], [5], [1, 3], [2]]
+
+
+class _Info:
+    def __init__(self, dtype):
+        self.dtype = dtype
 
 
 def test_fused_expert_tensor_is_split_per_expert():
@@ -249,11 +301,13 @@ def test_scan_on_gpu_matches_float64_svd(kind):
 @pytest.mark.parametrize("placement", ["host_pinned_staging", "host_direct", "on_gpu"])
 def test_gpu_scan_loading_paths_match_float64_svd(placement, monkeypatch):
     """Every way a batch reaches the GPU (pinned host staging, reader writing straight to the GPU,
-    tensors already on the GPU), over many small batches so the reader runs ahead of the solves."""
+    tensors already on the GPU), over many small batches so the reader runs ahead of the solves;
+    every other matrix is transposed, so batches mix both shapes (engine.MERGE_TRANSPOSES)."""
     from spectrum_fast import engine
 
     monkeypatch.setattr(engine, "PINNED_STAGING", placement == "host_pinned_staging")
-    weights = {f"model.layers.{i}.mlp.p.weight": spiked(96 + 8 * (i % 3), 200, 7000 + i) for i in range(12)}
+    weights = {f"model.layers.{i}.mlp.p.weight": spiked(*((96 + 8 * (i % 3), 200)[:: 1 - 2 * (i % 2)]), 7000 + i)
+               for i in range(12)}
     source = {k: v.cuda() for k, v in weights.items()} if placement == "on_gpu" else weights
     result = spectrum_fast.scan(source, device="cuda", progress=False, max_batch_bytes=200_000)
     assert len(result.rows) == len(weights)
@@ -268,7 +322,8 @@ def test_gpu_scan_loading_paths_match_float64_svd(placement, monkeypatch):
 def test_gpu_scan_of_files_read_direct_or_cached_matches_float64_svd(cached, copy_stream, tmp_path, monkeypatch):
     """Files read into per-matrix pinned views (direct reads where uncached, file_reader) and
     copied to the GPU one view at a time, on a copy stream one batch ahead or on the compute
-    stream, over many small batches read ahead of the solves."""
+    stream, over many small batches read ahead of the solves; pairs of matrices of transposed
+    shapes share batches (engine.MERGE_TRANSPOSES: the second lands and is transposed on the GPU)."""
     from safetensors.torch import save_file
 
     from spectrum_fast import engine, file_reader
@@ -276,7 +331,9 @@ def test_gpu_scan_of_files_read_direct_or_cached_matches_float64_svd(cached, cop
     monkeypatch.setattr(engine, "COPY_STREAM", copy_stream)
     monkeypatch.setattr(file_reader.FileReader, "_cached_share", lambda self, a, b: float(cached))
     monkeypatch.setattr(file_reader, "MIN_DIRECT_BYTES", 4096)
-    weights = {f"model.layers.{i}.mlp.p.weight": spiked(96 + 8 * (i % 3), 200 + i, 7100 + i) for i in range(12)}
+    shapes = [(96 + 8 * (i // 2 % 3), 200 + i - i % 2) for i in range(12)]
+    weights = {f"model.layers.{i}.mlp.p.weight": spiked(*(shape[::-1] if i % 2 else shape), 7100 + i)
+               for i, shape in enumerate(shapes)}
     save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, str(tmp_path / "model.safetensors"))
     result = spectrum_fast.scan(tmp_path, device="cuda", progress=False, max_batch_bytes=200_000)
     assert len(result.rows) == len(weights)
