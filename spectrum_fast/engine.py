@@ -40,7 +40,7 @@ class Batch:
 
     def transposed(self, task: MatrixTask) -> bool:
         """Whether ``task`` is an m x n matrix in this n x m batch: it is read in its own shape and
-        transposed on its way into the batch's [B, n, m] tensor (plan_batches, MERGE_TRANSPOSES)."""
+        transposed on its way into the batch's [B, n, m] tensor (batch_shape)."""
         return (task.n, task.m) != (self.n, self.m)
 
 
@@ -69,17 +69,24 @@ MAX_BATCH = 64
 # Batch n x m matrices with m x n ones (a Llama MLP's down projection, 4096 x 14336, with its gate
 # and up, 14336 x 4096): both have a k x k Gram with the same eigenvalues, and the GPU's stage 1
 # takes about as long for a batch of one 4096 Gram as for eleven (bench/RESULTS.md, "what sets the
-# 8B scan's pace"), so fewer, fuller batches are faster. A batch is in its first matrix's shape;
-# the others are transposed on the device as they arrive (_Loaded.take).
+# 8B scan's pace"), so fewer, fuller batches are faster. Such batches hold every matrix short side
+# first (batch_shape); the others are transposed on the device as they arrive (_Loaded.take).
 MERGE_TRANSPOSES = True
+
+
+def batch_shape(task: MatrixTask) -> tuple[int, int]:
+    """The shape of the batches ``task`` goes into: with MERGE_TRANSPOSES, short side first (k x L),
+    whatever the batch's other members, so a matrix meets the same Gram kernels however the scan
+    is batched (a resumed scan, a rank's share) and gives the same bits; else its own."""
+    return (min(task.n, task.m), max(task.n, task.m)) if MERGE_TRANSPOSES else (task.n, task.m)
 
 
 def plan_batches(tasks: list[MatrixTask], budget_bytes: int | Callable[[int, int, str], tuple[int, str]],
                  max_batch: int | None = None, eigen_route: str = "auto", order: str | None = None,
                  matrix_bytes: Callable[[int, int, str], int] = matrix_device_bytes) -> list[Batch]:
     """Group same-shape, same-dtype matrices (first-seen order; with MERGE_TRANSPOSES, n x m and
-    m x n together) into batches of at most ``max_batch`` (default MAX_BATCH), run in ``order``
-    (default BATCH_ORDER). Each batch takes its first matrix's shape (Batch.transposed).
+    m x n together, in batch_shape) into batches of at most ``max_batch`` (default MAX_BATCH), run
+    in ``order`` (default BATCH_ORDER).
 
     ``budget_bytes`` is the bytes of matrices (``matrix_bytes`` each: the exact engine's
     matrix_device_bytes unless given) per batch, or a function (n, m, dtype) -> (bytes, eigen
@@ -90,17 +97,13 @@ def plan_batches(tasks: list[MatrixTask], budget_bytes: int | Callable[[int, int
         raise ValueError(f"batch order must be 'shape' or 'model', not {order!r}")
     groups: dict[tuple[int, int, str], list[MatrixTask]] = {}
     for t in tasks:
-        shape = (min(t.n, t.m), max(t.n, t.m)) if MERGE_TRANSPOSES else (t.n, t.m)
-        groups.setdefault((*shape, t.tensor.dtype), []).append(t)
+        groups.setdefault((*batch_shape(t), t.tensor.dtype), []).append(t)
     batches = []
-    for members in groups.values():
-        n, m, dtype = members[0].n, members[0].m, members[0].tensor.dtype
+    for (n, m, dtype), members in groups.items():
         budget, route = budget_bytes(n, m, dtype) if callable(budget_bytes) else (budget_bytes, eigen_route)
         size = max(1, min(max_batch, budget // matrix_bytes(n, m, dtype)))
         for i in range(0, len(members), size):
-            # Each batch in its own first matrix's shape, as a distributed scan rebuilds it from
-            # the task list alone (scan._my_batches): the same layout, the same bits.
-            batches.append(Batch(members[i].n, members[i].m, members[i : i + size], route))
+            batches.append(Batch(n, m, members[i : i + size], route))
     if order == "model":
         batches.sort(key=lambda b: b.tasks[0].order)
     return batches

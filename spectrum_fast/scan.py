@@ -12,7 +12,7 @@ import torch
 from . import ops
 from .cache import ScanCache, cache_disabled_by_env, shared_content_digest
 from .distributed import Ranks, ranks_for
-from .engine import Batch, gpu_batch_plan, matrix_device_bytes, plan_batches, run_batches
+from .engine import Batch, batch_shape, gpu_batch_plan, matrix_device_bytes, plan_batches, run_batches
 from .errors import SelectionError
 from .memory import PeakTracker
 from .partition import split_batches, tasks_cost
@@ -314,7 +314,7 @@ def _my_batches(batches: list[Batch], pending: list[MatrixTask], ranks: Ranks) -
     rank's own: ranks on different GPUs could plan differently, and every matrix must be someone's."""
     plan = ranks.broadcast([([t.order for t in b.tasks], b.eigen_route) for b in batches])
     by_order = {t.order: t for t in pending}
-    batches = [Batch(by_order[orders[0]].n, by_order[orders[0]].m, [by_order[o] for o in orders], route)
+    batches = [Batch(*batch_shape(by_order[orders[0]]), [by_order[o] for o in orders], route)
                for orders, route in plan]
     return split_batches(batches, ranks.world)[ranks.rank]
 

@@ -145,8 +145,8 @@ def test_pipeline_order_runs_the_batch_of_smallest_gram_last(monkeypatch):
 
 def test_transposed_shapes_share_a_batch_with_their_own_rows_and_matrices(monkeypatch):
     """engine.MERGE_TRANSPOSES: n x m and m x n matrices (an MLP's up and down projections) are
-    planned into one batch in its first matrix's shape; each row matches a float64 SVD and the
-    rows of a scan that batches them apart, and on_matrices hands each matrix over in its own shape."""
+    planned into one batch, short side first; each row matches a float64 SVD and the rows of a
+    scan that batches them apart, and on_matrices hands each matrix over in its own shape."""
     from spectrum_fast import engine
 
     shapes = [("mlp.up_proj", 40, 72), ("mlp.down_proj", 72, 40), ("mlp.gate_proj", 40, 72)]
@@ -171,7 +171,7 @@ def test_transposed_shapes_share_a_batch_with_their_own_rows_and_matrices(monkey
         assert a.snr == pytest.approx(b.snr, rel=1e-12), (a.name, SEED)
 
 
-def test_plan_batches_puts_transposes_together_in_the_first_matrix_shape(monkeypatch):
+def test_plan_batches_puts_transposes_together_short_side_first(monkeypatch):
     from spectrum_fast import engine
     from spectrum_fast.targets import MatrixTask
 
@@ -182,8 +182,8 @@ def test_plan_batches_puts_transposes_together_in_the_first_matrix_shape(monkeyp
     per_matrix = engine.matrix_device_bytes(8, 24, "bfloat16")
     batches = engine.plan_batches(tasks, 2 * per_matrix)
     assert [[t.order for t in b.tasks] for b in batches] == [[0, 1], [3, 4], [5], [2]]
-    assert [(b.n, b.m) for b in batches] == [(8, 24), (24, 8), (8, 24), (8, 8)]
-    assert [[b.transposed(t) for t in b.tasks] for b in batches] == [[False, True], [False, True], [False], [False]]
+    assert [(b.n, b.m) for b in batches] == [(8, 24), (8, 24), (8, 24), (8, 8)]
+    assert [[b.transposed(t) for t in b.tasks] for b in batches] == [[False, True], [True, False], [False], [False]]
     monkeypatch.setattr(engine, "MERGE_TRANSPOSES", False)
     apart = engine.plan_batches(tasks, 2 * per_matrix)
     assert [[t.order for t in b.tasks] for b in apart] == [[0, 4], [5], [1, 3], [2]]
