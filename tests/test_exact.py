@@ -102,8 +102,9 @@ def test_same_shape_batches_and_budget():
 
 
 def test_pipeline_order_runs_the_batch_of_smallest_gram_last(monkeypatch):
-    """engine.pipeline_order: of the batches, the one of smallest Gram (then fewest bytes) runs
-    last, the rest as planned; the scan's rows are those of the planned order, in model order."""
+    """engine.pipeline_order: of the batches, the one of smallest Gram (then fewest elements) runs
+    last, the one of fewest elements of the rest first, the rest as planned; the scan's rows are
+    those of the planned order, in model order."""
     from spectrum_fast import engine
 
     def batch(n, m, count, tag):
@@ -111,7 +112,10 @@ def test_pipeline_order_runs_the_batch_of_smallest_gram_last(monkeypatch):
 
     planned = [batch(64, 224, 7, "a"), batch(16, 64, 64, "kv"), batch(224, 64, 1, "one"), batch(16, 64, 8, "kv8"),
                batch(64, 64, 11, "q")]
+    assert [b.tasks[0] for b in engine.pipeline_order(planned)] == ["one", "a", "kv", "q", "kv8"]
+    monkeypatch.setattr(engine, "FEWEST_FIRST", False)
     assert [b.tasks[0] for b in engine.pipeline_order(planned)] == ["a", "kv", "one", "q", "kv8"]
+    monkeypatch.setattr(engine, "FEWEST_FIRST", True)
     assert engine.pipeline_order(planned[:1]) == planned[:1] and engine.pipeline_order([]) == []
     same = [batch(8, 8, 2, "x"), batch(8, 8, 2, "y"), batch(8, 8, 2, "z")]  # equals: the latest stays last
     assert [b.tasks[0] for b in engine.pipeline_order(same)] == ["x", "y", "z"]

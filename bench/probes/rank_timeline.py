@@ -4,7 +4,7 @@ processes share a host (the 2-GPU issue: 2 T2 - T1 was 0.5-0.7 s at bd5a9fa, whe
 at most ~0.46 s).
 
     torchrun --standalone --nproc-per-node {1,2} bench/probes/rank_timeline.py --folder /tmp/llama3-8b-model \
-        [--rounds 6 --variants default,python-stage1,small-first]
+        [--rounds 6 --variants default,python-stage1,plan-first]
 
 Each rank warms up as bench/scale_out.py does (a one-layer checkpoint on disk, scanned alone,
 then by the ranks together), then every round is one distributed scan. Per rank it prints
@@ -41,7 +41,7 @@ import first_batch_timeline as host_timeline  # noqa: E402
 import spectrum_fast  # noqa: E402
 from spectrum_fast import engine, ops  # noqa: E402
 
-PIPELINE_ORDER, MIN_IN_FLIGHT, CHASE_LAG = engine.pipeline_order, engine.MIN_IN_FLIGHT, ops.band.CHASE_LAG  # as shipped
+MIN_IN_FLIGHT, CHASE_LAG = engine.MIN_IN_FLIGHT, ops.band.CHASE_LAG  # as shipped
 
 GPU_EVENTS: list[tuple[float, torch.cuda.Event, tuple[int, int, int]]] = []  # (host time, event, shape)
 
@@ -130,33 +130,24 @@ def gpu_report(start: float, start_event: torch.cuda.Event, end: float) -> None:
           f"{end - start - done[-1]:.3f} s of the scan's {end - start:.3f} s")
 
 
-def small_first(batches: list) -> list:
-    """engine.pipeline_order, then the batch of fewest bytes moved to the front."""
-    ordered = PIPELINE_ORDER(batches)
-    if len(ordered) < 3:
-        return ordered
-    first = min(range(len(ordered) - 1), key=lambda i: (len(ordered[i].tasks) * ordered[i].n * ordered[i].m, i))
-    return [ordered[first]] + ordered[:first] + ordered[first + 1:]
-
-
 def set_variant(name: str) -> None:
     """default: the scan as shipped; pool-at-ask: chase pools launch only when their rows are first
     asked for (engine.START_LAST_POOL off); plan-order: batches run as planned (engine.PIPELINE_ORDER
-    off); python-stage1: stage 1's loop in Python (ops.band.STAGE1_IN_CPP off); small-first: the
-    batch of fewest bytes runs first; in-flight-128: engine.MIN_IN_FLIGHT 128 (more chases at once);
-    chase-lag-3, chase-lag-2, chase-lag-auto: the compiled chase's sweeps 3 or 2 time steps apart,
+    off); python-stage1: stage 1's loop in Python (ops.band.STAGE1_IN_CPP off); plan-first: the
+    plan's first batch runs first, not the one of fewest elements (engine.FEWEST_FIRST off);
+    in-flight-128: engine.MIN_IN_FLIGHT 128 (more chases at once); chase-lag-3, chase-lag-2, chase-lag-auto: the compiled chase's sweeps 3 or 2 time steps apart,
     or as the kernel picks (ops.band.CHASE_LAG 3, 2 or 0)."""
     from spectrum_fast.ops import band
 
     engine.START_LAST_POOL = name != "pool-at-ask"
     engine.PIPELINE_ORDER = name != "plan-order"
-    engine.pipeline_order = small_first if name == "small-first" else PIPELINE_ORDER
+    engine.FEWEST_FIRST = name != "plan-first"
     band.STAGE1_IN_CPP = name != "python-stage1"
     engine.MIN_IN_FLIGHT = 128 if name == "in-flight-128" else MIN_IN_FLIGHT
     band.CHASE_LAG = {"chase-lag-3": 3, "chase-lag-2": 2, "chase-lag-auto": 0}.get(name, CHASE_LAG)
 
 
-VARIANTS = ("default", "pool-at-ask", "plan-order", "python-stage1", "small-first", "in-flight-128", "chase-lag-3",
+VARIANTS = ("default", "pool-at-ask", "plan-order", "python-stage1", "plan-first", "in-flight-128", "chase-lag-3",
             "chase-lag-2", "chase-lag-auto")
 
 
