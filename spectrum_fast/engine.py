@@ -1,8 +1,9 @@
-"""The exact engine: batches of matrices with one Gram size -> Gram -> eigenvalues -> statistics -> rows.
+"""The exact engine: batches of one shape -> Gram -> eigenvalues -> statistics -> rows.
 
-The planner groups matrices of one shape, or its transpose, into batches that fit a device-memory budget; each batch
-is read from the source one tensor at a time into one buffer, moved to the device, checked for
-non-finite and all-zero matrices, and analysed with one call per operation. Three things overlap:
+The planner groups matrices of one shape (and its transpose, held short side first) into batches
+that fit a device-memory budget; each batch is read from the source one tensor at a time into one
+buffer, moved to the device, checked for non-finite and all-zero matrices, and analysed with one
+call per operation. Three things overlap:
 a reader thread loads batch i+1 (into pinned host memory for a GPU scan), the device forms Grams
 and reduces them to bands, and host threads solve the bands of earlier batches.
 """
@@ -195,9 +196,10 @@ def _elements(batch: Batch) -> int:
 
 
 # Run the batch of fewest elements first (pipeline_order): the GPU waits for the whole first batch
-# to be read. 2x H200, the 8B scan on two ranks (bench/probes/rank_timeline_2xh200_99bd8d8.log):
-# 11 4096 x 4096 matrices first instead of 7 of 4096 x 14336, the GPU started at 0.094-0.104 s
-# instead of 0.121-0.136 s, and the scans took 2.018 and 2.012 s against 2.097 and 2.024 s.
+# to be read. 2x H200, the 8B scan (bench/probes/rank_timeline_2xh200_99bd8d8.log and _e0ecafe.log):
+# with 9 or 11 4096 x 4096 matrices first instead of 7 of 4096 x 14336, the GPU started 0.01-0.04 s
+# sooner (two ranks: at 0.094-0.124 s against 0.121-0.151 s); whole scans moved by less than their
+# spread (two ranks, median of 3: 2.040 against 2.083 s; one rank 3.721 against 3.689 s).
 FEWEST_FIRST = True
 
 

@@ -1,4 +1,4 @@
-"""The fast engine (scan(method="fast")): batches of same-shape matrices -> fp32 Grams -> their top
+"""The fast engine (scan(method="fast")): batches of one shape (engine.plan_batches) -> fp32 Grams -> their top
 eigenvalues by subspace iteration and the exact count above the MP edge by inertia -> SNR with the
 Marchenko-Pastur law's noise sum (ops.fast_snr) -> rows marked as estimates.
 
