@@ -1,6 +1,6 @@
-"""The fast engine (scan(method="fast")): batches of one shape (engine.plan_batches) -> fp32 Grams -> their top
-eigenvalues by subspace iteration and the exact count above the MP edge by inertia -> SNR with the
-Marchenko-Pastur law's noise sum (ops.fast_snr) -> rows marked as estimates.
+"""The fast engine (scan(method="fast")): batches of one shape (engine.plan_batches) -> fp32 Grams
+-> their top eigenvalues by subspace iteration and the exact count above the MP edge by inertia ->
+SNR with the Marchenko-Pastur law's noise sum (ops.fast_snr) -> rows marked as estimates.
 
 It shares the exact engine's planner, reader and checks (engine.py): batches are read ahead on a
 thread, moved to the device, their non-finite and all-zero matrices flagged. No full eigen solve

@@ -99,8 +99,9 @@ def scan(
         not computed again (``resumed_rows``), and finished rows are journaled batch by batch.
         False (or SPECTRUM_FAST_NO_CACHE=1 in the environment) neither reads nor writes it.
     on_matrices: called with each batch's tasks and a list of their matrices, each in its task's
-        shape (task.n x task.m), as read, on the scan's device, before the scan changes them (load_pretrained puts them into the model from there);
-        matrices whose rows come from the cache are not read, so not handed over.
+        shape (task.n x task.m), as read, on the scan's device, before the scan changes them
+        (load_pretrained puts them into the model from there); matrices whose rows come from the
+        cache are not read, so not handed over.
     distributed: share the scan among the ranks of a torch.distributed job (distributed.py): None
         (default) does when the process runs under torchrun or a process group is initialized,
         True requires it, False scans alone. Each rank computes a share of about equal cost and
