@@ -41,7 +41,8 @@ import first_batch_timeline as host_timeline  # noqa: E402
 import spectrum_fast  # noqa: E402
 from spectrum_fast import engine, ops  # noqa: E402
 
-MIN_IN_FLIGHT, CHASE_LAG = engine.MIN_IN_FLIGHT, ops.band.CHASE_LAG  # as shipped
+# As shipped:
+MIN_IN_FLIGHT, CHASE_LAG, CHASE_SPLIT = engine.MIN_IN_FLIGHT, ops.band.CHASE_LAG, ops.band.CHASE_BLOCKS_PER_MATRIX
 
 GPU_EVENTS: list[tuple[float, torch.cuda.Event, tuple[int, int, int]]] = []  # (host time, event, shape)
 
@@ -135,7 +136,10 @@ def set_variant(name: str) -> None:
     asked for (engine.START_LAST_POOL off); plan-order: batches run as planned (engine.PIPELINE_ORDER
     off); python-stage1: stage 1's loop in Python (ops.band.STAGE1_IN_CPP off); plan-first: the
     plan's first batch runs first, not the one of fewest elements (engine.FEWEST_FIRST off);
-    in-flight-128: engine.MIN_IN_FLIGHT 128 (more chases at once); chase-lag-3, chase-lag-2, chase-lag-auto: the compiled chase's sweeps 3 or 2 time steps apart,
+    in-flight-128: engine.MIN_IN_FLIGHT 128 (more chases at once); chase-split-2, chase-split-4:
+    the compiled chase on 2 or 4 blocks per matrix instead of as many as stay resident (fewer SMs
+    held by a chase while the next batch's stage 1 runs: ops.band.CHASE_BLOCKS_PER_MATRIX);
+    chase-lag-3, chase-lag-2, chase-lag-auto: the compiled chase's sweeps 3 or 2 time steps apart,
     or as the kernel picks (ops.band.CHASE_LAG 3, 2 or 0)."""
     from spectrum_fast.ops import band
 
@@ -145,10 +149,11 @@ def set_variant(name: str) -> None:
     band.STAGE1_IN_CPP = name != "python-stage1"
     engine.MIN_IN_FLIGHT = 128 if name == "in-flight-128" else MIN_IN_FLIGHT
     band.CHASE_LAG = {"chase-lag-3": 3, "chase-lag-2": 2, "chase-lag-auto": 0}.get(name, CHASE_LAG)
+    band.CHASE_BLOCKS_PER_MATRIX = {"chase-split-2": 2, "chase-split-4": 4}.get(name, CHASE_SPLIT)
 
 
-VARIANTS = ("default", "pool-at-ask", "plan-order", "python-stage1", "plan-first", "in-flight-128", "chase-lag-3",
-            "chase-lag-2", "chase-lag-auto")
+VARIANTS = ("default", "pool-at-ask", "plan-order", "python-stage1", "plan-first", "in-flight-128", "chase-split-2",
+            "chase-split-4", "chase-lag-3", "chase-lag-2", "chase-lag-auto")
 
 
 def main() -> None:
