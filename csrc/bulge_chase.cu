@@ -28,8 +28,8 @@
 // 4096, b = 32 and lag 3, against 16 warps), and each warp then takes several steps per time
 // step. A cluster of ``split`` blocks shares a matrix: block p takes the sweeps s with s % split
 // == p, a cluster barrier ends each time step, and the band is read past L1 (__ldcg), where
-// another SM's writes would not show. The schedule and each step's arithmetic do not depend on split: the result is the
-// same bit for bit.
+// another SM's writes would not show. The schedule and each step's arithmetic do not depend on
+// split: the result is the same bit for bit.
 // Algorithm and formulas: tests/bulge_chasing_reference.py (dlarfg without rescaling, as the other
 // kernels: Gram entries are far from float64's range limits).
 #include <ATen/ATen.h>
@@ -265,16 +265,22 @@ void launch(const at::Tensor& bands, int b, int split, int lag) {
   const int n = static_cast<int>(bands.size(1));
   const int device = bands.device().index();
   auto kernel = bulge_chase_kernel<T, BW>;
-  int optin = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   int ring = 0, steps_per_sweep = 0;
-  // The attribute covers every candidate that fits (a smaller lag needs the most: a longer ring).
-  size_t most = 0;
-  for (int l = kMinLag; l <= kMaxLag; ++l) {
-    const size_t bytes = shared_bytes<T, BW>(n, b, l, &ring, &steps_per_sweep);
-    if (bytes <= static_cast<size_t>(optin)) most = std::max(most, bytes);
+  // lag 0: lag 2 where its longer ring fits, else 3 (the entry point checked that lag 3, or the
+  // lag asked for, fits). Lag 2 was faster at every size and split measured, even where a warp
+  // then takes one more sweep per time step than lag 3 gives it (2x H200,
+  // bench/probes/chase_split.py at 2cd5d4a, ms per matrix, lag 3 -> 2: n = 4096 x 1 split auto
+  // 116 -> 78, split 4 116 -> 86; 4096 x 11 10.6 -> 7.2; 1536 x 128 0.47 -> 0.44; 1024 x 64 0.41
+  // -> 0.29).
+  int chosen_lag = lag;
+  if (lag == 0) {
+    int optin = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    const bool fits = shared_bytes<T, BW>(n, b, kMinLag, &ring, &steps_per_sweep) <= static_cast<size_t>(optin);
+    chosen_lag = fits ? kMinLag : kMaxLag;
   }
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most)));
+  const size_t shared = shared_bytes<T, BW>(n, b, chosen_lag, &ring, &steps_per_sweep);
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
   cudaLaunchConfig_t config = {};
   config.blockDim = dim3(kWarps * 32);
   config.stream = c10::cuda::getCurrentCUDAStream(device);
@@ -283,18 +289,7 @@ void launch(const at::Tensor& bands, int b, int split, int lag) {
   cluster[0].val.clusterDim.x = cluster[0].val.clusterDim.y = cluster[0].val.clusterDim.z = 1;
   config.attrs = cluster;
   config.numAttrs = 1;
-  // lag 0: lag 2 where its longer ring fits, else 3. Lag 2 was faster at every size and split
-  // measured, even where a warp then takes one more sweep per time step than lag 3 gives it (2x
-  // H200, bench/probes/chase_split.py at 2cd5d4a, ms per matrix, lag 3 -> 2: n = 4096 x 1 split
-  // auto 116 -> 78, split 4 116 -> 86; 4096 x 11 10.6 -> 7.2; 1536 x 128 0.47 -> 0.44; 1024 x 64
-  // 0.41 -> 0.29).
-  int chosen_lag = 0;
-  for (int l = kMinLag; l <= kMaxLag && chosen_lag == 0; ++l) {
-    if (lag != 0 && l != lag) continue;
-    if (shared_bytes<T, BW>(n, b, l, &ring, &steps_per_sweep) <= most) chosen_lag = l;
-  }
-  // chosen_lag is set: the entry point checked that the asked lag (lag 3 for 0) fits.
-  config.dynamicSmemBytes = shared_bytes<T, BW>(n, b, chosen_lag, &ring, &steps_per_sweep);
+  config.dynamicSmemBytes = shared;
   const int chosen_split = split > 0 ? split : choose_split<T, BW>(n, b, chosen_lag, bands.size(0), config, cluster);
   cluster[0].val.clusterDim.x = static_cast<unsigned>(chosen_split);
   config.gridDim = dim3(static_cast<unsigned>(bands.size(0) * chosen_split));

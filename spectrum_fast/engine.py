@@ -248,11 +248,9 @@ def file_offsets(source: WeightSource, batch: Batch, dtype: torch.dtype) -> list
 
 @dataclass
 class _Staged:
-    """An n x m batch in a pinned staging buffer: one view per matrix (staging.staged_views), in
-    the matrix's own shape ([m, n] where the batch transposes it)."""
+    """A batch in a pinned staging buffer: one view per matrix (staging.staged_views), in the
+    matrix's own shape (m x n where the batch transposes it)."""
 
-    n: int
-    m: int
     block: torch.Tensor
     views: list[torch.Tensor]
 
@@ -286,7 +284,7 @@ def _load_batch(source: WeightSource, batch: Batch, device: torch.device, io_poo
         views = staging.staged_views(block, file_offsets(source, batch, dtype), batch.n, batch.m, dtype)
         # A transposed matrix waits in its own shape (_Loaded.take transposes it on the device).
         views = [v.view(t.n, t.m) if batch.transposed(t) else v for v, t in zip(views, batch.tasks)]
-        staged = _Staged(batch.n, batch.m, block, views)
+        staged = _Staged(block, views)
         _read_pieces(source, batch, staged.views, io_pool)
         return staged, time.perf_counter() - start
     stream = torch.cuda.Stream(device)
@@ -351,11 +349,11 @@ class _Loaded:
         # ring once they are done.
         consumer = torch.cuda.current_stream(self._device)
         with torch.cuda.stream(stream or consumer):
-            dtype = buf.views[0].dtype
-            out = torch.empty((len(buf.views), buf.n, buf.m), dtype=dtype, device=self._device)
+            batch, dtype = self.batch, buf.views[0].dtype
+            out = torch.empty((len(buf.views), batch.n, batch.m), dtype=dtype, device=self._device)
             landing = None  # an m x n matrix lands here, then is transposed into its slot
-            for i, view in enumerate(buf.views):
-                if view.shape == out.shape[1:]:
+            for i, (view, task) in enumerate(zip(buf.views, batch.tasks)):
+                if not batch.transposed(task):
                     out[i].copy_(view, non_blocking=True)
                 else:  # a copy from a transposed host view would be made contiguous on the host first
                     if landing is None:

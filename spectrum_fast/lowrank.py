@@ -237,7 +237,7 @@ def _check_options(rank, energy, param_budget, quantize, svd) -> None:
 
 
 def chosen_linears(model: nn.Module, types, label: str = "decompose",
-                    verb: str = "decomposed") -> tuple[list[tuple[str, nn.Linear]], list[tuple[str, str]]]:
+                   verb: str = "decomposed") -> tuple[list[tuple[str, nn.Linear]], list[tuple[str, str]]]:
     """-> ([(module name, nn.Linear)] to replace, in model order; [(weight, why not)]).
     label, verb: name the caller in errors ("decompose: ... none can be decomposed")."""
     names_of: dict[int, list[str]] = {}
