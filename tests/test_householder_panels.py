@@ -196,10 +196,13 @@ def test_compact_wy_refuses_what_it_cannot_do():
         CUDA_OPS.compact_wy(torch.randn(2, 8, 40, device="cuda", dtype=torch.float64).mT, tau)
 
 
+@pytest.mark.parametrize("in_cpp", [False, True])
 @pytest.mark.parametrize("compact_wy", [False, True])
 @pytest.mark.parametrize("clustered", [False, True])
 @pytest.mark.parametrize("n,width", [(520, 32), (1024, 32), (700, 16), (333, 32)])
-def test_band_reduction_with_the_kernel_keeps_the_eigenvalues(n, width, clustered, compact_wy, seed, monkeypatch):
+def test_band_reduction_with_the_kernel_keeps_the_eigenvalues(n, width, clustered, compact_wy, in_cpp, seed, monkeypatch):
+    """Stage 1 with every panel sent to the kernel, from the Python loop (whose calls of the
+    kernel are counted here) and from the C++ loop (which calls it inside the extension)."""
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(3, n, n + 5, generator=gen, dtype=torch.float64)
     w[:, : max(1, n // 10)] *= 300.0
@@ -210,10 +213,11 @@ def test_band_reduction_with_the_kernel_keeps_the_eigenvalues(n, width, clustere
     monkeypatch.setattr(band, "PANEL_CLUSTER", clustered)
     monkeypatch.setattr(band, "PANEL_KERNEL_MIN_BATCH", 1)
     monkeypatch.setattr(band, "COMPACT_WY_KERNEL", compact_wy)
+    monkeypatch.setattr(band, "STAGE1_IN_CPP", in_cpp)
     calls = []
     monkeypatch.setattr(CUDA_OPS, "householder_panels_", lambda p, *rest, f=CUDA_OPS.householder_panels_: calls.append(1) or f(p, *rest))
     banded = band.reduce_to_band_(g.clone(), width)
-    assert calls, "stage 1 did not use the kernel"
+    assert in_cpp or calls, "stage 1 did not use the kernel"
     got = torch.linalg.eigvalsh(banded.cpu())
     assert ((got - truth).abs().max() / truth.abs().max()).item() < 1e-13, f"seed={seed}"
     outside = torch.ones(n, n, dtype=torch.bool).triu(width + 1)

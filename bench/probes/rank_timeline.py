@@ -140,8 +140,12 @@ def set_variant(name: str) -> None:
     the compiled chase on 2 or 4 blocks per matrix instead of as many as stay resident (fewer SMs
     held by a chase while the next batch's stage 1 runs: ops.band.CHASE_BLOCKS_PER_MATRIX);
     chase-lag-3, chase-lag-2, chase-lag-auto: the compiled chase's sweeps 3 or 2 time steps apart,
-    or as the kernel picks (ops.band.CHASE_LAG 3, 2 or 0)."""
+    or as the kernel picks (ops.band.CHASE_LAG 3, 2 or 0); bind-node: every thread of the process
+    (and those it starts) on the CPUs of its GPU's NUMA node (/sys/bus/pci/devices/*/local_cpulist),
+    instead of on every CPU as torchrun leaves them."""
     from spectrum_fast.ops import band
+
+    bind_threads(gpu_local_cpus() if name == "bind-node" else ALL_CPUS)
 
     engine.START_LAST_POOL = name != "pool-at-ask"
     engine.PIPELINE_ORDER = name != "plan-order"
@@ -152,7 +156,32 @@ def set_variant(name: str) -> None:
     band.CHASE_BLOCKS_PER_MATRIX = {"chase-split-2": 2, "chase-split-4": 4}.get(name, CHASE_SPLIT)
 
 
-VARIANTS = ("default", "pool-at-ask", "plan-order", "python-stage1", "plan-first", "in-flight-128", "chase-split-2",
+ALL_CPUS = frozenset(os.sched_getaffinity(0))
+
+
+def gpu_local_cpus() -> frozenset[int]:
+    """The CPUs next to the current GPU (its PCI device's local_cpulist), or all of them if unknown."""
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    address = f"{getattr(props, 'pci_domain_id', 0):04x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+    try:
+        text = Path(f"/sys/bus/pci/devices/{address}/local_cpulist").read_text().strip()
+    except OSError:
+        return ALL_CPUS
+    cpus = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return frozenset(cpus & ALL_CPUS) or ALL_CPUS
+
+
+def bind_threads(cpus: frozenset[int]) -> None:
+    """Every thread of this process on ``cpus``; threads started later inherit their starter's."""
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(tid), cpus)
+
+
+VARIANTS = ("default", "bind-node", "pool-at-ask", "plan-order", "python-stage1", "plan-first", "in-flight-128", "chase-split-2",
             "chase-split-4", "chase-lag-3", "chase-lag-2", "chase-lag-auto")
 
 
@@ -169,6 +198,9 @@ def main() -> None:
 
     local_rank = int(os.environ["LOCAL_RANK"])
     torch.cuda.set_device(local_rank)
+    local = gpu_local_cpus()
+    print(f"# local rank {local_rank}: {len(local)} of {len(ALL_CPUS)} CPUs next to its GPU "
+          f"({min(local)}-{max(local)})", flush=True)
     if int(os.environ["RANK"]) == 0:
         if not (args.folder / "config.json").exists():
             write_llama3_8b_model(args.folder)
