@@ -286,6 +286,8 @@ def _load_batch(source: WeightSource, batch: Batch, device: torch.device, io_poo
         views = [v.view(t.n, t.m) if batch.transposed(t) else v for v, t in zip(views, batch.tasks)]
         staged = _Staged(block, views)
         _read_pieces(source, batch, staged.views, io_pool)
+        if ring is not None:
+            ring.ready(block)  # copies from it must not start before it is page-locked
         return staged, time.perf_counter() - start
     stream = torch.cuda.Stream(device)
     with torch.cuda.stream(stream):
@@ -413,8 +415,11 @@ def _prefetched(source: WeightSource, batches: list[Batch], device: torch.device
                     if ring is not None:
                         ring.close()  # a reader waiting for a buffer gets RingClosed, not a hang
         finally:
-            if ring is not None:
-                ring.free()  # the reader has stopped: wait for the last copies, unpin
+            if ring is not None:  # the reader has stopped: wait for the last copies, unpin
+                if staging.UNPIN_IN_BACKGROUND:
+                    ring.free_later()
+                else:
+                    ring.free()
 
 
 def timed_loads(source: WeightSource, batches: list[Batch], device: torch.device,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import mmap
 import queue
 import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -127,56 +128,91 @@ def fault_in(block: torch.Tensor) -> None:
     block[-1:].fill_(0)  # the last page, wherever the stride fell
 
 
+# The first buffer is page-locked by the maker thread while the reader fills it (the reader waits
+# for that before handing the batch over: PinnedRing.ready), instead of before the first read:
+# registering it took 0.04-0.05 s of the 8B scan's first 0.10 s on 2x H200 (rank_timeline at 1ef1a0c).
+PIN_FIRST_BESIDE_READ = env_switch("SPECTRUM_FAST_PIN_FIRST_BESIDE_READ", True)
+
+# The buffers are unpinned by a thread after the scan's last read (UnpinThread) instead of by the
+# compute thread: cudaHostUnregister waited for the GPU to finish the scan's last chase and then
+# unpinned, 0.03-0.05 s, before the compute thread could hand over the rows it already had.
+UNPIN_IN_BACKGROUND = env_switch("SPECTRUM_FAST_UNPIN_IN_BACKGROUND", True)
+
+
 class PinnedRing:
     """``count`` page-locked buffers of ``nbytes``. ``acquire()`` blocks until one is free and the
-    copy out of it has finished; ``release(buf, event)`` gives it back once ``event`` (recorded
-    after the copies that read it) has passed; ``close()`` wakes a waiting reader; ``free()``, once
-    the reader has stopped, waits for the last copies and unpins. ``pin=False`` is for tests
-    without a GPU.
+    copy out of it has finished; ``ready(buf)``, once the reader has filled a buffer, waits until
+    it is page-locked; ``release(buf, event)`` gives it back once ``event`` (recorded after the
+    copies that read it) has passed; ``close()`` wakes a waiting reader; ``free()``, once the
+    reader has stopped, waits for the last copies and unpins (``free_later()``: on a thread).
+    ``pin=False`` is for tests without a GPU.
 
-    The first acquire() makes (fault_in, then cudaHostRegister) one buffer and returns it, and a
-    thread makes the rest while the reader fills that one: all are page-locked by the time the
-    first batch reaches the GPU, while its kernels have not yet begun. Registered alone, a 784 MiB
-    buffer took 0.02-0.07 s; registered while the scan's kernels ran, one at a time as the reader
-    first needed them, the 8B scan's buffers took 0.2-0.4 s each and held up the compute thread's
-    own CUDA calls meanwhile (its second batch came 1.3 s after its first; H200,
+    The first acquire() faults one buffer in and returns it; a thread page-locks it
+    (cudaHostRegister; before returning it unless PIN_FIRST_BESIDE_READ) and then makes the rest
+    while the reader fills that one: all are page-locked by the time the first batch reaches the
+    GPU, while its kernels have not yet begun. Registered alone, a 784 MiB buffer took 0.02-0.07
+    s; registered while the scan's kernels ran, one at a time as the reader first needed them, the
+    8B scan's buffers took 0.2-0.4 s each and held up the compute thread's own CUDA calls
+    meanwhile (its second batch came 1.3 s after its first; H200,
     bench/results/scale_out_trials_2xh200_80f58f3.log)."""
 
     def __init__(self, count: int, nbytes: int, pin: bool = True):
         self._free: queue.Queue = queue.Queue()
         self._count, self._nbytes, self._pin = count, nbytes, pin
-        self._made: list[torch.Tensor] = []
+        self._made: list[torch.Tensor] = []  # every buffer made; free() lets go of them
+        self._pinned: list[torch.Tensor] = []  # those registered; free() unpins them
+        self._first: torch.Tensor | None = None
+        self._first_pinned = threading.Event()
+        self._first_error: BaseException | None = None
         self._maker: threading.Thread | None = None
         self._started = False
         self._last_event: torch.cuda.Event | None = None  # copies run in order on one stream
 
-    def _make(self, count: int) -> None:
-        """Make ``count`` buffers, page-locked, and put them in the ring."""
-        for _ in range(count):
-            buf = host_block(self._nbytes)
-            fault_in(buf)
-            if self._pin:
-                _check(torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), self._nbytes, 0), "cudaHostRegister")
-            self._made.append(buf)  # free() unpins what was made, should a later one fail
-            self._free.put((buf, None))
+    def _new_buffer(self) -> torch.Tensor:
+        buf = host_block(self._nbytes)
+        fault_in(buf)
+        self._made.append(buf)
+        return buf
 
-    def _make_rest(self, count: int, device: int | None) -> None:
+    def _pin_buffer(self, buf: torch.Tensor) -> None:
+        if self._pin:
+            _check(torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), self._nbytes, 0), "cudaHostRegister")
+            self._pinned.append(buf)  # free() unpins what was pinned, should a later one fail
+
+    def _pin_first(self) -> None:
+        try:
+            self._pin_buffer(self._first)
+        except BaseException as e:  # the reader raises it from ready()
+            self._first_error = e
+            raise
+        finally:
+            self._first_pinned.set()
+
+    def _make_rest(self, device: int | None) -> None:
         try:
             if device is not None:  # registration belongs to the current device's context
                 torch.cuda.set_device(device)
-            self._make(count)
+            if not self._first_pinned.is_set():
+                self._pin_first()
+            for _ in range(self._count - 1):
+                buf = self._new_buffer()
+                self._pin_buffer(buf)
+                self._free.put((buf, None))
         except BaseException as e:  # the reader would wait for a buffer forever: hand it the error
             self._free.put((_MakeFailed(e), None))
 
     def acquire(self) -> torch.Tensor:
         if not self._started:
             self._started = True
-            self._make(1)
-            if self._count > 1:
+            self._first = self._new_buffer()
+            if not PIN_FIRST_BESIDE_READ:
+                self._pin_first()
+            if self._count > 1 or not self._first_pinned.is_set():
                 device = torch.cuda.current_device() if self._pin else None
-                self._maker = threading.Thread(target=self._make_rest, args=(self._count - 1, device),
+                self._maker = threading.Thread(target=self._make_rest, args=(device,),
                                                name="spectrum-fast-pin", daemon=True)
                 self._maker.start()
+            return self._first
         buf, event = self._free.get()
         if buf is RingClosed or isinstance(buf, _MakeFailed):
             self._free.put((buf, None))  # wake the next waiter too
@@ -186,6 +222,14 @@ class PinnedRing:
         if event is not None:
             event.synchronize()  # sleeps (blocking-sync event), GIL released
         return buf
+
+    def ready(self, buf: torch.Tensor) -> None:
+        """Return once ``buf`` (from acquire()) is page-locked; raise what kept it from being so.
+        Only the first buffer can still be on its way."""
+        if buf is self._first:
+            self._first_pinned.wait()
+            if self._first_error is not None:
+                raise self._first_error
 
     def release(self, buf: torch.Tensor, event: torch.cuda.Event | None) -> None:
         if event is not None:
@@ -205,10 +249,41 @@ class PinnedRing:
         if self._last_event is not None:
             self._last_event.synchronize()
             self._last_event = None
-        if self._pin:
-            for buf in self._made:
-                _check(torch.cuda.cudart().cudaHostUnregister(buf.data_ptr()), "cudaHostUnregister")
+        for buf in self._pinned:
+            _check(torch.cuda.cudart().cudaHostUnregister(buf.data_ptr()), "cudaHostUnregister")
+        self._pinned.clear()
         self._made.clear()
+        self._first = None
+
+    def free_later(self) -> threading.Thread:
+        """free() on a new thread (not a daemon: the interpreter waits for it before it exits);
+        unpin_threads() lists those still running. A failure there is reported as a warning."""
+        device = torch.cuda.current_device() if self._pin else None
+
+        def run():
+            try:
+                if device is not None:
+                    torch.cuda.set_device(device)
+                self.free()
+            except Exception as e:  # nothing waits for this thread to re-raise it
+                warnings.warn(f"spectrum_fast: unpinning staging memory failed: {e}", RuntimeWarning, stacklevel=1)
+
+        thread = threading.Thread(target=run, name="spectrum-fast-unpin")
+        with _UNPINNING_LOCK:
+            _UNPINNING.append(thread)
+        thread.start()
+        return thread
+
+
+_UNPINNING: list[threading.Thread] = []
+_UNPINNING_LOCK = threading.Lock()
+
+
+def unpin_threads() -> list[threading.Thread]:
+    """The free_later() threads still running (tests wait for them)."""
+    with _UNPINNING_LOCK:
+        _UNPINNING[:] = [t for t in _UNPINNING if t.is_alive()]
+        return list(_UNPINNING)
 
 
 def _check(status, what: str) -> None:

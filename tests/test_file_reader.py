@@ -234,6 +234,57 @@ def test_staging_ring_makes_the_first_buffer_at_once_and_the_rest_beside_the_rea
     assert not ring._made and ring._maker is None
 
 
+def test_staging_ring_pins_the_first_buffer_while_the_reader_fills_it(monkeypatch):
+    """The first acquire() returns its buffer before the maker thread has page-locked it; ready()
+    waits for that, and a failure to page-lock it reaches the reader from ready() and acquire()."""
+    import threading
+
+    monkeypatch.setattr(staging, "PIN_FIRST_BESIDE_READ", True)
+    gate, pinned = threading.Event(), []
+
+    def pin_buffer(self, buf):
+        gate.wait(timeout=10)
+        if fail:
+            raise RuntimeError("cudaHostRegister failed with CUDA error 2 (test)")
+        pinned.append(buf.data_ptr())
+
+    monkeypatch.setattr(staging.PinnedRing, "_pin_buffer", pin_buffer)
+    for fail in (False, True):
+        gate.clear()
+        pinned.clear()
+        ring = staging.PinnedRing(2, 1 << 12, pin=False)
+        first = ring.acquire()
+        assert not pinned  # handed out before it was page-locked
+        if fail:
+            gate.set()
+            with pytest.raises(RuntimeError, match="CUDA error 2"):
+                ring.ready(first)
+            with pytest.raises(RuntimeError, match="CUDA error 2"):
+                ring.acquire()
+        else:
+            waiter = threading.Thread(target=ring.ready, args=(first,))
+            waiter.start()
+            waiter.join(timeout=0.2)
+            assert waiter.is_alive()  # ready() waits for the maker thread
+            gate.set()
+            waiter.join(timeout=10)
+            assert not waiter.is_alive() and pinned[0] == first.data_ptr()
+            second = ring.acquire()
+            ring.ready(second)  # made page-locked before it was handed out
+            assert pinned == [first.data_ptr(), second.data_ptr()]
+        ring.free()
+        assert not ring._made
+
+
+def test_staging_ring_frees_on_a_thread_that_the_caller_can_wait_for():
+    ring = staging.PinnedRing(2, 1 << 12, pin=False)
+    ring.acquire()
+    thread = ring.free_later()
+    assert thread in staging.unpin_threads() or not thread.is_alive()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and not ring._made and thread not in staging.unpin_threads()
+
+
 def test_staging_ring_hands_a_failure_to_make_a_buffer_to_the_reader(monkeypatch):
     """A buffer the maker thread cannot make (pinned memory refused) must reach the reader as that
     error, every time it asks, not leave it waiting for a buffer forever."""

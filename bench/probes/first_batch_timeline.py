@@ -59,13 +59,23 @@ def wrap() -> None:
             yield loaded
         note("loop end")
 
-    make_rest = staging.PinnedRing._make_rest
+    make_rest, pin_first, free = staging.PinnedRing._make_rest, staging.PinnedRing._pin_first, staging.PinnedRing.free
 
-    def make_rest_noted(self, count, device):
-        make_rest(self, count, device)
-        note("rest made", count=count)
+    def make_rest_noted(self, device):
+        make_rest(self, device)
+        note("rest made", count=self._count - 1)
 
-    staging.PinnedRing._make_rest = make_rest_noted
+    def pin_first_noted(self):
+        pin_first(self)
+        note("first pinned")
+
+    def free_noted(self):
+        note("unpin begin")
+        free(self)
+        note("unpinned")
+
+    staging.PinnedRing._make_rest, staging.PinnedRing._pin_first = make_rest_noted, pin_first_noted
+    staging.PinnedRing.free = free_noted
 
     def rows_noted(item, *a, **k):
         yield from rows(item, *a, **k)  # the eigenvalues were waited for on the first row
@@ -92,6 +102,8 @@ def report(label: str, start: float, end: float) -> None:
         print(f"  first buffer: acquire {acquires[0]:.3f} -> registered {t:.3f} s ({info['nbytes'] / 2**20:.0f} MiB; "
               f"{sum(i['registered'] for _, i in registrations)} buffers registered in all, the last at "
               f"{registrations[-1][0]:.3f} s)")
+    if "first pinned" in first:
+        print(f"  first buffer page-locked at {first['first pinned'][0]:.3f} s")
     print(f"  first batch ({loads[0][1]['matrices']} x {loads[0][1]['shape']}): read by {loads[0][0]:.3f} s, "
           f"received by the compute loop at {received[0][0]:.3f} s")
     gaps = [b[0] - a[0] for a, b in zip(received, received[1:])]
@@ -104,6 +116,10 @@ def report(label: str, start: float, end: float) -> None:
           + ", ".join(f"{t:.2f}({info['matrices']}x{info['shape'][0]}x{info['shape'][1]})" for t, info in finished))
     print(f"  last batch received {received[-1][0]:.3f} s -> loop end {first['loop end'][0]:.3f} s "
           f"-> scan() returns {end - start:.3f} s")
+    unpin = {what: t - start for t, what, _ in reversed(EVENTS) if t >= start and what in ("unpin begin", "unpinned")}
+    if unpin:  # unpinned on a thread may end after scan() returned, or not yet
+        print("  staging buffers: unpin begun " + f"{unpin.get('unpin begin', float('nan')):.3f} s, unpinned "
+              + (f"{unpin['unpinned']:.3f} s" if "unpinned" in unpin else "not yet"))
 
 
 _SMALL = 2 << 20

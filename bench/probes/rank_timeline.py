@@ -142,10 +142,16 @@ def set_variant(name: str) -> None:
     chase-lag-3, chase-lag-2, chase-lag-auto: the compiled chase's sweeps 3 or 2 time steps apart,
     or as the kernel picks (ops.band.CHASE_LAG 3, 2 or 0); bind-node: every thread of the process
     (and those it starts) on the CPUs of its GPU's NUMA node (/sys/bus/pci/devices/*/local_cpulist),
-    instead of on every CPU as torchrun leaves them."""
+    instead of on every CPU as torchrun leaves them; pin-first-before-read: the first staging
+    buffer page-locked before the first read, not beside it (staging.PIN_FIRST_BESIDE_READ off);
+    unpin-inline: the staging buffers unpinned by the compute thread at the end, not on a thread
+    (staging.UNPIN_IN_BACKGROUND off); staging-as-before: both."""
+    from spectrum_fast import staging
     from spectrum_fast.ops import band
 
     bind_threads(gpu_local_cpus() if name == "bind-node" else ALL_CPUS)
+    staging.PIN_FIRST_BESIDE_READ = name not in ("pin-first-before-read", "staging-as-before")
+    staging.UNPIN_IN_BACKGROUND = name not in ("unpin-inline", "staging-as-before")
 
     engine.START_LAST_POOL = name != "pool-at-ask"
     engine.PIPELINE_ORDER = name != "plan-order"
@@ -181,8 +187,9 @@ def bind_threads(cpus: frozenset[int]) -> None:
             os.sched_setaffinity(int(tid), cpus)
 
 
-VARIANTS = ("default", "bind-node", "pool-at-ask", "plan-order", "python-stage1", "plan-first", "in-flight-128", "chase-split-2",
-            "chase-split-4", "chase-lag-3", "chase-lag-2", "chase-lag-auto")
+VARIANTS = ("default", "bind-node", "pin-first-before-read", "unpin-inline", "staging-as-before", "pool-at-ask",
+            "plan-order", "python-stage1", "plan-first", "in-flight-128", "chase-split-2", "chase-split-4", "chase-lag-3",
+            "chase-lag-2", "chase-lag-auto")
 
 
 def main() -> None:
