@@ -129,13 +129,17 @@ def fault_in(block: torch.Tensor) -> None:
 
 
 # The first buffer is page-locked by the maker thread while the reader fills it (the reader waits
-# for that before handing the batch over: PinnedRing.ready), instead of before the first read:
-# registering it took 0.04-0.05 s of the 8B scan's first 0.10 s on 2x H200 (rank_timeline at 1ef1a0c).
+# for that before handing the batch over: PinnedRing.ready), instead of before the first read. In
+# the 8B scan on 2x H200 the first batch reached the compute loop at 0.07-0.09 s against 0.10-0.11
+# with two ranks, 0.06-0.07 against 0.08-0.09 with one (bench/probes/rank_timeline_2xh200_9b48a99.log,
+# variant staging-as-before: both switches here off).
 PIN_FIRST_BESIDE_READ = env_switch("SPECTRUM_FAST_PIN_FIRST_BESIDE_READ", True)
 
-# The buffers are unpinned by a thread after the scan's last read (UnpinThread) instead of by the
-# compute thread: cudaHostUnregister waited for the GPU to finish the scan's last chase and then
-# unpinned, 0.03-0.05 s, before the compute thread could hand over the rows it already had.
+# The buffers are unpinned by a thread after the scan's last read (free_later) instead of by the
+# compute thread, which otherwise sat in free() for 0.12-0.17 s (three 784 MiB buffers in the 8B
+# scan) and handed over no rows meanwhile. The GPU's last chase took about as long, so the scan's
+# time moved by less than its spread there (same log: 2.000 s against 1.992 with two ranks, 3.714
+# against 3.745 with one); it counts where unpinning outlasts the last batch.
 UNPIN_IN_BACKGROUND = env_switch("SPECTRUM_FAST_UNPIN_IN_BACKGROUND", True)
 
 
