@@ -287,7 +287,7 @@ def _load_batch(source: WeightSource, batch: Batch, device: torch.device, io_poo
         staged = _Staged(block, views)
         _read_pieces(source, batch, staged.views, io_pool)
         if ring is not None:
-            ring.ready(block)  # copies from it must not start before it is page-locked
+            ring.ready(block)  # page-locked by now: the copies out of it run asynchronously
         return staged, time.perf_counter() - start
     stream = torch.cuda.Stream(device)
     with torch.cuda.stream(stream):

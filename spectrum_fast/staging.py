@@ -136,7 +136,7 @@ def fault_in(block: torch.Tensor) -> None:
 PIN_FIRST_BESIDE_READ = env_switch("SPECTRUM_FAST_PIN_FIRST_BESIDE_READ", True)
 
 # The buffers are unpinned by a thread after the scan's last read (free_later) instead of by the
-# compute thread, which otherwise sat in free() for 0.12-0.17 s (three 784 MiB buffers in the 8B
+# compute thread, which otherwise sat in free() for 0.12-0.17 s (two 784 MiB buffers in the 8B
 # scan) and handed over no rows meanwhile. The GPU's last chase took about as long, so the scan's
 # time moved by less than its spread there (same log: 2.000 s against 1.992 with two ranks, 3.714
 # against 3.745 with one); it counts where unpinning outlasts the last batch.
