@@ -274,7 +274,7 @@ class PinnedRing:
 
         thread = threading.Thread(target=run, name="spectrum-fast-unpin")
         with _UNPINNING_LOCK:
-            _UNPINNING.append(thread)
+            _UNPINNING[:] = [t for t in _UNPINNING if t.is_alive()] + [thread]  # a long process keeps no dead ones
         thread.start()
         return thread
 
